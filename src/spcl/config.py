@@ -1,0 +1,229 @@
+"""Configuration: YAML files checked against the dataclass schema, plus ``a.b=c`` overrides.
+
+Every problem is a :class:`ConfigError` that names the key and where it came from (the YAML file,
+or the command-line override): an unknown key lists the valid ones, a wrong type says what was
+expected, a required value left unset says how to set it. A YAML file may start from another with
+``base: other.yaml`` (relative to the file); its keys are merged over the base's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from spcl.config_schema import REQUIRED, Config
+from spcl.engine.checkpoint import atomic_file
+
+__all__ = ["ConfigError", "config_to_dict", "dump_config", "load_config", "save_config"]
+
+BASE_KEY = "base"  # top-level YAML key naming a file to inherit from
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and its origin."""
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    require_all: bool = True,
+) -> Config:
+    """Load a config: schema defaults ← YAML file (and its bases) ← ``key.sub=value`` overrides.
+
+    Args:
+        path: YAML file, or None for the schema defaults.
+        overrides: strings ``dotted.key=value``; the value is parsed as YAML (``3`` is an int,
+            ``[1, 2]`` a list, ``null`` None).
+        require_all: fail when a required value is left unset (``???``); False keeps the
+            placeholder, e.g. to print a partial config.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or a required value left unset.
+    """
+    raw: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if path is not None:
+        _merge(raw, origins, _read_yaml(Path(path), seen=()), "", lambda key: str(path))
+    for text in overrides:
+        key, value = _parse_override(text)
+        _merge(raw, origins, _nest(key, value), "", lambda _k, t=text: f"override '{t}'")
+    config = _build(Config, raw, "", origins)
+    missing = _missing(config, "")
+    if missing and require_all:
+        where = f"in {path} " if path is not None else ""
+        raise ConfigError(
+            f"required value(s) not set: {', '.join(missing)}; set them {where}"
+            f"or on the command line as {missing[0]}=VALUE"
+        )
+    return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain nested dicts and lists (YAML/JSON-ready)."""
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Any) -> str:
+    """The resolved config as YAML text, keys in schema order."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML atomically (temporary file, then rename)."""
+    with atomic_file(path, "w") as handle:
+        handle.write(dump_config(config))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """Read one YAML mapping, resolving ``base:`` chains (cycles are errors)."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    resolved = path.resolve()
+    if resolved in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of keys at the top, got {type(data).__name__}"
+        )
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    merged = _read_yaml(path.parent / str(base), (*seen, resolved))
+    _merge(merged, {}, data, "", lambda _k: str(path))
+    return merged
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' is not of the form dotted.key=value")
+    try:
+        return key, yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML: {exc}") from exc
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _merge(dst: dict, origins: dict[str, str], src: dict, prefix: str, origin_of) -> None:
+    """Merge ``src`` into ``dst`` recursively, recording where each leaf came from."""
+    for key, value in src.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], origins, value, dotted + ".", origin_of)
+        else:
+            dst[key] = value
+        origins[dotted] = origin_of(dotted)
+
+
+def _origin(origins: dict[str, str], dotted: str) -> str:
+    while dotted:
+        if dotted in origins:
+            return origins[dotted]
+        dotted = dotted.rpartition(".")[0]
+    return "the defaults"
+
+
+def _build(cls: type, raw: Any, prefix: str, origins: dict[str, str]) -> Any:
+    """Instantiate dataclass ``cls`` from ``raw``, checking keys and types."""
+    name = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{_origin(origins, prefix.rstrip('.'))}: '{name}' must be a mapping of keys, "
+            f"got {raw!r}"
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [key for key in raw if key not in fields]
+    if unknown:
+        dotted = f"{prefix}{unknown[0]}"
+        raise ConfigError(
+            f"{_origin(origins, dotted)}: unknown key '{dotted}'; valid keys under {name}: "
+            f"{', '.join(fields)}"
+        )
+    default = cls()
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            base = dataclasses.asdict(getattr(default, key))
+            merged = _deep_update(base, value) if isinstance(value, dict) else value
+            kwargs[key] = _build(hint, merged, dotted + ".", origins)
+        else:
+            kwargs[key] = _coerce(value, hint, dotted, origins)
+    return dataclasses.replace(default, **kwargs)
+
+
+def _deep_update(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _coerce(value: Any, hint: Any, dotted: str, origins: dict[str, str]) -> Any:
+    """Check ``value`` against the type ``hint``; ints are accepted where floats are expected."""
+    if value == REQUIRED:
+        return value
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], dotted, origins)
+    if origin is Literal:
+        if value in args:
+            return value
+        return _type_error(value, f"one of {list(args)}", dotted, origins)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            return _type_error(value, f"a list of {args[0].__name__}", dotted, origins)
+        return [_coerce(v, args[0], f"{dotted}[{i}]", origins) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint in (str, bool) and isinstance(value, hint):
+        return value
+    article = "an" if hint.__name__[0] in "aeiou" else "a"
+    return _type_error(value, f"{article} {hint.__name__}", dotted, origins)
+
+
+def _type_error(value: Any, expected: str, dotted: str, origins: dict[str, str]) -> Any:
+    raise ConfigError(
+        f"{_origin(origins, dotted.split('[')[0])}: key '{dotted}' expects {expected}, "
+        f"got {value!r} ({type(value).__name__})"
+    )
+
+
+def _missing(config: Any, prefix: str) -> list[str]:
+    out: list[str] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _missing(value, f"{prefix}{f.name}.")
+        elif value == REQUIRED:
+            out.append(f"{prefix}{f.name}")
+    return out

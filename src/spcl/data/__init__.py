@@ -1,0 +1,1 @@
+"""Datasets and label tables: real benchmarks, user folders and the synthetic pair."""

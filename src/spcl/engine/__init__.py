@@ -1,0 +1,1 @@
+"""Engineering: checkpoints, optimisers and schedules, devices, the training loop."""

@@ -1,0 +1,1 @@
+"""Evaluation: confusion matrices and IoU tables, inference, plots."""
