@@ -1,0 +1,169 @@
+"""Image (+ label) folders: the synthetic pair's layout and a user's own data.
+
+Images and labels are matched by file stem (``a.jpg`` ↔ ``a.png``). Labels are single-channel PNGs
+of train ids (255 = ignore), or raw ids mapped through a lookup table. Every problem names the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from spcl.data.transforms import PairTransform
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_SUFFIXES",
+    "ImageLabelFolder",
+    "SegmentationList",
+    "read_image",
+    "read_label",
+    "to_tensor",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision ImageNet normalisation (pretrained weights)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_image(path: Path, mode: str = "RGB") -> np.ndarray:
+    """Decode an image fully; a corrupt or truncated file raises ValueError naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert(mode) if image.mode != mode else image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from exc
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) → normalised float (3, H, W)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return tensor.sub_(mean).div_(std)
+
+
+def read_label(path: Path) -> np.ndarray:
+    """An 8-bit single-channel label PNG as (H, W) uint8."""
+    return read_image(path, mode="L")
+
+
+class SegmentationList(Dataset):
+    """Explicit lists of images and (optional) same-length labels; the base of every dataset.
+
+    Items are indexed by ``(index, seed)`` pairs (the seed drives the transform), or a plain index
+    (seed 0). Each item is a dict ``{"image": (3, H, W) float, "label": (H, W) int64, "name": str}``
+    (no ``"label"`` without labels), plus ``"size"``: the file's (H, W) before any resize. Raw
+    label values go through ``id_lut`` when given.
+
+    Args:
+        images: image files.
+        labels: label files, one per image, or None for unlabelled data.
+        transform: paired augmentation; None keeps the files' size.
+        id_lut: raw id → train id lookup array (e.g. ``ClassTable.id_lut()``).
+        label_reader: decodes one label file (default: 8-bit PNG).
+        names: item names (default: image file stems).
+
+    Raises:
+        ValueError: no images, or lists of different lengths.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[Path],
+        labels: Sequence[Path] | None = None,
+        transform: PairTransform | None = None,
+        id_lut: np.ndarray | None = None,
+        label_reader: Callable[[Path], np.ndarray] = read_label,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        self.images = list(images)
+        self.labels = list(labels) if labels is not None else []
+        if not self.images:
+            raise ValueError("empty image list")
+        if labels is not None and len(self.labels) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        self.transform = transform
+        self.id_lut = id_lut
+        self.label_reader = label_reader
+        self.names = list(names) if names is not None else [p.stem for p in self.images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The decoded image (H, W, 3) and train-id label (H, W) of item ``index``, untransformed.
+
+        Raises:
+            ValueError: unreadable file, or label and image sizes differ (names both files).
+        """
+        image = read_image(self.images[index])
+        if not self.labels:
+            return image, None
+        label = self.label_reader(self.labels[index])
+        if label.shape != image.shape[:2]:
+            raise ValueError(
+                f"label {self.labels[index]} is {label.shape[1]}x{label.shape[0]} but image "
+                f"{self.images[index]} is {image.shape[1]}x{image.shape[0]}"
+            )
+        if self.id_lut is not None:
+            label = self.id_lut[label]
+        return image, label
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:
+        index, seed = item if isinstance(item, tuple) else (item, 0)
+        image, label = self.load(index)
+        size = torch.tensor(image.shape[:2])
+        if self.transform is not None:
+            image, label = self.transform(image, label, seed)
+        sample: dict[str, torch.Tensor | str] = {
+            "image": to_tensor(image),
+            "name": self.names[index],
+            "size": size,  # (H, W) of the file, before any resize
+        }
+        if label is not None:
+            sample["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
+        return sample
+
+
+class ImageLabelFolder(SegmentationList):
+    """Images in ``images_dir`` with optional same-stem ``.png`` labels in ``labels_dir``.
+
+    Raises:
+        FileNotFoundError: a folder is missing.
+        ValueError: no images, or images without labels (the first few are named).
+    """
+
+    def __init__(
+        self,
+        images_dir: str | Path,
+        labels_dir: str | Path | None = None,
+        transform: PairTransform | None = None,
+        id_lut: np.ndarray | None = None,
+    ) -> None:
+        images_dir = Path(images_dir)
+        if not images_dir.is_dir():
+            raise FileNotFoundError(f"image folder not found: {images_dir}")
+        images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+        labels = None
+        if labels_dir is not None:
+            labels_dir = Path(labels_dir)
+            if not labels_dir.is_dir():
+                raise FileNotFoundError(f"label folder not found: {labels_dir}")
+            labels = [labels_dir / f"{p.stem}.png" for p in images]
+            missing = [p.name for p in labels if not p.is_file()]
+            if missing:
+                raise ValueError(
+                    f"{len(missing)} image(s) in {images_dir} have no label in {labels_dir}, "
+                    f"e.g. {', '.join(missing[:5])}"
+                )
+        super().__init__(images, labels, transform, id_lut)

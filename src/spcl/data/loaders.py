@@ -1,0 +1,105 @@
+"""Data loaders that can be resumed exactly: an infinite, seeded, rank-sharded batch stream.
+
+The order of every epoch and the augmentation seed of every sample are functions of
+``(seed, epoch, position)``, so a stream restored from ``state_dict()`` yields the same batches as
+one that never stopped, whatever the number of worker processes. Under torchrun each rank reads its
+own share of the same permutation (every ``world``-th sample).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["InfiniteLoader", "SeededBatchSampler", "build_eval_loader"]
+
+
+class SeededBatchSampler:
+    """Batches of ``(index, sample_seed)`` for one epoch, starting at batch ``offset``."""
+
+    def __init__(
+        self, size: int, batch_size: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1
+    ) -> None:
+        if size < batch_size * world:
+            raise ValueError(
+                f"dataset of {size} images is smaller than one batch ({batch_size} × {world} ranks)"
+            )
+        self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+        self.rank, self.world = rank, world
+        self.epoch = 0
+        self.offset = 0  # batches already consumed in this epoch
+
+    def __len__(self) -> int:
+        return self.size // (self.batch_size * self.world)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        seeds = rng.integers(0, 2**31 - 1, size=self.size)
+        mine = order[self.rank :: self.world]
+        for b in range(self.offset, len(self)):
+            chunk = mine[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(int(i), int(seeds[i])) for i in chunk]
+
+
+class InfiniteLoader:
+    """An endless stream of batches; ``state_dict()`` records the position for exact resume."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        num_workers: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        pin_memory: bool = False,
+    ) -> None:
+        self.sampler = SeededBatchSampler(len(dataset), batch_size, seed, shuffle, rank, world)
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
+        )
+        self._iterator: Iterator | None = None
+
+    def __iter__(self) -> InfiniteLoader:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self._iterator is None:
+            self._iterator = iter(self.loader)
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self.sampler.epoch += 1
+            self.sampler.offset = 0
+            self._iterator = iter(self.loader)
+            batch = next(self._iterator)
+        self.sampler.offset += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "offset": self.sampler.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.epoch = int(state["epoch"])
+        self.sampler.offset = int(state["offset"])
+        self._iterator = None  # rebuilt from the restored position on the next batch
+
+
+def build_eval_loader(
+    dataset: Dataset, *, num_workers: int = 0, rank: int = 0, world: int = 1
+) -> DataLoader:
+    """One pass, one image per batch (sizes may differ), this rank's share of the images."""
+    indices = list(range(rank, len(dataset), world))
+    return DataLoader(
+        torch.utils.data.Subset(dataset, indices), batch_size=1, num_workers=num_workers
+    )

@@ -1,0 +1,176 @@
+"""The one training loop: every stage hands it a ``step`` and the objects that make up its state.
+
+A stage's ``step()`` draws its own batches (from resumable loaders registered in ``state``), runs
+the model and returns ``{"loss": total, ...named terms}``. The loop does everything else: autocast,
+backward (gradient accumulation, fp16 scaling), clipping, optimiser and schedule steps, logging and
+progress, and periodic full-state checkpoints written atomically. When a checkpoint exists, the loop
+restores every object in ``state``, the RNGs and the iteration, and continues exactly where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from spcl.engine.checkpoint import load_state, save_state
+from spcl.engine.distributed import is_main
+from spcl.engine.tracking import Tracker
+
+__all__ = ["LoopConfig", "Stateful", "rng_state", "set_rng_state", "train_loop"]
+
+StepFn = Callable[[], Mapping[str, torch.Tensor]]
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any], /) -> Any: ...
+
+
+@dataclass
+class LoopConfig:
+    """How to run the loop (not what to train)."""
+
+    stop_iter: int  # iterations to run (the reference's STOP_ITER)
+    checkpoint: Path  # resumable state file
+    tag: str = "train"  # TensorBoard prefix and progress-bar label
+    ckpt_every: int = 500  # iterations between checkpoints (also written at the end)
+    log_every: int = 20  # iterations between logged scalar means
+    grad_accum: int = 1  # micro-batches per optimiser step
+    clip_grad_norm: float = 0.0  # 0 = no clipping
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype on CUDA
+    device_type: str = "cpu"  # for autocast
+    extra_scalars: Callable[[], Mapping[str, float]] | None = field(default=None, repr=False)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) RNG states, checkpoint-safe (tensors and lists)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _autocast(config: LoopConfig) -> contextlib.AbstractContextManager:
+    if config.amp == "off" or config.device_type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if config.amp == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _save(config: LoopConfig, iteration: int, state: Mapping[str, Stateful], scaler: Any) -> None:
+    if not is_main():
+        return
+    payload = {name: obj.state_dict() for name, obj in state.items()}
+    payload["_loop"] = {"iteration": iteration, "rng": rng_state(), "scaler": scaler.state_dict()}
+    save_state(payload, config.checkpoint)
+
+
+def _restore(config: LoopConfig, state: Mapping[str, Stateful], scaler: Any) -> int:
+    if not config.checkpoint.is_file():
+        return 0
+    payload = load_state(config.checkpoint)
+    for name, obj in state.items():
+        if name not in payload:
+            raise KeyError(f"{config.checkpoint}: no state for '{name}'; made by another stage?")
+        obj.load_state_dict(payload[name])
+    loop = payload["_loop"]
+    set_rng_state(loop["rng"])
+    scaler.load_state_dict(loop["scaler"])
+    return int(loop["iteration"])
+
+
+def train_loop(
+    step: StepFn,
+    *,
+    state: Mapping[str, Stateful],
+    optimizers: Sequence[torch.optim.Optimizer],
+    schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler],
+    config: LoopConfig,
+    tracker: Tracker,
+) -> int:
+    """Run ``step`` until ``config.stop_iter``, resuming from ``config.checkpoint`` if it exists.
+
+    Args:
+        step: draws a batch, returns ``{"loss": scalar, **terms}`` (terms are logged).
+        state: every object whose ``state_dict`` must survive a restart (models, optimisers,
+            schedulers, loaders, prototype banks); keys name them in the checkpoint.
+        optimizers, schedulers: stepped once per iteration, in order.
+        config: loop settings.
+        tracker: progress, scalars and log lines.
+
+    Returns:
+        The iteration reached (``config.stop_iter``).
+
+    Raises:
+        FloatingPointError: the loss became NaN or infinite (names the iteration and the terms).
+    """
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=config.amp == "fp16" and config.device_type == "cuda"
+    )
+    start = _restore(config, state, scaler)
+    if start:
+        tracker.info(f"[{config.tag}] resumed from {config.checkpoint} at iteration {start}")
+    params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+    sums: dict[str, float] = {}
+    counted = 0  # iterations summed into ``sums`` since the last log
+    bar = tracker.bar(config.stop_iter, initial=start, desc=config.tag)
+    for iteration in range(start, config.stop_iter):
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        for _ in range(config.grad_accum):
+            with _autocast(config):
+                terms = step()
+            loss = terms["loss"]
+            if not torch.isfinite(loss.detach()):
+                values = {k: float(v.detach()) for k, v in terms.items()}
+                raise FloatingPointError(f"[{config.tag}] iteration {iteration}: loss is {values}")
+            scaler.scale(loss / config.grad_accum).backward()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) / config.grad_accum
+        if config.clip_grad_norm > 0:
+            for opt in optimizers:
+                scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+        for opt in optimizers:
+            scaler.step(opt)
+        scaler.update()
+        for scheduler in schedulers:
+            scheduler.step()
+        done, counted = iteration + 1, counted + 1
+        bar.update(1)
+        if done % config.log_every == 0 or done == config.stop_iter:
+            means = {k: v / counted for k, v in sums.items()}
+            means["lr"] = optimizers[0].param_groups[0]["lr"]
+            if config.extra_scalars is not None:
+                means.update(config.extra_scalars())
+            tracker.scalars(config.tag, means, done)
+            bar.set_postfix(loss=f"{means['loss']:.3f}")
+            sums, counted = {}, 0
+        if done % config.ckpt_every == 0 or done == config.stop_iter:
+            _save(config, done, state, scaler)
+    bar.close()
+    return config.stop_iter

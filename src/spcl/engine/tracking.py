@@ -1,0 +1,89 @@
+"""What a run tells the person watching: progress bars, TensorBoard scalars and images, a log file.
+
+Only rank 0 writes; other ranks get a tracker that does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+__all__ = ["Tracker"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+class _TqdmHandler(logging.Handler):
+    """Console lines that do not break tqdm progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+class Tracker:
+    """Console + log file + TensorBoard for one run directory.
+
+    Args:
+        run_dir: where ``log.txt`` and ``tensorboard/`` go.
+        enabled: False on ranks other than 0 (nothing is written or shown).
+        progress: show tqdm progress bars.
+    """
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, progress: bool = True) -> None:
+        self.enabled = enabled
+        self.progress = progress and enabled
+        self.run_dir = Path(run_dir)
+        self.logger = logging.getLogger(f"spcl.run.{id(self)}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO)
+        self._writer: Any = None
+        if enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            file_handler = logging.FileHandler(self.run_dir / "log.txt")
+            file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+            console = _TqdmHandler()
+            console.setFormatter(logging.Formatter("%(message)s"))
+            self.logger.addHandler(file_handler)
+            self.logger.addHandler(console)
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None and self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        return self._writer
+
+    def info(self, message: str) -> None:
+        """A line on the console (above any progress bar) and in ``log.txt``."""
+        if self.enabled:
+            self.logger.info(message)
+
+    def scalars(self, tag: str, values: Mapping[str, float], step: int) -> None:
+        if self.enabled:
+            for key, value in values.items():
+                self.writer.add_scalar(f"{tag}/{key}", value, step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An (H, W, 3) uint8 picture in TensorBoard."""
+        if self.enabled:
+            self.writer.add_image(tag, image, step, dataformats="HWC")
+
+    def bar(self, total: int, initial: int = 0, desc: str = "") -> tqdm:
+        return tqdm(
+            total=total, initial=initial, desc=desc, disable=not self.progress, dynamic_ncols=True
+        )
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for handler in list(self.logger.handlers):
+            handler.close()
+            self.logger.removeHandler(handler)

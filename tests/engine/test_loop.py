@@ -1,0 +1,111 @@
+"""The training loop: exact resume from a checkpoint, gradient accumulation, NaN detection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from spcl.data.loaders import InfiniteLoader
+from spcl.engine.loop import LoopConfig, train_loop
+from spcl.engine.optim import poly_scheduler
+from spcl.engine.tracking import Tracker
+
+
+class _Noisy(Dataset):
+    """Regression samples whose noise depends on the per-sample seed (like augmentation)."""
+
+    def __init__(self, n: int = 12) -> None:
+        self.x = torch.randn(n, 3, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = item
+        noise = torch.randn(3, generator=torch.Generator().manual_seed(seed))
+        return {"x": self.x[index] + 0.1 * noise, "y": self.x[index].sum(0, keepdim=True)}
+
+
+def _train(tmp: Path, stop: int, *, ckpt_every: int = 3, grad_accum: int = 1) -> nn.Module:
+    """Build everything afresh (as a restarted process would) and train to ``stop``."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    schedule = poly_scheduler(opt, max_iter=20)
+    loader = InfiniteLoader(_Noisy(), batch_size=4, seed=5)
+
+    def step() -> dict[str, torch.Tensor]:
+        batch = next(loader)
+        loss = (model(batch["x"]) - batch["y"]).pow(2).mean()
+        return {"loss": loss, "mse": loss}
+
+    config = LoopConfig(
+        stop_iter=stop,
+        checkpoint=tmp / "ckpt.pth",
+        ckpt_every=ckpt_every,
+        log_every=2,
+        grad_accum=grad_accum,
+    )
+    state = {"model": model, "opt": opt, "schedule": schedule, "loader": loader}
+    tracker = Tracker(tmp, progress=False)
+    train_loop(
+        step, state=state, optimizers=[opt], schedulers=[schedule], config=config, tracker=tracker
+    )
+    tracker.close()
+    return model
+
+
+def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path: Path) -> None:
+    straight = _train(tmp_path / "a", stop=10)
+    # a first process stops at 7 (its last checkpoint: iteration 7) ...
+    _train(tmp_path / "b", stop=7, ckpt_every=3)
+    # ... a fresh one, built from scratch with the full schedule, resumes from there
+    resumed = _train(tmp_path / "b", stop=10, ckpt_every=3)
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    log = (tmp_path / "b" / "log.txt").read_text()
+    assert "resumed from" in log and "iteration 7" in log
+
+
+def test_a_finished_checkpoint_means_no_more_steps(tmp_path: Path) -> None:
+    first = _train(tmp_path, stop=4, ckpt_every=4)
+    again = _train(tmp_path, stop=4, ckpt_every=4)
+    for a, b in zip(first.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_grad_accum_draws_more_batches_and_averages(tmp_path: Path) -> None:
+    model = _train(tmp_path / "acc", stop=2, grad_accum=2)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_non_finite_loss_names_the_iteration(tmp_path: Path) -> None:
+    param = nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([param], lr=0.1)
+    calls = iter(range(100))
+
+    def step() -> dict[str, torch.Tensor]:
+        i = next(calls)
+        value = param * (float("nan") if i == 2 else 1.0)
+        return {"loss": value.sum(), "term": value.sum()}
+
+    config = LoopConfig(stop_iter=5, checkpoint=tmp_path / "c.pth", tag="t")
+    with pytest.raises(FloatingPointError, match=r"\[t\] iteration 2"):
+        train_loop(
+            step,
+            state={},
+            optimizers=[opt],
+            schedulers=[],
+            config=config,
+            tracker=Tracker(tmp_path, enabled=False),
+        )
+
+
+def test_tensorboard_and_log_are_written(tmp_path: Path) -> None:
+    _train(tmp_path, stop=4)
+    assert any((tmp_path / "tensorboard").iterdir())
+    assert (tmp_path / "log.txt").exists()
