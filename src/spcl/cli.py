@@ -1,6 +1,7 @@
-"""The ``spcl`` command: parse arguments, dispatch to a subcommand, turn user errors into exit codes.
+"""The ``spcl`` command: parse arguments, dispatch to a subcommand, map user errors to exit codes.
 
 Subcommands:
+    run      run the SPCL pipeline (warm-up → … → evaluation), resumable
     config   print the resolved configuration (YAML + overrides), or save it
     synth    generate the built-in synthetic source/target pair
 
@@ -12,6 +13,7 @@ Set ``SPCL_DEBUG=1`` to get the full traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -20,6 +22,8 @@ from pathlib import Path
 from spcl import __version__
 from spcl.config import ConfigError, dump_config, load_config, save_config
 from spcl.engine.checkpoint import CheckpointError
+from spcl.pipeline import STAGE_NAMES as STAGE_CHOICES
+from spcl.pipeline import RunLockedError
 
 __all__ = ["build_parser", "main"]
 
@@ -28,6 +32,7 @@ DEBUG_ENV = "SPCL_DEBUG"  # set to 1 to see the traceback of a user error
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     CheckpointError,
+    RunLockedError,
     FileNotFoundError,
     FileExistsError,
     NotADirectoryError,
@@ -75,6 +80,21 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from spcl.context import open_run
+    from spcl.pipeline import run_lock, run_pipeline
+
+    config = load_config(args.config, args.overrides)
+    with open_run(config) as ctx:
+        lock = run_lock(ctx.run_dir) if ctx.is_main else contextlib.nullcontext()
+        with lock:
+            outputs = run_pipeline(ctx, start_from=args.start_from, only=args.only)
+        if ctx.is_main:
+            for name, path in outputs.items():
+                print(f"{name:>16}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -90,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. run.seed=1")
     cfg.add_argument("--save", metavar="FILE", help="write the resolved YAML to FILE instead")
     cfg.set_defaults(handler=_cmd_config)
+
+    run = sub.add_parser("run", help="run the SPCL pipeline (resumable) into run.out")
+    run.add_argument("config", help="YAML config file, e.g. configs/demo.yaml")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. run.seed=1")
+    stage_help = "one of: " + ", ".join(STAGE_CHOICES)
+    run.add_argument(
+        "--from", dest="start_from", metavar="STAGE", help=f"re-run from ({stage_help})"
+    )
+    run.add_argument("--only", metavar="STAGE", help="run only this stage (inputs must be done)")
+    run.set_defaults(handler=_cmd_run)
 
     syn = sub.add_parser("synth", help="generate the built-in synthetic source/target pair")
     syn.add_argument("--out", required=True, help="output folder (must be absent or empty)")

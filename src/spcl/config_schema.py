@@ -142,6 +142,17 @@ class RunConfig:
     log_every: int = 20  # iterations between logged scalars
     ckpt_every: int = 500  # iterations between resumable checkpoints
     progress: bool = True  # tqdm progress bars
+    stages: list[str] = field(
+        default_factory=lambda: [
+            "warmup",
+            "prototypes",
+            "pseudo_labels",
+            "adapt",
+            "pseudo_labels_2",
+            "self_train",
+            "evaluate",
+        ]
+    )  # the stages this run has, in pipeline order (see spcl.pipeline)
 
 
 @dataclass

@@ -1,0 +1,304 @@
+"""The SPCL recipe as an ordered list of stages, run into one resumable run directory.
+
+    warmup → prototypes(warmup) → pseudo_labels(warmup) → adapt → pseudo_labels_2(adapt)
+           → self_train → evaluate
+
+Each stage writes one folder (``01_warmup/`` … ``07_evaluate/``). A stage is done when its folder
+holds ``done.json`` with the fingerprint of the config it ran with (the config sections it depends
+on plus the fingerprints of the stages it reads); a re-run skips done stages, re-runs a stage whose
+fingerprint changed (and so everything downstream), and lets a training stage interrupted half-way
+resume from its checkpoint. ``run.stages`` selects which stages a run has (e.g. warm-up and
+evaluation only, for a source-only baseline). A lock file keeps a second process out of a run
+directory in use.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spcl.config import config_to_dict
+from spcl.config_schema import Config
+from spcl.context import RunContext
+from spcl.engine.checkpoint import atomic_write_bytes
+from spcl.engine.distributed import barrier
+from spcl.stages import adapt, evaluate, prototypes, pseudo_labels, self_train, warmup
+
+__all__ = ["STAGES", "RunLockedError", "Stage", "plan", "run_lock", "run_pipeline"]
+
+StageFn = Callable[[RunContext, Path, dict[str, Path]], Path]
+NOT_SEMANTIC = ("data.num_workers",)  # config keys that never change a stage's result
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the recipe.
+
+    Attributes:
+        name: stage name (``run.stages``, ``--from``, ``--only``).
+        folder: its folder in the run directory.
+        sections: dotted config sections its result depends on.
+        needs: stages whose outputs it reads, in the order ``fn`` receives them.
+        fn: runs the stage into a folder given the upstream outputs; returns its output path.
+    """
+
+    name: str
+    folder: str
+    sections: tuple[str, ...]
+    needs: tuple[str, ...]
+    fn: StageFn
+
+
+def _evaluate_all(ctx: RunContext, out_dir: Path, inputs: dict[str, Path]) -> Path:
+    """Evaluate every trained model of the run; ``summary.json`` maps stage → mIoU."""
+    summary = {}
+    for name, weights in inputs.items():
+        metrics = evaluate.run(ctx, out_dir / name, weights)
+        if ctx.is_main:
+            summary[name] = json.loads(metrics.read_text())["miou"]
+    if ctx.is_main:
+        atomic_write_bytes(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    return out_dir / "summary.json"
+
+
+_COMMON = ("model", "data", "run.seed")
+STAGES: tuple[Stage, ...] = (
+    Stage("warmup", "01_warmup", (*_COMMON, "warmup"), (), lambda c, d, i: warmup.run(c, d)),
+    Stage(
+        "prototypes",
+        "02_prototypes",
+        _COMMON,
+        ("warmup",),
+        lambda c, d, i: prototypes.run(c, d, i["warmup"]),
+    ),
+    Stage(
+        "pseudo_labels",
+        "03_pseudo_labels",
+        (*_COMMON, "pseudo_labels"),
+        ("warmup",),
+        lambda c, d, i: pseudo_labels.run(c, d, i["warmup"]),
+    ),
+    Stage(
+        "adapt",
+        "04_adapt",
+        (*_COMMON, "adapt"),
+        ("warmup", "prototypes", "pseudo_labels"),
+        lambda c, d, i: adapt.run(c, d, i["warmup"], i["prototypes"], i["pseudo_labels"]),
+    ),
+    Stage(
+        "pseudo_labels_2",
+        "05_pseudo_labels",
+        (*_COMMON, "pseudo_labels"),
+        ("adapt",),
+        lambda c, d, i: pseudo_labels.run(c, d, i["adapt"]),
+    ),
+    Stage(
+        "self_train",
+        "06_self_train",
+        (*_COMMON, "self_train"),
+        ("adapt", "pseudo_labels_2"),
+        lambda c, d, i: self_train.run(c, d, i["adapt"], i["pseudo_labels_2"]),
+    ),
+    Stage(
+        "evaluate",
+        "07_evaluate",
+        ("model", "data", "evaluate"),
+        ("warmup", "adapt", "self_train"),  # those of them that the run has
+        _evaluate_all,
+    ),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+TRAINED_MODELS = ("warmup", "adapt", "self_train")  # stages whose output is a model
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run directory."""
+
+
+def plan(config: Config) -> list[Stage]:
+    """The stages this config runs, in order; checks that each has what it reads.
+
+    Raises:
+        ValueError: an unknown stage name, or a stage without a stage it needs.
+    """
+    wanted = list(config.run.stages)
+    unknown = [n for n in wanted if n not in STAGE_NAMES]
+    if unknown:
+        raise ValueError(f"run.stages: unknown stage(s) {unknown}; valid: {list(STAGE_NAMES)}")
+    chosen = [s for s in STAGES if s.name in wanted]
+    for stage in chosen:
+        needs = _needs(stage, wanted)
+        missing = [n for n in needs if n not in wanted]
+        if missing:
+            raise ValueError(f"run.stages: '{stage.name}' needs {missing}; add them to run.stages")
+    return chosen
+
+
+def _needs(stage: Stage, wanted: list[str]) -> tuple[str, ...]:
+    if stage.name == "evaluate":
+        return tuple(n for n in stage.needs if n in wanted) or ("warmup",)
+    return stage.needs
+
+
+def _section(config_dict: dict[str, Any], dotted: str) -> Any:
+    node: Any = config_dict
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def fingerprint(stage: Stage, config: Config, upstream: dict[str, str]) -> str:
+    """Hash of what the stage's result depends on: its config sections and upstream results."""
+    tree = config_to_dict(config)
+    for dotted in NOT_SEMANTIC:
+        parent, _, leaf = dotted.rpartition(".")
+        _section(tree, parent).pop(leaf, None)
+    payload = {
+        "stage": stage.name,
+        "config": {s: _section(tree, s) for s in stage.sections},
+        "upstream": upstream,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` for the duration (released by the OS even after kill -9).
+
+    Raises:
+        RunLockedError: another process holds it (names the directory and that process's pid).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    handle = open(path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            raise RunLockedError(
+                f"run directory {run_dir} is in use by another spcl process (pid {pid}); "
+                f"wait for it to finish or use another run.out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def prepare_data(ctx: RunContext) -> None:
+    """Generate the synthetic pair at the source root if the config asks and it is absent."""
+    data = ctx.config.data
+    root = Path(data.source.root)
+    if not (data.synthetic.generate and data.source.kind == "synthetic") or root.exists():
+        return
+    if ctx.is_main:
+        from spcl.data.synthetic import generate_pair
+
+        ctx.tracker.info(f"generating the synthetic pair into {root}")
+        syn = data.synthetic
+        generate_pair(
+            root,
+            seed=syn.seed,
+            preset=syn.preset,
+            n_train=syn.n_train,
+            n_val=syn.n_val,
+            size=(syn.size[0], syn.size[1]),
+            progress=ctx.config.run.progress,
+        )
+    barrier()
+
+
+def run_pipeline(
+    ctx: RunContext, *, start_from: str | None = None, only: str | None = None
+) -> dict[str, Path]:
+    """Run (or resume) the planned stages; returns each stage's output path.
+
+    Args:
+        ctx: the run context (config, run directory, device, tracker).
+        start_from: re-run this stage and every later one even if done.
+        only: run just this stage (the stages it reads must be done).
+
+    Raises:
+        ValueError: unknown stage name, or ``only`` without its inputs.
+    """
+    stages = plan(ctx.config)
+    names = [s.name for s in stages]
+    for flag, value in (("--from", start_from), ("--only", only)):
+        if value is not None and value not in names:
+            raise ValueError(f"{flag} {value}: not a stage of this run; stages: {names}")
+    prepare_data(ctx)
+    outputs: dict[str, Path] = {}
+    prints: dict[str, str] = {}
+    rerun = False
+    last = names.index(only) if only is not None else len(names) - 1
+    for stage in stages[: last + 1]:
+        rerun = rerun or stage.name == start_from
+        needs = _needs(stage, names)
+        upstream = {n: prints[n] for n in needs if n in prints}
+        if len(upstream) < len(needs):
+            missing = [n for n in needs if n not in prints]
+            raise ValueError(f"stage '{stage.name}' needs {missing}, which have not run")
+        key = fingerprint(stage, ctx.config, upstream)
+        out_dir = ctx.stage_dir(stage.folder)
+        done = _read_json(out_dir / "done.json")
+        selected = only is None or stage.name == only
+        if done is not None and done["fingerprint"] == key and not (rerun and selected):
+            outputs[stage.name], prints[stage.name] = out_dir / done["output"], key
+            ctx.tracker.info(f"[{stage.name}] done already ({out_dir}), skipped")
+            continue
+        if not selected:
+            raise ValueError(
+                f"--only {only}: stage '{stage.name}' it depends on is not done "
+                f"(run without --only first)"
+            )
+        outputs[stage.name] = _run_stage(ctx, stage, out_dir, key, {n: outputs[n] for n in needs})
+        prints[stage.name] = key
+    return outputs
+
+
+def _run_stage(
+    ctx: RunContext, stage: Stage, out_dir: Path, key: str, inputs: dict[str, Path]
+) -> Path:
+    started = _read_json(out_dir / "started.json")
+    if ctx.is_main:
+        if started is None or started.get("fingerprint") != key or (out_dir / "done.json").exists():
+            shutil.rmtree(out_dir, ignore_errors=True)  # stale: another config, or a forced re-run
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out_dir / "started.json", json.dumps({"fingerprint": key}).encode())
+    barrier()
+    ctx.tracker.info(f"[{stage.name}] running into {out_dir}")
+    begin = time.perf_counter()
+    output = stage.fn(ctx, out_dir, inputs)
+    seconds = time.perf_counter() - begin
+    if ctx.is_main:
+        record = {
+            "fingerprint": key,
+            "output": str(output.relative_to(out_dir)),
+            "seconds": round(seconds, 2),
+            "inputs": {n: str(p) for n, p in inputs.items()},
+        }
+        atomic_write_bytes(out_dir / "done.json", json.dumps(record, indent=2).encode())
+    barrier()
+    ctx.tracker.info(f"[{stage.name}] finished in {seconds:.1f} s")
+    return output

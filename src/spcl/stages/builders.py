@@ -1,0 +1,227 @@
+"""Config → objects, for the stages: models, datasets, loaders, optimisers.
+
+This is where the config stops: below it (models, data, method, engine) only keyword arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from spcl.config_schema import DomainConfig, OptimConfig
+from spcl.context import RunContext
+from spcl.data.folder import ImageLabelFolder, SegmentationList
+from spcl.data.labels import CITYSCAPES, SYNTHIA_16_NAMES
+from spcl.data.loaders import InfiniteLoader, build_eval_loader
+from spcl.data.transforms import build_eval_transform, build_train_transform
+from spcl.engine.checkpoint import clean_state_dict, load_state
+from spcl.engine.loop import LoopConfig
+from spcl.engine.optim import build_optimizer, poly_scheduler
+from spcl.models.build import build_model
+from spcl.models.files import save_model_file
+
+__all__ = [
+    "build_segmenter",
+    "class_names",
+    "domain_dataset",
+    "eval_loader",
+    "load_weights",
+    "loop_config",
+    "optimizer_and_schedule",
+    "pseudo_labelled_dataset",
+    "save_weights",
+    "train_loader",
+    "wrap_ddp",
+]
+
+DATASET_KINDS = ("synthetic", "folder")  # readers available to DomainConfig.kind
+
+
+def build_segmenter(ctx: RunContext, *, freeze_bn: bool | None = None) -> nn.Module:
+    """The configured DeepLab-v2 on the run's device (BN frozen as configured unless overridden)."""
+    cfg = ctx.config.model
+    model = build_model(
+        cfg.name,
+        ctx.config.data.num_classes,
+        width=cfg.width,
+        pretrained=cfg.pretrained,
+        freeze_bn=cfg.freeze_bn if freeze_bn is None else freeze_bn,
+        bn_eps_frozen=cfg.frozen_bn_eps,
+    )
+    if ctx.world > 1 and not (cfg.freeze_bn if freeze_bn is None else freeze_bn):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(ctx.device)
+    if ctx.config.run.channels_last and ctx.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def wrap_ddp(ctx: RunContext, model: nn.Module) -> nn.Module:
+    """DistributedDataParallel under torchrun, the model itself otherwise."""
+    if ctx.world <= 1:
+        return model
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Load a stage's ``model.pth`` into ``model`` (frozen BN has no num_batches_tracked)."""
+    state = clean_state_dict(load_state(path, map_location="cpu")["model"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in [*missing, *unexpected] if not k.endswith("num_batches_tracked")]
+    if bad:
+        raise KeyError(f"{path}: weights do not fit the configured model: {bad[:5]}")
+    return model
+
+
+def save_weights(ctx: RunContext, model: nn.Module, path: Path) -> Path:
+    """Write a stage's final ``model.pth`` (weights + architecture) on the main process."""
+    if ctx.is_main:
+        cfg = ctx.config
+        save_model_file(
+            model,
+            path,
+            name=cfg.model.name,
+            num_classes=cfg.data.num_classes,
+            width=cfg.model.width,
+            class_names=class_names(cfg.data.num_classes),
+        )
+    return path
+
+
+def class_names(num_classes: int) -> tuple[str, ...]:
+    """Cityscapes names for 19 classes (or its SYNTHIA-16 subset); generic names otherwise."""
+    if num_classes == CITYSCAPES.num_classes:
+        return CITYSCAPES.names
+    if num_classes == len(SYNTHIA_16_NAMES):
+        return SYNTHIA_16_NAMES
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def _folders(domain: DomainConfig, with_labels: bool) -> tuple[Path, Path | None]:
+    root = Path(domain.root)
+    if domain.kind == "synthetic":
+        if domain.domain not in ("source", "target"):
+            raise ValueError(
+                f"data.*.domain must be 'source' or 'target' for the synthetic pair, "
+                f"got {domain.domain!r}"
+            )
+        base = root / domain.domain
+        return base / "images" / domain.split, (
+            base / "labels" / domain.split if with_labels else None
+        )
+    if domain.kind == "folder":
+        return root / "images" / domain.split, (
+            root / "labels" / domain.split if with_labels else None
+        )
+    raise ValueError(f"unknown dataset kind {domain.kind!r}; valid kinds: {list(DATASET_KINDS)}")
+
+
+def domain_dataset(
+    domain: DomainConfig,
+    *,
+    with_labels: bool,
+    train: bool,
+    hflip: bool = False,
+    color_jitter: float = 0.0,
+    scale_range: list[float] | tuple[float, ...] = (),
+    crop: list[int] | tuple[int, ...] = (),
+) -> ImageLabelFolder:
+    """A dataset for one domain/split, with training augmentation or the test-time resize."""
+    images, labels = _folders(domain, with_labels)
+    if train:
+        transform = build_train_transform(
+            size=domain.size,
+            hflip=hflip,
+            color_jitter=color_jitter,
+            scale_range=scale_range,
+            crop=crop,
+        )
+    else:
+        transform = build_eval_transform(domain.size)
+    return ImageLabelFolder(images, labels, transform)
+
+
+def pseudo_labelled_dataset(
+    domain: DomainConfig, labels_dir: Path, **augment: Any
+) -> SegmentationList:
+    """The target training images paired with the pseudo-label PNGs in ``labels_dir``.
+
+    Raises:
+        FileNotFoundError: an image has no pseudo-label (names the first few).
+    """
+    images = domain_dataset(domain, with_labels=False, train=True, **augment)
+    labels = [labels_dir / f"{name}.png" for name in images.names]
+    missing = [p.name for p in labels if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} target image(s) have no pseudo-label in {labels_dir}, "
+            f"e.g. {', '.join(missing[:5])}"
+        )
+    return SegmentationList(images.images, labels, images.transform, names=images.names)
+
+
+def loop_config(
+    ctx: RunContext,
+    optim: OptimConfig,
+    out_dir: Path,
+    tag: str,
+    extra_scalars: Callable[[], Mapping[str, float]] | None = None,
+) -> LoopConfig:
+    """Loop settings of a training stage: its schedule's stop, the run's logging and precision."""
+    run = ctx.config.run
+    return LoopConfig(
+        stop_iter=optim.stop_iter,
+        checkpoint=out_dir / "checkpoint.pth",
+        tag=tag,
+        ckpt_every=run.ckpt_every,
+        log_every=run.log_every,
+        grad_accum=optim.grad_accum,
+        clip_grad_norm=optim.clip_grad_norm,
+        amp=run.amp,
+        device_type=ctx.device.type,
+        extra_scalars=extra_scalars,
+    )
+
+
+def train_loader(
+    ctx: RunContext, dataset: ImageLabelFolder, batch_size: int, salt: int
+) -> InfiniteLoader:
+    """A resumable batch stream seeded from the run seed and a per-stream ``salt``."""
+    return InfiniteLoader(
+        dataset,
+        batch_size,
+        seed=ctx.config.run.seed * 1000 + salt,
+        num_workers=ctx.config.data.num_workers,
+        rank=ctx.rank,
+        world=ctx.world,
+        pin_memory=ctx.device.type == "cuda",
+    )
+
+
+def eval_loader(ctx: RunContext, dataset: ImageLabelFolder) -> torch.utils.data.DataLoader:
+    return build_eval_loader(
+        dataset, num_workers=ctx.config.data.num_workers, rank=ctx.rank, world=ctx.world
+    )
+
+
+def optimizer_and_schedule(
+    model: nn.Module, optim: OptimConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The stage optimiser (head at ``head_lr_mult`` × lr) and its poly schedule over max_iter."""
+    backbone, head = model.param_groups()
+    optimizer = build_optimizer(
+        backbone,
+        head,
+        kind=optim.optimizer,
+        lr=optim.lr,
+        head_lr_mult=optim.head_lr_mult,
+        momentum=optim.momentum,
+        weight_decay=optim.weight_decay,
+    )
+    return optimizer, poly_scheduler(optimizer, optim.max_iter, optim.power)

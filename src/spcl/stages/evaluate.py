@@ -1,0 +1,74 @@
+"""Stage 6, evaluation: mIoU of a stage's final weights on the labelled target split.
+
+Images get the test-time resize; logits are upsampled to the full-resolution label; one
+confusion matrix (all-reduced under torchrun) gives per-class IoU/accuracy, mIoU and, for a 19-class
+table, the SYNTHIA 16- and 13-class means. Writes ``metrics.json`` (``miou`` in percent,
+``per_class_iou``) and a plain-text table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from spcl.context import RunContext
+from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
+from spcl.engine.checkpoint import atomic_write_bytes
+from spcl.engine.distributed import all_reduce_sum_
+from spcl.evaluation.inference import predict_probs
+from spcl.evaluation.metrics import ConfusionMatrix, SegmentationScores
+from spcl.stages.builders import (
+    build_segmenter,
+    class_names,
+    domain_dataset,
+    eval_loader,
+    load_weights,
+)
+
+__all__ = ["evaluate_model", "run", "write_scores"]
+
+
+@torch.no_grad()
+def evaluate_model(
+    ctx: RunContext, model: torch.nn.Module, desc: str = "evaluate"
+) -> SegmentationScores:
+    """Scores of ``model`` on the configured target_val split, reduced over ranks."""
+    cfg = ctx.config.evaluate
+    dataset = domain_dataset(ctx.config.data.target_val, with_labels=True, train=False)
+    loader = eval_loader(ctx, dataset)
+    matrix = ConfusionMatrix(ctx.config.data.num_classes, device=ctx.device)
+    was_training = model.training
+    model.eval()
+    bar = ctx.tracker.bar(len(loader), desc=desc)
+    for batch in loader:
+        labels = batch["label"].to(ctx.device)
+        images = batch["image"].to(ctx.device)
+        probs = predict_probs(model, images, labels.shape[-2:], flip=cfg.flip, scales=cfg.scales)
+        matrix.update(probs.argmax(1), labels)
+        bar.update(1)
+    bar.close()
+    model.train(was_training)
+    matrix.reduce_(all_reduce_sum_)
+    return matrix.compute(class_names(ctx.config.data.num_classes))
+
+
+def write_scores(scores: SegmentationScores, out_dir: Path, extra: dict | None = None) -> None:
+    """``metrics.json`` and ``metrics.txt`` in ``out_dir``, each written atomically."""
+    subsets = {}
+    if scores.class_names == CITYSCAPES.names:
+        subsets = {"16": SYNTHIA_16_NAMES, "13": SYNTHIA_13_NAMES}
+    payload = scores.to_dict(subsets) | (extra or {})
+    atomic_write_bytes(out_dir / "metrics.json", json.dumps(payload, indent=2).encode())
+    atomic_write_bytes(out_dir / "metrics.txt", (scores.format_table(subsets) + "\n").encode())
+
+
+def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
+    """Evaluate the weights at ``weights``; returns the path of ``metrics.json``."""
+    model = load_weights(build_segmenter(ctx), weights)
+    scores = evaluate_model(ctx, model)
+    if ctx.is_main:
+        write_scores(scores, out_dir, {"weights": str(weights)})
+        ctx.tracker.info(scores.format_table())
+    return out_dir / "metrics.json"
