@@ -1,0 +1,296 @@
+"""The ``predict`` command: segment a user's images with a saved model file.
+
+For every input image (files, folders searched recursively, or glob patterns) it writes, under
+``out_dir`` and named after the image (sub-folders of a folder input are kept):
+
+- ``color/<name>.png``: the prediction in the class table's palette (Cityscapes for its classes),
+- ``overlay/<name>.png``: that colour mask blended over the image,
+- ``trainIds/<name>.png``: class indices 0..K-1 (single channel),
+- ``labelIds/<name>.png``: Cityscapes label ids, when every class is a Cityscapes class (this is
+  the format of the Cityscapes benchmark and of ``spcl evaluate --pred-format labelIds``),
+- optionally ``confidence/<name>.png`` (max probability × 255) or ``entropy/<name>.png``
+  (entropy / ln K × 255).
+
+Predictions have the image's own size: the image may be resized for the network (``size``, as
+evaluation does), and probabilities come back at full resolution from the one shared inference
+function (flip, scales, optional sliding window).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from spcl.data.folder import IMAGE_SUFFIXES, read_image, to_tensor
+from spcl.data.labels import CITYSCAPES, ClassTable
+from spcl.data.transforms import build_eval_transform
+from spcl.engine.checkpoint import CheckpointError, atomic_write_bytes
+from spcl.evaluation.inference import predict_probs
+from spcl.evaluation.sliding import parse_slide, predict_probs_sliding
+from spcl.models.files import load_model_file
+
+__all__ = [
+    "OVERLAY_ALPHA",
+    "Uncertainty",
+    "class_table_for",
+    "collect_images",
+    "predict_image",
+    "predict_paths",
+    "uncertainty_map",
+]
+
+logger = logging.getLogger(__name__)
+
+Uncertainty = Literal["confidence", "entropy"]
+OVERLAY_ALPHA = 0.5  # weight of the colour mask in the overlay (the image gets 1 - alpha)
+MAX_UINT8 = 255
+GLOB_CHARS = ("*", "?", "[")
+BITS_PER_CHANNEL = 8  # generated palettes spread each class index over 8 bits per channel
+RGB = 3
+
+
+def predict_paths(
+    model_file: str | Path,
+    inputs: Sequence[str],
+    out_dir: str | Path,
+    *,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    slide: Sequence[int] | None = None,
+    size: Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
+    save_confidence: bool = False,
+    uncertainty: Uncertainty = "confidence",
+    num_classes: int | None = None,
+    on_error: Literal["fail", "skip"] = "fail",
+    progress: bool = True,
+) -> list[Path]:
+    """Predict every input image and write its masks; see the module docstring for the files.
+
+    Args:
+        model_file: a model file written by a stage (``save_model_file``).
+        inputs: image files, folders (searched recursively for image files) or glob patterns.
+        out_dir: output root.
+        flip: average with the horizontally flipped image.
+        scales: test-time scale factors, averaged.
+        slide: sliding window ``(crop, stride)`` or ``(crop_h, crop_w, stride_h, stride_w)``
+            in network-input pixels; None = whole image.
+        size: resize each image to ``(H, W)`` before the network (e.g. (512, 1024) for
+            Cityscapes, as evaluation does); None = as is. Outputs keep the image's size.
+        device: where the model runs.
+        save_confidence: also write an uncertainty map.
+        uncertainty: ``"confidence"`` (max probability) or ``"entropy"`` (normalised by ln K).
+        num_classes: when given, the model file must have this many classes.
+        on_error: an unreadable image: ``"fail"`` raises, ``"skip"`` logs a warning naming it
+            and goes on.
+        progress: show a tqdm bar.
+
+    Returns:
+        The written files, in input order.
+
+    Raises:
+        FileNotFoundError: an input path (or a pattern's matches) does not exist.
+        CheckpointError: the model file does not fit its architecture or ``num_classes``.
+        ValueError: bad arguments, two inputs that would write the same file, or (``"fail"``)
+            an unreadable image, named.
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    if uncertainty not in ("confidence", "entropy"):
+        raise ValueError(f"uncertainty must be 'confidence' or 'entropy', got {uncertainty!r}")
+    images = collect_images(inputs)
+    model, info = load_model_file(model_file, device, num_classes=num_classes)
+    table = class_table_for(info["class_names"], info["arch"]["num_classes"], model_file)
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for path, name in tqdm(images, desc="predict", unit="img", disable=not progress):
+        try:
+            image = read_image(path)
+        except ValueError as exc:
+            if on_error == "fail":
+                raise
+            logger.warning("skipped %s: %s", path, exc)
+            continue
+        probs = predict_image(model, image, flip=flip, scales=scales, slide=slide, size=size)
+        kind = uncertainty if save_confidence else None
+        written += _write_outputs(out_dir, name, image, probs, table, kind)
+    return written
+
+
+def collect_images(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
+    """Expand files, folders and glob patterns into ``(image path, output name)`` pairs.
+
+    The output name is the file stem, or the path relative to a folder input without suffix.
+    A file listed twice is kept once.
+
+    Raises:
+        FileNotFoundError: a path does not exist or a pattern matches nothing.
+        ValueError: no inputs, no image in a folder, or two images that would share an output.
+    """
+    if not inputs:
+        raise ValueError("no input images given")
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            found += [(p, p.relative_to(path).with_suffix("")) for p in files]
+        elif path.is_file():
+            found.append((path, Path(path.stem)))
+        elif any(c in item for c in GLOB_CHARS):
+            files = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not files:
+                raise FileNotFoundError(f"no file matches the pattern {item!r}")
+            found += [(p, Path(p.stem)) for p in files]
+        else:
+            raise FileNotFoundError(f"input image or folder not found: {path}")
+    unique: dict[Path, tuple[Path, Path]] = {}
+    owner: dict[Path, Path] = {}
+    for path, name in found:
+        resolved = path.resolve()
+        if resolved in unique:
+            continue
+        if name in owner:
+            raise ValueError(
+                f"{owner[name]} and {path} would both be written as {name}.png; "
+                f"predict them into different output folders"
+            )
+        unique[resolved], owner[name] = (path, name), path
+    return list(unique.values())
+
+
+def class_table_for(
+    class_names: Sequence[str], num_classes: int, source: str | Path = "the model file"
+) -> ClassTable:
+    """The class table of a model: Cityscapes colours and label ids for Cityscapes classes.
+
+    Classes that are all Cityscapes classes (19, or a subset such as SYNTHIA's 16) get their
+    Cityscapes colours and label ids; other names get a generated palette and no label ids; no
+    names at all get ``class_0 …``.
+
+    Raises:
+        CheckpointError: ``class_names`` does not hold ``num_classes`` names.
+    """
+    names = tuple(class_names) or tuple(f"class_{i}" for i in range(num_classes))
+    if len(names) != num_classes:
+        raise CheckpointError(
+            f"{source}: {len(names)} class names for a {num_classes}-class model: {list(names)}"
+        )
+    if names == CITYSCAPES.names:
+        return CITYSCAPES
+    colours = dict(zip(CITYSCAPES.names, CITYSCAPES.palette, strict=True))
+    if not all(n in colours for n in names):
+        return ClassTable(names=names, palette=_generated_palette(num_classes))
+    id_map = {
+        raw: names.index(CITYSCAPES.names[train])
+        for raw, train in CITYSCAPES.id_to_train.items()
+        if CITYSCAPES.names[train] in names
+    }
+    return ClassTable(names=names, palette=tuple(colours[n] for n in names), id_to_train=id_map)
+
+
+def _generated_palette(count: int) -> tuple[tuple[int, int, int], ...]:
+    """Distinct colours: the bits of ``index + 1`` spread over R, G, B from the high bit down."""
+    palette = []
+    for index in range(count):
+        code, rgb = index + 1, [0, 0, 0]
+        for bit in range(BITS_PER_CHANNEL - 1, -1, -1):
+            for channel in range(RGB):
+                rgb[channel] |= ((code >> channel) & 1) << bit
+            code >>= RGB
+        palette.append((rgb[0], rgb[1], rgb[2]))
+    return tuple(palette)
+
+
+def predict_image(
+    model: nn.Module,
+    image: np.ndarray,
+    *,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    slide: Sequence[int] | None = None,
+    size: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Class probabilities of one uint8 RGB image at the image's own size.
+
+    Args:
+        model: segmenter in eval mode; the input follows its parameters' device.
+        image: the decoded image.
+        flip, scales, slide, size: as in :func:`predict_paths`.
+
+    Shape:
+        - image: (H, W, 3).
+        - returns: (K, H, W), on the model's device.
+    """
+    height, width = image.shape[:2]
+    network_input = build_eval_transform(tuple(size))(image, None, 0)[0] if size else image
+    device = next(model.parameters()).device
+    tensor = to_tensor(network_input).unsqueeze(0).to(device)  # (1, 3, h, w)
+    if slide is None:
+        probs = predict_probs(model, tensor, (height, width), flip=flip, scales=scales)
+    else:
+        crop, stride = parse_slide(slide)
+        probs = predict_probs_sliding(
+            model, tensor, (height, width), crop=crop, stride=stride, flip=flip, scales=scales
+        )
+    return probs[0]
+
+
+def uncertainty_map(probs: torch.Tensor, kind: Uncertainty) -> np.ndarray:
+    """8-bit map of max probability (``"confidence"``) or entropy / ln K (``"entropy"``).
+
+    Shape:
+        - probs: (K, H, W) → (H, W) uint8.
+    """
+    if kind == "confidence":
+        unit = probs.max(dim=0).values
+    else:
+        num_classes = probs.shape[0]
+        norm = math.log(num_classes) if num_classes > 1 else 1.0
+        unit = torch.special.entr(probs).sum(dim=0) / norm
+    scaled = (unit.clamp(0.0, 1.0) * MAX_UINT8).round()
+    return scaled.to(torch.uint8).cpu().numpy()
+
+
+def _write_outputs(
+    out_dir: Path,
+    name: Path,
+    image: np.ndarray,
+    probs: torch.Tensor,
+    table: ClassTable,
+    uncertainty: Uncertainty | None,
+) -> list[Path]:
+    """Write the masks of one image; returns their paths."""
+    train_ids = probs.argmax(dim=0).to(torch.uint8).cpu().numpy()  # (H, W)
+    colour = table.colorize(train_ids)  # (H, W, 3)
+    blend = (1.0 - OVERLAY_ALPHA) * image.astype(np.float32) + OVERLAY_ALPHA * colour
+    outputs = {
+        "color": colour,
+        "overlay": blend.round().astype(np.uint8),
+        "trainIds": train_ids,
+    }
+    if table.id_to_train:
+        outputs["labelIds"] = table.train_to_id()[train_ids]
+    if uncertainty is not None:
+        outputs[uncertainty] = uncertainty_map(probs, uncertainty)
+    written = []
+    for kind, array in outputs.items():
+        path = out_dir / kind / name.parent / f"{name.name}.png"
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        atomic_write_bytes(path, buffer.getvalue())
+        written.append(path)
+    return written
