@@ -1,4 +1,4 @@
-"""Config loading: schema defaults, YAML, base files, overrides, and errors that name key and file."""
+"""Config loading: schema defaults, YAML, base files, overrides, errors naming key and file."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_wrong_type_names_key_and_origin(tmp_path: Path) -> None:
 
 
 def test_bool_is_not_an_int_and_int_is_a_float() -> None:
-    with pytest.raises(ConfigError, match="run.seed"):
+    with pytest.raises(ConfigError, match=r"run.seed"):
         load_config(None, [*ROOTS, "run.seed=true"])
     assert load_config(None, [*ROOTS, "adapt.lambda_cl=2"]).adapt.lambda_cl == 2.0
 
@@ -102,19 +102,19 @@ def test_optional_value_accepts_null() -> None:
 
 
 def test_bad_override_syntax_and_bad_yaml(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"dotted.key=value"):
         load_config(None, ["run.seed"])
-    with pytest.raises(ConfigError, match="dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"dotted.key=value"):
         load_config(None, ["run..seed=1"])
     broken = tmp_path / "broken.yaml"
     broken.write_text("run: [1, 2\n")
-    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML"):
         load_config(broken)
     listed = tmp_path / "list.yaml"
     listed.write_text("- 1\n")
-    with pytest.raises(ConfigError, match="list.yaml: expected a mapping"):
+    with pytest.raises(ConfigError, match=r"list.yaml: expected a mapping"):
         load_config(listed)
-    with pytest.raises(ConfigError, match="not found: .*nope.yaml"):
+    with pytest.raises(ConfigError, match=r"not found: .*nope.yaml"):
         load_config(tmp_path / "nope.yaml")
 
 

@@ -1,7 +1,10 @@
 """The ``spcl`` command: parse arguments, dispatch to a subcommand, map user errors to exit codes.
 
 Subcommands:
+    demo     the pipeline and its baselines on the built-in synthetic pair (the main job)
     run      run the SPCL pipeline (warm-up → … → evaluation), resumable
+    evaluate score a model file on a dataset split, or a folder of predictions
+    predict  segment your own images with a model file
     config   print the resolved configuration (YAML + overrides), or save it
     synth    generate the built-in synthetic source/target pair
 
@@ -95,6 +98,124 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from spcl.demo import run_demo
+
+    run_demo(args.out, args.seed, quick=args.quick, extra=tuple(args.overrides))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from spcl.evaluation.plots import plot_confusion
+    from spcl.evaluation.reports import default_subsets, write_csv, write_json
+
+    report: dict = {}
+    if args.pred_dir or args.gt_dir:
+        if not (args.pred_dir and args.gt_dir):
+            raise ValueError("--pred-dir and --gt-dir go together")
+        from spcl.evaluation.pred_folders import evaluate_folders
+
+        scores, report = evaluate_folders(
+            args.pred_dir,
+            args.gt_dir,
+            pred_format=args.pred_format,
+            gt_format=args.gt_format,
+            classes=args.classes,
+            on_error=args.on_error,
+        )
+    else:
+        if not (args.model and args.config):
+            raise ValueError("give --pred-dir/--gt-dir, or a model file and a config (--config)")
+        scores = _evaluate_model_file(args)
+    print(scores.format_table(default_subsets(scores.class_names)))
+    if args.json:
+        write_json(scores, args.json, extra=report or None)
+        print(f"wrote {args.json}")
+    if args.csv:
+        write_csv(scores, args.csv, unlabelled=report.get("unlabelled_predictions"))
+        print(f"wrote {args.csv}")
+    if args.confusion:
+        plot_confusion(scores, args.confusion)
+        print(f"wrote {args.confusion}")
+    return 0
+
+
+def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
+    import torch
+
+    from spcl.context import RunContext
+    from spcl.engine.distributed import resolve_device
+    from spcl.engine.tracking import Tracker
+    from spcl.models.files import load_model_file
+    from spcl.stages.evaluate import evaluate_model
+
+    overrides = list(args.overrides)
+    if args.flip:
+        overrides.append("evaluate.flip=true")
+    if args.scales:
+        overrides.append(f"evaluate.scales={args.scales}")
+    if args.slide:
+        overrides.append(f"evaluate.slide={args.slide}")
+    config = load_config(args.config, overrides, require_all=False)
+    if config.data.target_val.root == "???":
+        raise ValueError("the config sets no data.target_val.root: pass data.target_val.root=DIR")
+    device = resolve_device(config.run.device)
+    model, _ = load_model_file(args.model, device, num_classes=config.data.num_classes)
+    tracker = Tracker(".", enabled=False)
+    tracker.progress = config.run.progress
+    ctx = RunContext(config, Path("."), device, tracker)
+    with torch.no_grad():
+        return evaluate_model(ctx, model)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from spcl.engine.distributed import resolve_device
+    from spcl.predict import predict_paths
+
+    written = predict_paths(
+        args.model,
+        args.inputs,
+        args.out,
+        flip=args.flip,
+        scales=args.scales or (1.0,),
+        slide=args.slide,
+        size=args.size,
+        device=resolve_device(args.device),
+        save_confidence=args.uncertainty is not None,
+        uncertainty=args.uncertainty or "confidence",
+        on_error=args.on_error,
+    )
+    print(f"wrote {len(written)} files under {args.out}")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers like 0.75,1,1.25, got '{text}'"
+        ) from None
+
+
+def _ints(count: int) -> Callable[[str], list[int]]:
+    def parse(text: str) -> list[int]:
+        parts = text.replace("x", ",").split(",")
+        if len(parts) != count or not all(p.strip().isdigit() for p in parts):
+            raise argparse.ArgumentTypeError(f"expected {count} integers, got '{text}'")
+        return [int(p) for p in parts]
+
+    return parse
+
+
+def _add_test_time_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flip", action="store_true", help="average with the flipped image")
+    parser.add_argument("--scales", type=_floats, help="multi-scale, e.g. 0.75,1,1.25")
+    parser.add_argument(
+        "--slide", type=_ints(4), metavar="CH,CW,SH,SW", help="sliding window crop and stride"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -111,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--save", metavar="FILE", help="write the resolved YAML to FILE instead")
     cfg.set_defaults(handler=_cmd_config)
 
+    demo = sub.add_parser("demo", help="the whole pipeline and its baselines on the synthetic pair")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    demo.add_argument("--seed", type=int, default=0, help="generator and training seed (0)")
+    demo.add_argument("--quick", action="store_true", help="tiny sizes: a minute, for tests")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="extra config overrides")
+    demo.set_defaults(handler=_cmd_demo)
+
     run = sub.add_parser("run", help="run the SPCL pipeline (resumable) into run.out")
     run.add_argument("config", help="YAML config file, e.g. configs/demo.yaml")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. run.seed=1")
@@ -120,6 +248,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--only", metavar="STAGE", help="run only this stage (inputs must be done)")
     run.set_defaults(handler=_cmd_run)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a model file on a dataset split, or a folder of predictions",
+        description="Either MODEL --config CONFIG [key=value ...] (the config's data.target_val "
+        "split), or --pred-dir P --gt-dir G (PNG folders matched by name).",
+    )
+    ev.add_argument("model", nargs="?", help="model.pth written by a stage")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    ev.add_argument("--config", help="YAML config naming the dataset (data.target_val)")
+    ev.add_argument("--pred-dir", help="folder of prediction PNGs")
+    ev.add_argument("--gt-dir", help="folder of ground-truth PNGs")
+    ev.add_argument("--pred-format", choices=("trainIds", "labelIds"), default="trainIds")
+    ev.add_argument("--gt-format", choices=("trainIds", "labelIds"), default="labelIds")
+    ev.add_argument("--classes", type=int, choices=(19, 16, 13), default=19)
+    ev.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    ev.add_argument("--json", metavar="FILE", help="write every score as JSON")
+    ev.add_argument("--csv", metavar="FILE", help="write every number as CSV")
+    ev.add_argument("--confusion", metavar="PNG", help="write the confusion matrix picture")
+    _add_test_time_flags(ev)
+    ev.set_defaults(handler=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="segment your own images with a model file")
+    pr.add_argument("model", help="model.pth written by a stage")
+    pr.add_argument("inputs", nargs="+", help="images, folders or glob patterns")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--size", type=_ints(2), metavar="H,W", help="resize before inference")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    pr.add_argument("--uncertainty", choices=("confidence", "entropy"), help="also write this map")
+    pr.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    _add_test_time_flags(pr)
+    pr.set_defaults(handler=_cmd_predict)
 
     syn = sub.add_parser("synth", help="generate the built-in synthetic source/target pair")
     syn.add_argument("--out", required=True, help="output folder (must be absent or empty)")
@@ -138,7 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # key=value overrides may also follow the options
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        args.overrides = [*args.overrides, *extras]
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

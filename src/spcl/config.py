@@ -19,9 +19,17 @@ import yaml
 from spcl.config_schema import REQUIRED, Config
 from spcl.engine.checkpoint import atomic_file
 
-__all__ = ["ConfigError", "config_to_dict", "dump_config", "load_config", "save_config"]
+__all__ = [
+    "ConfigError",
+    "config_to_dict",
+    "dump_config",
+    "load_config",
+    "resolve_config_path",
+    "save_config",
+]
 
 BASE_KEY = "base"  # top-level YAML key naming a file to inherit from
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"  # configs shipped with spcl (demo, ...)
 
 
 class ConfigError(ValueError):
@@ -80,10 +88,25 @@ def save_config(config: Any, path: str | Path) -> None:
         handle.write(dump_config(config))
 
 
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path; a bare name such as ``demo`` names a config shipped with spcl.
+
+    Raises:
+        ConfigError: neither a file nor a shipped config (lists the shipped ones).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = PACKAGED_CONFIGS / (path.name if path.suffix else f"{path.name}.yaml")
+    if shipped.is_file() and len(path.parts) <= 2:
+        return shipped
+    names = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+    raise ConfigError(f"config file not found: {path} (shipped configs: {', '.join(names)})")
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     """Read one YAML mapping, resolving ``base:`` chains (cycles are errors)."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    path = resolve_config_path(path)
     resolved = path.resolve()
     if resolved in seen:
         raise ConfigError(f"{path}: 'base' chain loops back to {path}")

@@ -128,7 +128,9 @@ class SelfTrainConfig:
 class EvalConfig:
     flip: bool = False  # average the softmax with the horizontally flipped image
     scales: list[float] = field(default_factory=lambda: [1.0])  # multi-scale test
-    panels: int = 4  # prediction panels written by the evaluation stage
+    slide: list[int] = field(
+        default_factory=list
+    )  # [crop_h, crop_w, stride_h, stride_w]; empty=off
 
 
 @dataclass

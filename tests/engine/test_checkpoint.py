@@ -50,16 +50,16 @@ def test_unsafe_pickle_is_refused_not_executed(tmp_path: Path) -> None:
     marker = tmp_path / "executed"
     path = tmp_path / "evil.pth"
     torch.save({"x": _Payload(str(marker))}, path)
-    with pytest.raises(CheckpointError, match="evil.pth: refused"):
+    with pytest.raises(CheckpointError, match=r"evil.pth: refused"):
         load_state(path)
     assert not marker.exists()
 
 
 def test_missing_and_garbage_files(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(FileNotFoundError, match=r"nope.pth"):
         load_state(tmp_path / "nope.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="junk.pth"):
+    with pytest.raises(CheckpointError, match=r"junk.pth"):
         load_state(tmp_path / "junk.pth")
     torch.save(torch.zeros(2), tmp_path / "tensor.pth")
     with pytest.raises(CheckpointError, match="expected a dict"):

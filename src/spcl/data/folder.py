@@ -37,7 +37,7 @@ def read_image(path: Path, mode: str = "RGB") -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            return np.asarray(image.convert(mode) if image.mode != mode else image)
+            return np.array(image.convert(mode) if image.mode != mode else image)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from exc
 

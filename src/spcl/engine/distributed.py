@@ -18,6 +18,7 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "is_main",
+    "max_difference_across_ranks",
     "rank",
     "resolve_device",
     "shutdown_distributed",
@@ -77,6 +78,17 @@ def shutdown_distributed() -> None:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def max_difference_across_ranks(tensor: torch.Tensor) -> float:
+    """Largest absolute difference between this tensor and rank 0's copy, over all ranks."""
+    if not is_distributed():
+        return 0.0
+    reference = tensor.detach().clone()
+    dist.broadcast(reference, src=0)
+    difference = (tensor.detach() - reference).abs().max().reshape(1)
+    dist.all_reduce(difference, op=dist.ReduceOp.MAX)
+    return float(difference)
 
 
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:

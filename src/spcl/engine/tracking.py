@@ -23,7 +23,8 @@ class _TqdmHandler(logging.Handler):
     """Console lines that do not break tqdm progress bars."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=sys.stderr)
+        if getattr(record, "console", True):
+            tqdm.write(self.format(record), file=sys.stderr)
 
 
 class Tracker:
@@ -60,13 +61,16 @@ class Tracker:
             self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         return self._writer
 
-    def info(self, message: str) -> None:
-        """A line on the console (above any progress bar) and in ``log.txt``."""
+    def info(self, message: str, console: bool = True) -> None:
+        """A line in ``log.txt`` and (unless ``console`` is False) on the console."""
         if self.enabled:
-            self.logger.info(message)
+            self.logger.info(message, extra={"console": console})
 
     def scalars(self, tag: str, values: Mapping[str, float], step: int) -> None:
+        """Scalars in TensorBoard and one line in ``log.txt`` (on the console without bars)."""
         if self.enabled:
+            text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+            self.info(f"[{tag}] iteration {step}: {text}", console=not self.progress)
             for key, value in values.items():
                 self.writer.add_scalar(f"{tag}/{key}", value, step)
 

@@ -17,7 +17,7 @@ import torch
 
 from spcl.context import RunContext
 from spcl.engine.checkpoint import load_state, save_state
-from spcl.engine.distributed import all_reduce_sum_
+from spcl.engine.distributed import all_reduce_sum_, max_difference_across_ranks
 from spcl.engine.loop import train_loop
 from spcl.method.contrastive import pixel_prototype_loss
 from spcl.method.losses import tempered_cross_entropy, upsample_logits
@@ -30,6 +30,7 @@ from spcl.method.prototypes import (
 from spcl.stages.builders import (
     build_segmenter,
     domain_dataset,
+    forward_pair,
     load_weights,
     loop_config,
     optimizer_and_schedule,
@@ -78,8 +79,11 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_
         src, tgt = next(source), next(target)
         src_labels = src["label"].to(ctx.device, non_blocking=True)
         tgt_labels = tgt["label"].to(ctx.device, non_blocking=True)
-        src_out = net(src["image"].to(ctx.device, non_blocking=True))
-        tgt_out = net(tgt["image"].to(ctx.device, non_blocking=True))
+        src_out, tgt_out = forward_pair(
+            net,
+            src["image"].to(ctx.device, non_blocking=True),
+            tgt["image"].to(ctx.device, non_blocking=True),
+        )
         src_logits = upsample_logits(src_out.logits, src_labels.shape[-2:])
         loss_seg = tempered_cross_entropy(src_logits, src_labels, cfg.source_temperature)
         feat_size = src_out.features.shape[-2:]
@@ -121,6 +125,11 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_
         config=loop_config(ctx, cfg.optim, out_dir, "adapt", prototype_scalars),
         tracker=ctx.tracker,
     )
+    if ctx.world > 1:
+        spread = max_difference_across_ranks(bank.prototypes)
+        ctx.tracker.info(f"[adapt] prototype banks of {ctx.world} ranks: max difference {spread:g}")
+        if spread != 0.0:
+            raise RuntimeError(f"prototype banks diverged across ranks (max difference {spread})")
     if ctx.is_main:
         final = {"prototypes": bank.prototypes.cpu(), "seen": bank.initialized.cpu()}
         save_state(final, out_dir / "prototypes.pth")

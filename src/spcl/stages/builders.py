@@ -16,13 +16,14 @@ from torch.nn.parallel import DistributedDataParallel
 from spcl.config_schema import DomainConfig, OptimConfig
 from spcl.context import RunContext
 from spcl.data.folder import ImageLabelFolder, SegmentationList
-from spcl.data.labels import CITYSCAPES, SYNTHIA_16_NAMES
+from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
 from spcl.data.loaders import InfiniteLoader, build_eval_loader
 from spcl.data.transforms import build_eval_transform, build_train_transform
 from spcl.engine.checkpoint import clean_state_dict, load_state
 from spcl.engine.loop import LoopConfig
 from spcl.engine.optim import build_optimizer, poly_scheduler
 from spcl.models.build import build_model
+from spcl.models.deeplab_v2 import SegOutput
 from spcl.models.files import save_model_file
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "class_names",
     "domain_dataset",
     "eval_loader",
+    "forward_pair",
     "load_weights",
     "loop_config",
     "optimizer_and_schedule",
@@ -53,7 +55,10 @@ def build_segmenter(ctx: RunContext, *, freeze_bn: bool | None = None) -> nn.Mod
         freeze_bn=cfg.freeze_bn if freeze_bn is None else freeze_bn,
         bn_eps_frozen=cfg.frozen_bn_eps,
     )
-    if ctx.world > 1 and not (cfg.freeze_bn if freeze_bn is None else freeze_bn):
+    trainable_bn = not (cfg.freeze_bn if freeze_bn is None else freeze_bn)
+    if ctx.world > 1 and trainable_bn and ctx.device.type == "cuda":
+        # SyncBN needs CUDA; on CPU (gloo) each rank normalises its own batch and DDP keeps the
+        # running statistics in step by broadcasting rank 0's buffers
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(ctx.device)
     if ctx.config.run.channels_last and ctx.device.type == "cuda":
@@ -67,6 +72,25 @@ def wrap_ddp(ctx: RunContext, model: nn.Module) -> nn.Module:
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+
+
+def forward_pair(
+    net: nn.Module, src_images: torch.Tensor, tgt_images: torch.Tensor
+) -> tuple[SegOutput, SegOutput]:
+    """Run source and target batches through the segmenter, as one batch when their sizes match.
+
+    With frozen BatchNorm (the reference) this is the same computation as two forwards, in one
+    pass. With trainable BatchNorm the batch statistics mix both domains, which keeps the running
+    statistics used at test time from being source-only.
+    """
+    if src_images.shape[1:] != tgt_images.shape[1:]:
+        return net(src_images), net(tgt_images)
+    out = net(torch.cat([src_images, tgt_images]))
+    split = src_images.shape[0]
+    return (
+        SegOutput(out.logits[:split], out.features[:split]),
+        SegOutput(out.logits[split:], out.features[split:]),
+    )
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
@@ -100,6 +124,8 @@ def class_names(num_classes: int) -> tuple[str, ...]:
         return CITYSCAPES.names
     if num_classes == len(SYNTHIA_16_NAMES):
         return SYNTHIA_16_NAMES
+    if num_classes == len(SYNTHIA_13_NAMES):
+        return SYNTHIA_13_NAMES
     return tuple(f"class_{i}" for i in range(num_classes))
 
 

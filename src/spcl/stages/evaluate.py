@@ -8,17 +8,17 @@ table, the SYNTHIA 16- and 13-class means. Writes ``metrics.json`` (``miou`` in 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from spcl.context import RunContext
-from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
-from spcl.engine.checkpoint import atomic_write_bytes
 from spcl.engine.distributed import all_reduce_sum_
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.metrics import ConfusionMatrix, SegmentationScores
+from spcl.evaluation.plots import plot_confusion
+from spcl.evaluation.reports import default_subsets, write_csv, write_json, write_table
+from spcl.evaluation.sliding import predict_probs_sliding
 from spcl.stages.builders import (
     build_segmenter,
     class_names,
@@ -45,7 +45,20 @@ def evaluate_model(
     for batch in loader:
         labels = batch["label"].to(ctx.device)
         images = batch["image"].to(ctx.device)
-        probs = predict_probs(model, images, labels.shape[-2:], flip=cfg.flip, scales=cfg.scales)
+        if cfg.slide:
+            probs = predict_probs_sliding(
+                model,
+                images,
+                labels.shape[-2:],
+                crop=cfg.slide[:2],
+                stride=cfg.slide[2:],
+                flip=cfg.flip,
+                scales=cfg.scales,
+            )
+        else:
+            probs = predict_probs(
+                model, images, labels.shape[-2:], flip=cfg.flip, scales=cfg.scales
+            )
         matrix.update(probs.argmax(1), labels)
         bar.update(1)
     bar.close()
@@ -55,13 +68,11 @@ def evaluate_model(
 
 
 def write_scores(scores: SegmentationScores, out_dir: Path, extra: dict | None = None) -> None:
-    """``metrics.json`` and ``metrics.txt`` in ``out_dir``, each written atomically."""
-    subsets = {}
-    if scores.class_names == CITYSCAPES.names:
-        subsets = {"16": SYNTHIA_16_NAMES, "13": SYNTHIA_13_NAMES}
-    payload = scores.to_dict(subsets) | (extra or {})
-    atomic_write_bytes(out_dir / "metrics.json", json.dumps(payload, indent=2).encode())
-    atomic_write_bytes(out_dir / "metrics.txt", (scores.format_table(subsets) + "\n").encode())
+    """``metrics.json``, ``metrics.txt``, ``metrics.csv`` and ``confusion.png`` in ``out_dir``."""
+    write_json(scores, out_dir / "metrics.json", extra=extra)
+    write_table(scores, out_dir / "metrics.txt")
+    write_csv(scores, out_dir / "metrics.csv")
+    plot_confusion(scores, out_dir / "confusion.png")
 
 
 def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
@@ -70,5 +81,5 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
     scores = evaluate_model(ctx, model)
     if ctx.is_main:
         write_scores(scores, out_dir, {"weights": str(weights)})
-        ctx.tracker.info(scores.format_table())
+        ctx.tracker.info(scores.format_table(default_subsets(scores.class_names)))
     return out_dir / "metrics.json"

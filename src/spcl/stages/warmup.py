@@ -22,6 +22,7 @@ from spcl.models.build import build_discriminator
 from spcl.stages.builders import (
     build_segmenter,
     domain_dataset,
+    forward_pair,
     loop_config,
     optimizer_and_schedule,
     save_weights,
@@ -84,12 +85,15 @@ def run(ctx: RunContext, out_dir: Path) -> Path:
         batch = next(source)
         images = batch["image"].to(ctx.device, non_blocking=True)
         labels = batch["label"].to(ctx.device, non_blocking=True)
-        src_logits = upsample_logits(net(images).logits, labels.shape[-2:])
-        loss_seg = tempered_cross_entropy(src_logits, labels, cfg.source_temperature)
         if not cfg.adversarial:
+            src_logits = upsample_logits(net(images).logits, labels.shape[-2:])
+            loss_seg = tempered_cross_entropy(src_logits, labels, cfg.source_temperature)
             return {"loss": loss_seg, "seg": loss_seg}
         tgt_images = next(target)["image"].to(ctx.device, non_blocking=True)
-        tgt_logits = upsample_logits(net(tgt_images).logits, tgt_images.shape[-2:])
+        src_out, tgt_out = forward_pair(net, images, tgt_images)
+        src_logits = upsample_logits(src_out.logits, labels.shape[-2:])
+        loss_seg = tempered_cross_entropy(src_logits, labels, cfg.source_temperature)
+        tgt_logits = upsample_logits(tgt_out.logits, tgt_images.shape[-2:])
         src_probs = (src_logits / cfg.source_temperature).softmax(1)  # reference quirk
         tgt_probs = tgt_logits.softmax(1)
         # the segmenter's adversarial term must not train D: D's weights are frozen for it

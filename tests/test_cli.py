@@ -1,0 +1,77 @@
+"""The command line: help, exit codes, and errors that name the culprit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spcl.cli import main
+
+
+def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("demo", "run", "evaluate", "predict", "config", "synth"):
+        assert command in text
+
+
+def test_config_prints_and_saves(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["config", "demo", "run.seed=4"]) == 0
+    assert "seed: 4" in capsys.readouterr().out
+    target = tmp_path / "resolved.yaml"
+    assert main(["config", "demo", "--save", str(target), f"data.source.root={tmp_path}"]) == 0
+    assert "name: deeplabv2_resnet18" in target.read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["config", "demo", "run.sed=1"], "unknown key 'run.sed'"),
+        (["config", "missing.yaml"], "config file not found: missing.yaml"),
+        (["run", "demo", "run.stages=[adapt]"], "'adapt' needs"),
+        (["evaluate", "--pred-dir", "x"], "--pred-dir and --gt-dir go together"),
+        (["synth", "--out", "{tmp}", "--preset", "nope"], "preset"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "occupied").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path / "new")) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spcl: error:") and message in err
+
+
+def test_synth_refuses_a_non_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "keep.txt").write_text("precious")
+    assert main(["synth", "--out", str(tmp_path), "--train", "2", "--val", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_synth_bad_size_is_an_argparse_error(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["synth", "--out", "x", "--size", "big"])
+    assert info.value.code == 2
+    assert "HxW" in capsys.readouterr().err
+
+
+def test_evaluate_folders_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    labels = np.zeros((8, 16), np.uint8)
+    labels[:, 8:] = 2
+    Image.fromarray(labels).save(pred / "a.png")
+    Image.fromarray(labels).save(gt / "a.png")
+    argv = ["evaluate", "--pred-dir", str(pred), "--gt-dir", str(gt), "--gt-format", "trainIds"]
+    argv += ["--json", str(tmp_path / "s.json"), "--confusion", str(tmp_path / "c.png")]
+    assert main(argv) == 0
+    assert "100.00" in capsys.readouterr().out
+    assert (tmp_path / "s.json").exists() and (tmp_path / "c.png").stat().st_size > 0
