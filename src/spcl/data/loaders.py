@@ -14,21 +14,36 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from spcl.data.sampling import EpochOrder
+
 __all__ = ["InfiniteLoader", "SeededBatchSampler", "build_eval_loader"]
 
 
 class SeededBatchSampler:
-    """Batches of ``(index, sample_seed)`` for one epoch, starting at batch ``offset``."""
+    """Batches of ``(index, sample_seed)`` for one epoch, starting at batch ``offset``.
+
+    ``order`` (optional) gives epoch ``e``'s index sequence as a pure function of ``e``, e.g.
+    :class:`spcl.data.sampling.ClassBalancedOrder` (class-balanced draws, repeats allowed); its
+    ``len()`` is the epoch length and ``shuffle`` is then unused.
+    """
 
     def __init__(
-        self, size: int, batch_size: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        rank: int = 0,
+        world: int = 1,
+        order: EpochOrder | None = None,
     ) -> None:
+        size = len(order) if order is not None else size
         if size < batch_size * world:
             raise ValueError(
                 f"dataset of {size} images is smaller than one batch ({batch_size} × {world} ranks)"
             )
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.order = rank, world, order
         self.epoch = 0
         self.offset = 0  # batches already consumed in this epoch
 
@@ -37,12 +52,16 @@ class SeededBatchSampler:
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
-        seeds = rng.integers(0, 2**31 - 1, size=self.size)
-        mine = order[self.rank :: self.world]
+        if self.order is None:
+            order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+            seeds = rng.integers(0, 2**31 - 1, size=self.size)[order]  # one per image
+        else:
+            order = np.asarray(self.order(self.epoch))
+            seeds = rng.integers(0, 2**31 - 1, size=len(order))  # one per draw
+        mine = np.arange(len(order))[self.rank :: self.world]  # this rank's positions
         for b in range(self.offset, len(self)):
             chunk = mine[b * self.batch_size : (b + 1) * self.batch_size]
-            yield [(int(i), int(seeds[i])) for i in chunk]
+            yield [(int(order[p]), int(seeds[p])) for p in chunk]
 
 
 class InfiniteLoader:
@@ -59,8 +78,11 @@ class InfiniteLoader:
         rank: int = 0,
         world: int = 1,
         pin_memory: bool = False,
+        order: EpochOrder | None = None,
     ) -> None:
-        self.sampler = SeededBatchSampler(len(dataset), batch_size, seed, shuffle, rank, world)
+        self.sampler = SeededBatchSampler(
+            len(dataset), batch_size, seed, shuffle, rank, world, order=order
+        )
         self.loader = DataLoader(
             dataset,
             batch_sampler=self.sampler,

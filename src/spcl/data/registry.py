@@ -1,0 +1,123 @@
+"""Dataset readers by name: ``kind`` → the function that lists its files, and ``build_dataset``.
+
+Kinds: ``gta5``, ``synthia``, ``synscapes``, ``cityscapes`` (the official layouts) and ``folder``
+(the user's own images, labels and class YAML). Each reader takes ``(root, split)`` plus keyword
+options (see :func:`dataset_options`), e.g. ``classes=16`` for SYNTHIA → Cityscapes or
+``image_dir="rgb"`` for Synscapes' 1440×720 images::
+
+    dataset = build_dataset("gta5", "/data/gta5", "train", with_labels=True, transform=t)
+    files = scan_dataset("cityscapes", "/data/cityscapes", "val", classes=16)  # + files.table
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from spcl.data.cityscapes import scan_cityscapes
+from spcl.data.folder import SegmentationList
+from spcl.data.gta5 import scan_gta5
+from spcl.data.synscapes import scan_synscapes
+from spcl.data.synthia import scan_synthia
+from spcl.data.transforms import PairTransform
+from spcl.data.user_folder import DatasetFiles, scan_folder
+
+__all__ = [
+    "DATASET_KINDS",
+    "SCANNERS",
+    "build_dataset",
+    "dataset_options",
+    "get_scanner",
+    "scan_dataset",
+]
+
+SCANNERS: dict[str, Callable[..., DatasetFiles]] = {
+    "gta5": scan_gta5,
+    "synthia": scan_synthia,
+    "synscapes": scan_synscapes,
+    "cityscapes": scan_cityscapes,
+    "folder": scan_folder,
+}
+DATASET_KINDS = tuple(SCANNERS)
+DEFAULT_SPLIT = "train"
+_NOT_OPTIONS = ("with_labels", "warn")  # keyword arguments set by the caller, not the config
+
+
+def get_scanner(kind: str) -> Callable[..., DatasetFiles]:
+    """The reader of ``kind``; KeyError listing the valid kinds otherwise."""
+    if kind not in SCANNERS:
+        raise KeyError(f"unknown dataset kind {kind!r}; valid kinds: {list(DATASET_KINDS)}")
+    return SCANNERS[kind]
+
+
+def dataset_options(kind: str) -> dict[str, Any]:
+    """The keyword options of ``kind``'s reader and their defaults (e.g. ``{"classes": 19}``)."""
+    parameters = inspect.signature(get_scanner(kind)).parameters.values()
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _NOT_OPTIONS
+    }
+
+
+def scan_dataset(
+    kind: str,
+    root: str | Path,
+    split: str | None = None,
+    *,
+    with_labels: bool = True,
+    warn: bool = True,
+    **options: Any,
+) -> DatasetFiles:
+    """List a dataset's files without reading them (see the readers for the layouts).
+
+    Args:
+        kind: one of :data:`DATASET_KINDS`.
+        root: the dataset root folder.
+        split: split to read; None = ``train``.
+        with_labels: pair images with labels (False: images only, no label folder needed).
+        warn: warn about images skipped for want of a label.
+        **options: the reader's options (:func:`dataset_options`).
+
+    Raises:
+        KeyError: unknown kind (lists the valid ones).
+        ValueError: unknown option (lists the valid ones), or a problem with the files.
+        FileNotFoundError: a missing root, split or folder.
+    """
+    scanner = get_scanner(kind)
+    valid = dataset_options(kind)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for dataset kind {kind!r}; valid options: {sorted(valid)}"
+        )
+    split = DEFAULT_SPLIT if split is None else split
+    return scanner(root, split, with_labels=with_labels, warn=warn, **options)
+
+
+def build_dataset(
+    kind: str,
+    root: str | Path,
+    split: str | None = None,
+    *,
+    with_labels: bool,
+    transform: PairTransform | None = None,
+    **options: Any,
+) -> SegmentationList:
+    """The dataset of ``kind`` at ``root``: items ``{"image", "label" (train ids), "name"}``.
+
+    Args:
+        kind: one of :data:`DATASET_KINDS`.
+        root: the dataset root folder.
+        split: split to read; None = ``train``.
+        with_labels: read labels (train ids, 255 = ignore) as well as images.
+        transform: paired augmentation or test-time resize (``spcl.data.transforms``).
+        **options: the reader's options (:func:`dataset_options`).
+
+    Raises:
+        KeyError: unknown kind. ValueError / FileNotFoundError: see :func:`scan_dataset`.
+    """
+    files = scan_dataset(kind, root, split, with_labels=with_labels, **options)
+    return files.dataset(transform)

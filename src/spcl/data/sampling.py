@@ -1,0 +1,279 @@
+"""Class-balanced source sampling (SPCL reference scheme) and its cached class → images index.
+
+The reference (``core/datasets/gta5.py`` / ``synthia.py`` of github.com/BinhuiXie/SPCL, from
+FADA) draws source images so that rare classes appear more often:
+
+* a class → images index (which train ids each image contains) is precomputed once;
+* draws come in sub-epochs of 3,000; within one, ``n_c`` counts the drawn images that contain
+  class ``c`` (reset to 0 at each sub-epoch start), ``p_c = n_c / Σ n`` (all 0 at the start);
+* each draw picks a class with probability ∝ ``1 / log(1.01 + p_c)``, then the next image of that
+  class's list (cycled, reshuffled at each wrap), and adds that image's classes to ``n``.
+
+Here one sub-epoch is one loader epoch: :func:`class_balanced_order` returns the draws of epoch
+``e`` as a pure function of ``(seed, e)``, shuffled (the reference's DataLoader shuffles its
+whole list), so a resumed run gets the same order. Differences from the reference, on purpose:
+classes without any image get weight 0 (the reference raises IndexError on them); each epoch's
+per-class lists start from a fresh permutation (the reference carries its cursors across
+sub-epochs and, on a wrap, skips the first element of the reshuffled list). The index is an
+``.npz`` (pixels per image and class) written atomically; ``spcl data check`` writes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from spcl.data.folder import SegmentationList
+
+__all__ = [
+    "SUB_EPOCH_SIZE",
+    "ClassBalancedOrder",
+    "ClassIndex",
+    "EpochOrder",
+    "atomic_output",
+    "build_class_index",
+    "class_balance_weights",
+    "class_balanced_order",
+    "class_pixel_counts",
+    "default_class_index_path",
+    "load_or_build_class_index",
+]
+
+SUB_EPOCH_SIZE = 3000  # draws per sub-epoch (reference SUB_EPOCH_SIZE)
+FREQUENCY_OFFSET = 1.01  # weights 1 / log(1.01 + p) (reference: log(1 + 1e-2 + dist))
+ORDER_SALT = 0x5EC1  # keeps the class-balanced stream apart from the batch sampler's seeds
+INDEX_FORMAT = "spcl-class-index-1"  # bump when the file layout changes
+BINCOUNT_SIZE = 256  # uint8 train ids, ignore included
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[IO[bytes]]:
+    """A temporary file beside ``path``, synced and renamed onto it on success, removed on error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def class_pixel_counts(train_ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixels of each train id 0..K-1 in a label map (ignore and other values not counted).
+
+    Shape:
+        train_ids: (H, W) uint8. Returns (K,) int64.
+    """
+    counts = np.bincount(train_ids.ravel(), minlength=BINCOUNT_SIZE)
+    return counts[:num_classes].astype(np.int64)
+
+
+@dataclass
+class ClassIndex:
+    """Which classes each image contains, with pixel counts.
+
+    Attributes:
+        names: the dataset's item names, in item order (checked against the dataset on load).
+        pixel_counts: (N, K) int64, pixels of class k in image n (0 for unreadable images).
+    """
+
+    names: list[str]
+    pixel_counts: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.pixel_counts.shape[1])
+
+    @property
+    def presence(self) -> np.ndarray:
+        """(N, K) bool: image n contains class k."""
+        return self.pixel_counts > 0
+
+    def images_of(self, class_id: int) -> np.ndarray:
+        """Indices of the images that contain ``class_id``."""
+        return np.flatnonzero(self.pixel_counts[:, class_id] > 0)
+
+    def save(self, path: str | Path) -> None:
+        """Write the index to ``path`` (.npz) atomically."""
+        with atomic_output(Path(path)) as handle:
+            np.savez(
+                handle,
+                format=np.array(INDEX_FORMAT),
+                names=np.array(self.names, dtype=str),
+                pixel_counts=self.pixel_counts,
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClassIndex:
+        """Read an index written by :meth:`save`; ValueError naming the file if it is not one."""
+        try:
+            with np.load(Path(path), allow_pickle=False) as data:
+                if str(data["format"]) != INDEX_FORMAT:
+                    raise ValueError(f"format {data['format']!s}, expected {INDEX_FORMAT}")
+                names, counts = data["names"].tolist(), data["pixel_counts"].astype(np.int64)
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"cannot read class index {path}: {exc}") from exc
+        if counts.ndim != 2 or counts.shape[0] != len(names):
+            raise ValueError(f"class index {path} is inconsistent: {counts.shape}, {len(names)}")
+        return cls(names, counts)
+
+
+class _LabelCounts(torch.utils.data.Dataset):
+    """Item i → its label's per-class pixel counts (reads labels only)."""
+
+    def __init__(self, dataset: SegmentationList, num_classes: int) -> None:
+        self.dataset, self.num_classes = dataset, num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        label = self.dataset.label_reader(self.dataset.labels[index])
+        if self.dataset.id_lut is not None:
+            label = self.dataset.id_lut[label]
+        return class_pixel_counts(label, self.num_classes)
+
+
+def _identity(item: np.ndarray) -> np.ndarray:
+    return item
+
+
+def build_class_index(
+    dataset: SegmentationList, num_classes: int, *, num_workers: int = 0, progress: bool = False
+) -> ClassIndex:
+    """Read every label of ``dataset`` once and count its classes.
+
+    Raises:
+        ValueError: the dataset has no labels, or a label cannot be read (names the file).
+    """
+    if not dataset.labels:
+        raise ValueError("a class index needs a labelled dataset (with_labels=True)")
+    loader = torch.utils.data.DataLoader(
+        _LabelCounts(dataset, num_classes),
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_identity,
+    )
+    rows = list(tqdm(loader, desc="class index", disable=not progress, unit="label"))
+    return ClassIndex(list(dataset.names), np.stack(rows).astype(np.int64))
+
+
+def load_or_build_class_index(
+    dataset: SegmentationList,
+    num_classes: int,
+    path: str | Path,
+    *,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> ClassIndex:
+    """The cached index at ``path`` if it matches ``dataset``, else a new one written there."""
+    path = Path(path)
+    if path.is_file():
+        with contextlib.suppress(ValueError):
+            index = ClassIndex.load(path)
+            if index.names == list(dataset.names) and index.num_classes == num_classes:
+                return index
+    index = build_class_index(dataset, num_classes, num_workers=num_workers, progress=progress)
+    index.save(path)
+    return index
+
+
+def default_class_index_path(root: str | Path, kind: str, split: str, num_classes: int) -> Path:
+    """Where the class index of a dataset is cached by default: beside the data."""
+    return Path(root) / f"spcl_class_index_{kind}_{split}_{num_classes}cls.npz"
+
+
+def class_balance_weights(counts: np.ndarray, available: np.ndarray) -> np.ndarray:
+    """Class probabilities ∝ ``1 / log(1.01 + p_c)``, ``p = counts / Σ counts`` (0 if Σ = 0).
+
+    Classes not ``available`` (no image contains them) get probability 0.
+
+    Shape:
+        counts: (K,) float; available: (K,) bool. Returns (K,) summing to 1.
+    """
+    total = counts.sum()
+    frequency = counts / total if total > 0 else np.zeros_like(counts, dtype=float)
+    weights = np.where(available, 1.0 / np.log(FREQUENCY_OFFSET + frequency), 0.0)
+    return weights / weights.sum()
+
+
+def class_balanced_order(
+    presence: np.ndarray, seed: int, epoch: int, length: int = SUB_EPOCH_SIZE
+) -> np.ndarray:
+    """The image indices drawn in sub-epoch ``epoch`` (see the module docstring), shuffled.
+
+    Args:
+        presence: (N, K) bool, image n contains class k (``ClassIndex.presence``).
+        seed: the run's sampling seed.
+        epoch: the loader epoch; each gives an independent sub-epoch.
+        length: draws per sub-epoch (reference 3,000).
+
+    Returns:
+        (length,) int64 image indices; images that contain no class are never drawn.
+
+    Raises:
+        ValueError: no image contains any class.
+    """
+    rng = np.random.default_rng([seed, epoch, ORDER_SALT])
+    members = [np.flatnonzero(presence[:, k]) for k in range(presence.shape[1])]
+    available = np.array([len(m) > 0 for m in members])
+    if not available.any():
+        raise ValueError("no image contains any class: class-balanced sampling is impossible")
+    last_available = int(np.flatnonzero(available)[-1])
+    queues = [rng.permutation(m) for m in members]
+    cursors = [0] * len(members)
+    counts = np.zeros(presence.shape[1])
+    order = np.empty(length, dtype=np.int64)
+    uniforms = rng.random(length)
+    for step in range(length):
+        cdf = np.cumsum(class_balance_weights(counts, available))
+        k = int(np.searchsorted(cdf, uniforms[step] * cdf[-1], side="right"))
+        k = min(k, last_available)  # guards the u · cdf[-1] → cdf[-1] rounding edge
+        if cursors[k] == len(queues[k]):
+            queues[k], cursors[k] = rng.permutation(members[k]), 0
+        order[step] = queues[k][cursors[k]]
+        cursors[k] += 1
+        counts += presence[order[step]]
+    return rng.permutation(order)
+
+
+class EpochOrder(Protocol):
+    """An epoch's index sequence as a pure function of the epoch, and its length."""
+
+    def __len__(self) -> int: ...
+
+    def __call__(self, epoch: int) -> np.ndarray: ...
+
+
+class ClassBalancedOrder:
+    """``epoch → image indices`` for a resumable sampler: class-balanced sub-epochs.
+
+    Args:
+        index: the dataset's class index.
+        seed: sampling seed (the run seed and a per-stream salt).
+        length: draws per epoch (reference sub-epoch: 3,000).
+    """
+
+    def __init__(self, index: ClassIndex, seed: int, length: int = SUB_EPOCH_SIZE) -> None:
+        self.presence = index.presence
+        self.seed, self.length = seed, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        return class_balanced_order(self.presence, self.seed, epoch, self.length)
