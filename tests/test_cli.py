@@ -75,3 +75,24 @@ def test_evaluate_folders_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(argv) == 0
     assert "100.00" in capsys.readouterr().out
     assert (tmp_path / "s.json").exists() and (tmp_path / "c.png").stat().st_size > 0
+
+
+def _folder_dataset(root: Path, label_value: int) -> None:
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "classes.yaml").write_text("names: [road, sky]\n")
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(root / "images" / "train" / "a.png")
+    label = np.full((8, 16), label_value, np.uint8)
+    Image.fromarray(label).save(root / "labels" / "train" / "a.png")
+
+
+def test_data_check_reports_problems_by_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    _folder_dataset(good, 1)
+    _folder_dataset(bad, 7)  # not a class of the table
+    assert main(["data", "check", "folder", str(good)]) == 0
+    assert main(["data", "stats", "folder", str(good), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", "folder", str(bad)]) == 1
+    assert "a.png" in capsys.readouterr().out
+    assert main(["data", "check", "folder", str(tmp_path / "absent")]) == 2

@@ -5,6 +5,7 @@ Subcommands:
     run      run the SPCL pipeline (warm-up → … → evaluation), resumable
     evaluate score a model file on a dataset split, or a folder of predictions
     predict  segment your own images with a model file
+    data     check a dataset on disk (pairs, sizes, label values), class statistics
     config   print the resolved configuration (YAML + overrides), or save it
     synth    generate the built-in synthetic source/target pair
 
@@ -21,6 +22,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import yaml
 
 from spcl import __version__
 from spcl.config import ConfigError, dump_config, load_config, save_config
@@ -216,6 +219,33 @@ def _add_test_time_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    import json
+
+    from spcl.data.doctor import check_dataset, dataset_stats
+
+    options = {}
+    for text in args.option:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option expects key=value, got {text!r}")
+        options[key] = yaml.safe_load(value)
+    common = {
+        "with_labels": not args.no_labels,
+        "progress": not args.json,
+        "num_workers": args.workers,
+        **options,
+    }
+    if args.action == "check":
+        report = check_dataset(
+            args.kind, args.root, args.split, class_index_out=args.class_index, **common
+        )
+    else:
+        report = dataset_stats(args.kind, args.root, args.split, **common)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -280,6 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--on-error", choices=("fail", "skip"), default="fail")
     _add_test_time_flags(pr)
     pr.set_defaults(handler=_cmd_predict)
+
+    data = sub.add_parser("data", help="check a dataset on disk, or print its class statistics")
+    data.add_argument("action", choices=("check", "stats"), help="check: read every file")
+    data.add_argument("kind", help="gta5, synthia, synscapes, cityscapes or folder")
+    data.add_argument("root", help="dataset root folder")
+    data.add_argument("--split", help="split to read (default: train)")
+    data.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="reader option"
+    )
+    data.add_argument("--class-index", metavar="FILE", help="where check writes the class index")
+    data.add_argument("--workers", type=int, help="reader processes")
+    data.add_argument("--no-labels", action="store_true", help="images only")
+    data.add_argument("--json", action="store_true", help="machine-readable report")
+    data.set_defaults(handler=_cmd_data)
 
     syn = sub.add_parser("synth", help="generate the built-in synthetic source/target pair")
     syn.add_argument("--out", required=True, help="output folder (must be absent or empty)")

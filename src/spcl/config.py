@@ -220,6 +220,10 @@ def _coerce(value: Any, hint: Any, dotted: str, origins: dict[str, str]) -> Any:
         if value in args:
             return value
         return _type_error(value, f"one of {list(args)}", dotted, origins)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return _type_error(value, "a mapping", dotted, origins)
+        return dict(value)
     if origin is list:
         if not isinstance(value, list | tuple):
             return _type_error(value, f"a list of {args[0].__name__}", dotted, origins)

@@ -21,26 +21,23 @@ sub-epochs and, on a wrap, skips the first element of the reshuffled list). The 
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from spcl.data.folder import SegmentationList
+from spcl.engine.checkpoint import atomic_file
 
 __all__ = [
     "SUB_EPOCH_SIZE",
     "ClassBalancedOrder",
     "ClassIndex",
     "EpochOrder",
-    "atomic_output",
     "build_class_index",
     "class_balance_weights",
     "class_balanced_order",
@@ -54,22 +51,6 @@ FREQUENCY_OFFSET = 1.01  # weights 1 / log(1.01 + p) (reference: log(1 + 1e-2 + 
 ORDER_SALT = 0x5EC1  # keeps the class-balanced stream apart from the batch sampler's seeds
 INDEX_FORMAT = "spcl-class-index-1"  # bump when the file layout changes
 BINCOUNT_SIZE = 256  # uint8 train ids, ignore included
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[IO[bytes]]:
-    """A temporary file beside ``path``, synced and renamed onto it on success, removed on error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def class_pixel_counts(train_ids: np.ndarray, num_classes: int) -> np.ndarray:
@@ -109,7 +90,7 @@ class ClassIndex:
 
     def save(self, path: str | Path) -> None:
         """Write the index to ``path`` (.npz) atomically."""
-        with atomic_output(Path(path)) as handle:
+        with atomic_file(Path(path)) as handle:
             np.savez(
                 handle,
                 format=np.array(INDEX_FORMAT),

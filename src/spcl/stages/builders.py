@@ -5,6 +5,7 @@ This is where the config stops: below it (models, data, method, engine) only key
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,15 @@ from spcl.context import RunContext
 from spcl.data.folder import ImageLabelFolder, SegmentationList
 from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
 from spcl.data.loaders import InfiniteLoader, build_eval_loader
+from spcl.data.registry import DATASET_KINDS, build_dataset
+from spcl.data.sampling import (
+    ClassBalancedOrder,
+    default_class_index_path,
+    load_or_build_class_index,
+)
 from spcl.data.transforms import build_eval_transform, build_train_transform
 from spcl.engine.checkpoint import clean_state_dict, load_state
+from spcl.engine.distributed import barrier
 from spcl.engine.loop import LoopConfig
 from spcl.engine.optim import build_optimizer, poly_scheduler
 from spcl.models.build import build_model
@@ -37,11 +45,11 @@ __all__ = [
     "optimizer_and_schedule",
     "pseudo_labelled_dataset",
     "save_weights",
+    "source_order",
+    "source_stream",
     "train_loader",
     "wrap_ddp",
 ]
-
-DATASET_KINDS = ("synthetic", "folder")  # readers available to DomainConfig.kind
 
 
 def build_segmenter(ctx: RunContext, *, freeze_bn: bool | None = None) -> nn.Module:
@@ -129,23 +137,15 @@ def class_names(num_classes: int) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
-def _folders(domain: DomainConfig, with_labels: bool) -> tuple[Path, Path | None]:
-    root = Path(domain.root)
-    if domain.kind == "synthetic":
-        if domain.domain not in ("source", "target"):
-            raise ValueError(
-                f"data.*.domain must be 'source' or 'target' for the synthetic pair, "
-                f"got {domain.domain!r}"
-            )
-        base = root / domain.domain
-        return base / "images" / domain.split, (
-            base / "labels" / domain.split if with_labels else None
+def _synthetic_folders(domain: DomainConfig, with_labels: bool) -> tuple[Path, Path | None]:
+    if domain.domain not in ("source", "target"):
+        raise ValueError(
+            f"data.*.domain must be 'source' or 'target' for the synthetic pair, got "
+            f"{domain.domain!r}"
         )
-    if domain.kind == "folder":
-        return root / "images" / domain.split, (
-            root / "labels" / domain.split if with_labels else None
-        )
-    raise ValueError(f"unknown dataset kind {domain.kind!r}; valid kinds: {list(DATASET_KINDS)}")
+    base = Path(domain.root) / domain.domain
+    labels = base / "labels" / domain.split if with_labels else None
+    return base / "images" / domain.split, labels
 
 
 def domain_dataset(
@@ -157,9 +157,12 @@ def domain_dataset(
     color_jitter: float = 0.0,
     scale_range: list[float] | tuple[float, ...] = (),
     crop: list[int] | tuple[int, ...] = (),
-) -> ImageLabelFolder:
-    """A dataset for one domain/split, with training augmentation or the test-time resize."""
-    images, labels = _folders(domain, with_labels)
+) -> SegmentationList:
+    """A dataset for one domain/split, with training augmentation or the test-time resize.
+
+    ``kind: synthetic`` reads the built-in pair; every other kind goes to
+    :func:`spcl.data.registry.build_dataset` with ``domain.options``.
+    """
     if train:
         transform = build_train_transform(
             size=domain.size,
@@ -170,7 +173,43 @@ def domain_dataset(
         )
     else:
         transform = build_eval_transform(domain.size)
-    return ImageLabelFolder(images, labels, transform)
+    if domain.kind == "synthetic":
+        images, labels = _synthetic_folders(domain, with_labels)
+        return ImageLabelFolder(images, labels, transform)
+    if domain.kind not in DATASET_KINDS:
+        kinds = ["synthetic", *DATASET_KINDS]
+        raise ValueError(f"unknown dataset kind {domain.kind!r}; valid kinds: {kinds}")
+    return build_dataset(
+        domain.kind,
+        domain.root,
+        domain.split,
+        with_labels=with_labels,
+        transform=transform,
+        **domain.options,
+    )
+
+
+def source_order(
+    ctx: RunContext, domain: DomainConfig, dataset: SegmentationList, salt: int
+) -> ClassBalancedOrder | None:
+    """Class-balanced epoch order for a source stream when ``domain.sampling`` asks for it.
+
+    The class → images index is built once (rank 0), cached at ``domain.class_index`` or beside
+    the data (the run directory when the data folder is read-only), and read by every rank.
+    """
+    if domain.sampling != "class_balanced":
+        return None
+    k = ctx.config.data.num_classes
+    path = Path(domain.class_index) if domain.class_index else None
+    if path is None:
+        path = default_class_index_path(domain.root, domain.kind, domain.split, k)
+        if not os.access(path.parent, os.W_OK):
+            path = ctx.run_dir / path.name
+    if ctx.is_main:
+        load_or_build_class_index(dataset, k, path, progress=ctx.config.run.progress)
+    barrier()
+    index = load_or_build_class_index(dataset, k, path)
+    return ClassBalancedOrder(index, seed=ctx.config.run.seed * 1000 + salt)
 
 
 def pseudo_labelled_dataset(
@@ -216,7 +255,11 @@ def loop_config(
 
 
 def train_loader(
-    ctx: RunContext, dataset: ImageLabelFolder, batch_size: int, salt: int
+    ctx: RunContext,
+    dataset: SegmentationList,
+    batch_size: int,
+    salt: int,
+    order: ClassBalancedOrder | None = None,
 ) -> InfiniteLoader:
     """A resumable batch stream seeded from the run seed and a per-stream ``salt``."""
     return InfiniteLoader(
@@ -227,10 +270,18 @@ def train_loader(
         rank=ctx.rank,
         world=ctx.world,
         pin_memory=ctx.device.type == "cuda",
+        order=order,
     )
 
 
-def eval_loader(ctx: RunContext, dataset: ImageLabelFolder) -> torch.utils.data.DataLoader:
+def source_stream(ctx: RunContext, batch_size: int, salt: int, **augment: Any) -> InfiniteLoader:
+    """The labelled source training stream (class-balanced when ``data.source.sampling`` asks)."""
+    domain = ctx.config.data.source
+    dataset = domain_dataset(domain, with_labels=True, train=True, **augment)
+    return train_loader(ctx, dataset, batch_size, salt, source_order(ctx, domain, dataset, salt))
+
+
+def eval_loader(ctx: RunContext, dataset: SegmentationList) -> torch.utils.data.DataLoader:
     return build_eval_loader(
         dataset, num_workers=ctx.config.data.num_workers, rank=ctx.rank, world=ctx.world
     )

@@ -26,6 +26,7 @@ from spcl.stages.builders import (
     loop_config,
     optimizer_and_schedule,
     save_weights,
+    source_stream,
     train_loader,
     wrap_ddp,
 )
@@ -46,17 +47,12 @@ def run(ctx: RunContext, out_dir: Path) -> Path:
     model = build_segmenter(ctx)
     net = wrap_ddp(ctx, model)
     optimizer, schedule = optimizer_and_schedule(model, cfg.optim)
-    source = train_loader(
+    source = source_stream(
         ctx,
-        domain_dataset(
-            data.source,
-            with_labels=True,
-            train=True,
-            hflip=data.hflip,
-            color_jitter=data.color_jitter,
-        ),
         cfg.optim.batch_size,
         SOURCE_STREAM,
+        hflip=data.hflip,
+        color_jitter=data.color_jitter,
     )
     state: dict = {"model": model, "optimizer": optimizer, "schedule": schedule, "source": source}
     optimizers, schedules = [optimizer], [schedule]

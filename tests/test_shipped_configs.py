@@ -1,0 +1,71 @@
+"""The shipped configs load, keep the reference values, and name what they read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spcl.config import PACKAGED_CONFIGS, ConfigError, load_config
+from spcl.config_schema import DomainConfig
+from spcl.stages.builders import domain_dataset
+
+ROOTS = ["data.source.root=/s", "data.target.root=/t", "data.target_val.root=/t"]
+SHIPPED = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def test_the_four_configs_ship() -> None:
+    assert set(SHIPPED) >= {
+        "demo",
+        "gta5_to_cityscapes",
+        "synthia_to_cityscapes",
+        "synscapes_to_cityscapes",
+    }
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n != "demo"])
+def test_reference_configs_keep_the_reference_recipe(name: str) -> None:
+    config = load_config(name, ROOTS)
+    assert config.model.name == "deeplabv2_resnet101" and config.model.freeze_bn
+    assert config.warmup.adversarial and config.warmup.lambda_adv == 0.001
+    for optim in (config.warmup.optim, config.adapt.optim):
+        assert (optim.lr, optim.head_lr_mult, optim.momentum) == (2.5e-4, 10.0, 0.9)
+        assert (optim.max_iter, optim.stop_iter) == (62_500, 40_000)
+    assert (config.adapt.momentum, config.adapt.temperature, config.adapt.lambda_cl) == (
+        0.1,
+        100.0,
+        1.0,
+    )
+    assert config.adapt.absent_policy == "zero_fill" and config.pseudo_labels.cap == 0.9
+    assert config.self_train.optim.lr == 5e-4 and config.self_train.crop == [512, 1024]
+    assert config.data.target.size == [512, 1024] and config.data.target.kind == "cityscapes"
+
+
+def test_synthia_uses_sixteen_classes_everywhere() -> None:
+    config = load_config("synthia_to_cityscapes", ROOTS)
+    assert config.data.num_classes == 16
+    for domain in (config.data.source, config.data.target, config.data.target_val):
+        assert domain.options == {"classes": 16}
+
+
+def test_reference_configs_require_the_dataset_roots() -> None:
+    with pytest.raises(ConfigError, match=r"data\.source\.root"):
+        load_config("gta5_to_cityscapes")
+
+
+def test_other_kinds_go_through_the_registry_with_their_options(tmp_path: Path) -> None:
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "labels" / "train").mkdir(parents=True)
+    (tmp_path / "classes.yaml").write_text("names: [a, b]\nid_to_train: {10: 0, 20: 1}\n")
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(tmp_path / "images/train/x.png")
+    Image.fromarray(np.full((8, 16), 20, np.uint8)).save(tmp_path / "labels/train/x.png")
+    domain = DomainConfig(kind="folder", root=str(tmp_path))
+    sample = domain_dataset(domain, with_labels=True, train=False)[0]
+    assert sample["label"].unique().tolist() == [1]
+    with pytest.raises(ValueError, match="unknown dataset kind 'gtav'"):
+        domain_dataset(DomainConfig(kind="gtav", root="/x"), with_labels=True, train=False)
+    with pytest.raises(ValueError, match="unknown option"):
+        bad = DomainConfig(kind="folder", root=str(tmp_path), options={"clases": 2})
+        domain_dataset(bad, with_labels=True, train=False)
