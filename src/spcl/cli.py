@@ -2,6 +2,7 @@
 
 Subcommands:
     demo     the pipeline and its baselines on the built-in synthetic pair (the main job)
+    bench    SPCL against its controls and ablations over several seeds, with a report
     run      run the SPCL pipeline (warm-up → … → evaluation), resumable
     evaluate score a model file on a dataset split, or a folder of predictions
     predict  segment your own images with a model file
@@ -26,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from spcl import __version__
+from spcl.bench import parse_ablations, parse_seeds
 from spcl.config import ConfigError, dump_config, load_config, save_config
 from spcl.engine.checkpoint import CheckpointError
 from spcl.pipeline import STAGE_NAMES as STAGE_CHOICES
@@ -246,6 +248,21 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from spcl.bench import DEFAULT_SEEDS, QUICK_SEEDS, run_bench
+
+    seeds = args.seeds or list(QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
+    run_bench(
+        args.out,
+        seeds,
+        quick=args.quick,
+        config=args.config,
+        overrides=tuple(args.overrides),
+        ablate=args.ablate,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -268,6 +285,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="tiny sizes: a minute, for tests")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="extra config overrides")
     demo.set_defaults(handler=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="SPCL vs its controls and ablations over seeds, a report")
+    bench.add_argument("--out", default="runs/bench", help="output folder (default runs/bench)")
+    bench.add_argument(
+        "--seeds", type=parse_seeds, help="comma list (default 0,1,2; 0 with --quick)"
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="tiny sizes, for CI: numbers mean nothing"
+    )
+    bench.add_argument("--config", default="demo", help="config file or shipped name (demo)")
+    bench.add_argument(
+        "--ablate",
+        type=parse_ablations,
+        default=(),
+        metavar="NAMES",
+        help="extra rows: tau,alpha,absent,cap,lambda,bn,adabn_labels or all",
+    )
+    bench.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every row")
+    bench.set_defaults(handler=_cmd_bench)
 
     run = sub.add_parser("run", help="run the SPCL pipeline (resumable) into run.out")
     run.add_argument("config", help="YAML config file, e.g. configs/demo.yaml")

@@ -8,7 +8,7 @@ validation live in :mod:`spcl.config`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "REQUIRED",
@@ -40,11 +40,14 @@ class ModelConfig:
 
 @dataclass
 class DomainConfig:
-    kind: str = "synthetic"  # dataset reader: synthetic, folder (more in spcl.data)
+    kind: str = "synthetic"  # synthetic, gta5, synthia, synscapes, cityscapes, folder (spcl.data)
     root: str = REQUIRED  # dataset root folder
-    domain: str = ""  # synthetic pair: "source" or "target"
-    split: str = "train"  # split folder to read
+    domain: str = ""  # synthetic pair only: "source" or "target"
+    split: str = "train"  # split to read
     size: list[int] = field(default_factory=list)  # resize to [H, W]; empty keeps the file size
+    options: dict[str, Any] = field(default_factory=dict)  # reader options, e.g. {classes: 16}
+    sampling: Literal["uniform", "class_balanced"] = "uniform"  # reference: class_balanced source
+    class_index: str = ""  # class-balanced sampling cache; "" = beside the data (else run dir)
 
 
 @dataclass
@@ -108,6 +111,10 @@ class AdaptConfig:
     lambda_cl: float = 1.0  # weight of the contrastive loss (reference)
     contrast_source: bool = True  # contrastive term on source pixels (reference: yes)
     contrast_target: bool = True  # contrastive term on target pseudo-labels (reference: yes)
+    target_ce: float = 0.0  # weight of a plain CE on target pseudo-labels (reference: 0; 1 in the
+    # bench's self-training control, which has no contrastive term)
+    freeze_bn: bool | None = None  # BN frozen in this stage; None follows model.freeze_bn (the
+    # bench's "bn" ablation flips it for adaptation only)
     source_temperature: float = 1.8  # source logits ÷ 1.8 before the CE (reference quirk)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -131,6 +138,8 @@ class EvalConfig:
     slide: list[int] = field(
         default_factory=list
     )  # [crop_h, crop_w, stride_h, stride_w]; empty=off
+    adabn: bool = False  # re-estimate BatchNorm statistics on target train images before
+    # evaluating (AdaBN, a control of the bench; not the reference)
 
 
 @dataclass

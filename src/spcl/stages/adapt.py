@@ -6,7 +6,9 @@ of the normalised source features over reliable pixels (ground truth = predictio
 over ranks so every process holds the same prototypes; then every source pixel (reliable ground
 truth) and target pixel (pseudo-label) is classified against the prototypes,
 ``norm(f)·P / temperature``, with a cross-entropy. Total: CE + λ_cl·(L_src + L_tgt); each
-contrastive term can be switched off.
+contrastive term can be switched off. ``target_ce`` adds a plain CE on the target pseudo-labels
+(not the reference: with both contrastive terms off it is the bench's self-training control), and
+``freeze_bn`` overrides ``model.freeze_bn`` for this stage.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ from spcl.method.prototypes import (
 )
 from spcl.stages.builders import (
     build_segmenter,
-    domain_dataset,
     forward_pair,
     load_weights,
     loop_config,
     optimizer_and_schedule,
     pseudo_labelled_dataset,
     save_weights,
+    source_stream,
     train_loader,
     wrap_ddp,
 )
@@ -43,12 +45,13 @@ from spcl.stages.builders import (
 __all__ = ["run"]
 
 SOURCE_STREAM, TARGET_STREAM = 11, 12  # loader seed salts
+PLAIN_CE = 1.0  # the target CE term (target_ce) uses untempered logits
 
 
 def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_dir: Path) -> Path:
     """Adapt the model at ``weights``; returns the path of the adapted ``model.pth``."""
     cfg, data = ctx.config.adapt, ctx.config.data
-    model = load_weights(build_segmenter(ctx), weights)
+    model = load_weights(build_segmenter(ctx, freeze_bn=cfg.freeze_bn), weights)
     net = wrap_ddp(ctx, model)
     optimizer, schedule = optimizer_and_schedule(model, cfg.optim)
     init = load_state(prototypes)
@@ -57,13 +60,8 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_
     ).to(ctx.device)
     bank.initialize(init["prototypes"].to(ctx.device), init["seen"].to(ctx.device))
     augment = {"hflip": data.hflip}
-    source = train_loader(
-        ctx,
-        domain_dataset(
-            data.source, with_labels=True, train=True, color_jitter=data.color_jitter, **augment
-        ),
-        cfg.optim.batch_size,
-        SOURCE_STREAM,
+    source = source_stream(
+        ctx, cfg.optim.batch_size, SOURCE_STREAM, color_jitter=data.color_jitter, **augment
     )
     target = train_loader(
         ctx,
@@ -99,8 +97,12 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_
             terms["cl_src"] = pixel_prototype_loss(src_out.features, src_mask, protos, tau)
         if cfg.contrast_target:
             terms["cl_tgt"] = pixel_prototype_loss(tgt_out.features, tgt_mask, protos, tau)
+        if cfg.target_ce > 0:
+            tgt_logits = upsample_logits(tgt_out.logits, tgt_labels.shape[-2:])
+            terms["tgt_ce"] = tempered_cross_entropy(tgt_logits, tgt_labels, PLAIN_CE)
         contrast = sum(v for k, v in terms.items() if k.startswith("cl_"))
-        return {"loss": loss_seg + cfg.lambda_cl * contrast, **terms}
+        loss = loss_seg + cfg.lambda_cl * contrast + cfg.target_ce * terms.get("tgt_ce", 0.0)
+        return {"loss": loss, **terms}
 
     def prototype_scalars() -> dict[str, float]:
         drift = (bank.prototypes - last).norm(dim=1).mean()

@@ -3,22 +3,28 @@
 Images get the test-time resize; logits are upsampled to the full-resolution label; one
 confusion matrix (all-reduced under torchrun) gives per-class IoU/accuracy, mIoU and, for a 19-class
 table, the SYNTHIA 16- and 13-class means. Writes ``metrics.json`` (``miou`` in percent,
-``per_class_iou``) and a plain-text table.
+``per_class_iou``) and a plain-text table. With ``evaluate.adabn`` the stage first re-estimates the
+model's BatchNorm statistics on the target training images (AdaBN, a control; every rank uses all
+of them, so the statistics agree across ranks); nothing else in the model changes.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from spcl.context import RunContext
+from spcl.data.loaders import build_eval_loader
 from spcl.engine.distributed import all_reduce_sum_
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from spcl.evaluation.plots import plot_confusion
 from spcl.evaluation.reports import default_subsets, write_csv, write_json, write_table
 from spcl.evaluation.sliding import predict_probs_sliding
+from spcl.method.adabn import recalibrate_batchnorm
 from spcl.stages.builders import (
     build_segmenter,
     class_names,
@@ -75,11 +81,26 @@ def write_scores(scores: SegmentationScores, out_dir: Path, extra: dict | None =
     plot_confusion(scores, out_dir / "confusion.png")
 
 
+def _target_train_images(ctx: RunContext) -> Iterator[torch.Tensor]:
+    """Every target training image (test-time resize), on every rank."""
+    dataset = domain_dataset(ctx.config.data.target, with_labels=False, train=False)
+    for batch in build_eval_loader(dataset, num_workers=ctx.config.data.num_workers):
+        yield batch["image"].to(ctx.device)
+
+
 def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
     """Evaluate the weights at ``weights``; returns the path of ``metrics.json``."""
-    model = load_weights(build_segmenter(ctx), weights)
+    adabn = ctx.config.evaluate.adabn
+    # AdaBN needs ordinary BatchNorm layers (frozen ones keep no statistics to re-estimate)
+    model = load_weights(build_segmenter(ctx, freeze_bn=False if adabn else None), weights)
+    extra: dict[str, object] = {"weights": str(weights)}
+    if adabn:
+        begin = time.perf_counter()
+        layers = recalibrate_batchnorm(model, _target_train_images(ctx))
+        extra |= {"adabn_layers": layers, "adabn_seconds": round(time.perf_counter() - begin, 2)}
+        ctx.tracker.info(f"[evaluate] AdaBN: re-estimated {layers} BatchNorm layers on target")
     scores = evaluate_model(ctx, model)
     if ctx.is_main:
-        write_scores(scores, out_dir, {"weights": str(weights)})
+        write_scores(scores, out_dir, extra)
         ctx.tracker.info(scores.format_table(default_subsets(scores.class_names)))
     return out_dir / "metrics.json"

@@ -90,7 +90,8 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
     if ctx.is_main:
         shutil.rmtree(labels_dir, ignore_errors=True)
         partial.rename(labels_dir)
-        _write_stats(out_dir, thresholds, counts.cpu().numpy(), class_names(k), with_labels)
+        stats = _write_stats(out_dir, thresholds, counts.cpu().numpy(), class_names(k), with_labels)
+        _log_stats(ctx, out_dir.name, stats)
     barrier()
     return labels_dir
 
@@ -110,7 +111,7 @@ def _write_stats(
     counts: np.ndarray,
     names: tuple[str, ...],
     with_labels: bool,
-) -> None:
+) -> dict:
     predicted, kept, correct = counts
     total_kept = int(kept.sum())
     stats = {
@@ -128,3 +129,16 @@ def _write_stats(
     thresholds_json = {n: float(t) for n, t in zip(names, thresholds.tolist(), strict=True)}
     atomic_write_bytes(out_dir / "thresholds.json", json.dumps(thresholds_json, indent=2).encode())
     atomic_write_bytes(out_dir / "stats.json", json.dumps(stats, indent=2).encode())
+    return stats
+
+
+def _log_stats(ctx: RunContext, tag: str, stats: dict) -> None:
+    """Coverage (and accuracy where target labels exist) per class, in TensorBoard and the log."""
+    for key in ("per_class_coverage", "per_class_accuracy"):
+        values = {n: v for n, v in stats.get(key, {}).items() if v is not None}
+        if values:
+            ctx.tracker.scalars(f"{tag}/{key}", values, 0)
+    line = f"[{tag}] pseudo-labels cover {100 * stats['coverage']:.1f}% of target pixels"
+    if "accuracy" in stats:
+        line += f", {100 * stats['accuracy']:.1f}% of them correct"
+    ctx.tracker.info(line)
