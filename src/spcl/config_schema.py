@@ -93,6 +93,7 @@ class WarmupConfig:
     lambda_adv: float = 0.001  # weight of the adversarial term (reference)
     source_temperature: float = 1.8  # source logits ÷ 1.8 before the CE (reference quirk)
     disc_lr: float = 1e-4  # discriminator Adam lr (reference)
+    disc_width: int = 64  # channels of the discriminator's first conv (reference: 64)
     disc_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])  # (reference)
     optim: OptimConfig = field(default_factory=OptimConfig)
 

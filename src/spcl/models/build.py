@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from spcl.engine.checkpoint import clean_state_dict, load_state
 from spcl.models.deeplab_v2 import DeepLabV2
 from spcl.models.discriminator import DISC_NDF, OutputDiscriminator
 from spcl.models.resnet import BN_EPS, DEFAULT_WIDTH, RESNET_DEPTHS, ResNet, freeze_batchnorm
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 SEG_OUTPUT_STRIDE = 8  # DeepLab-v2's output stride (layer3/layer4 dilated)
-STRIPPED_PREFIXES = ("module.", "backbone.")  # DDP wrapper; a backbone saved inside a segmenter
+BACKBONE_PREFIXES = ("backbone.",)  # a backbone saved inside a segmenter (DDP's module. always)
 CHECKPOINT_CONTAINER_KEYS = ("state_dict", "model")  # checkpoints that nest the weights one level
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BN step counters: absent or extra is harmless
 UNUSED_BACKBONE_PREFIXES = ("fc.",)  # ImageNet head: kept for strict loading, never run
@@ -49,27 +50,15 @@ MODEL_REGISTRY: dict[str, Callable[..., DeepLabV2]] = {
 }
 
 
-def _strip_prefixes(key: str) -> str:
-    """Remove leading ``module.`` / ``backbone.`` (in any order, any number of times)."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in STRIPPED_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix) :], True
-    return key
-
-
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Load a tensor mapping from ``path`` (safely), unwrapping a ``state_dict``/``model`` level."""
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(loaded, Mapping):
-        raise TypeError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
+    loaded = load_state(path)  # weights_only; refuses non-dict files with a named error
     for container in CHECKPOINT_CONTAINER_KEYS:
         if isinstance(loaded.get(container), Mapping):
             loaded = loaded[container]
             break
-    state = {_strip_prefixes(k): v for k, v in loaded.items() if isinstance(v, Tensor)}
+    tensors = {k: v for k, v in loaded.items() if isinstance(v, Tensor)}
+    state = clean_state_dict(tensors, BACKBONE_PREFIXES)
     if not state:
         raise ValueError(f"checkpoint {path} contains no tensors")
     return state

@@ -63,7 +63,7 @@ def run(ctx: RunContext, out_dir: Path) -> Path:
             cfg.optim.batch_size,
             TARGET_STREAM,
         )
-        disc = build_discriminator(data.num_classes).to(ctx.device)
+        disc = build_discriminator(data.num_classes, ndf=cfg.disc_width).to(ctx.device)
         disc_net = wrap_ddp(ctx, disc)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr, betas=tuple(cfg.disc_betas))
         disc_schedule = poly_scheduler(disc_opt, cfg.optim.max_iter, cfg.optim.power)
