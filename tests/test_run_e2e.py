@@ -28,6 +28,11 @@ def test_quick_demo_writes_every_row(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert len(saved[row]["per_class_iou"]) == 19
     assert (tmp_path / "report.md").read_text().count("| road |") == 1
     assert (tmp_path / "panels.png").stat().st_size > 10_000
+    for picture in ("per_class_iou.png", "features_01_warmup.png", "features_04_adapt.png"):
+        assert (tmp_path / picture).stat().st_size > 10_000, picture
+    evaluated = tmp_path / "runs" / "spcl" / "07_evaluate" / "self_train"
+    assert (evaluated / "panels.png").stat().st_size > 10_000
+    assert len(json.loads((evaluated / "metrics.json").read_text())["confusion"]) == 19
     printed = capsys.readouterr().out
     assert "spcl run demo" in printed and "SPCL + self-training" in printed
     # a second call finds every stage done and only rebuilds the report

@@ -27,7 +27,7 @@ from spcl.context import open_run
 from spcl.engine.checkpoint import atomic_write_bytes
 from spcl.pipeline import run_lock, run_pipeline
 
-__all__ = ["QUICK_OVERRIDES", "ROWS", "DemoRun", "demo_runs", "run_demo"]
+__all__ = ["QUICK_OVERRIDES", "ROWS", "DemoRun", "demo_runs", "metrics_file", "run_demo"]
 
 DEMO_CONFIG = "demo"  # shipped config (src/spcl/configs/demo.yaml)
 # A CI-sized variant: tiny images, model and schedule; numbers mean nothing, the plumbing is real.
@@ -102,11 +102,16 @@ def demo_runs(out: Path, seed: int, quick: bool, extra: tuple[str, ...] = ()) ->
     ]
 
 
+def metrics_file(out: Path, row: str) -> Path:
+    """The ``metrics.json`` behind a result row."""
+    run, stage = ROWS[row]
+    return out / "runs" / run / "07_evaluate" / stage / "metrics.json"
+
+
 def _collect(out: Path) -> dict[str, dict[str, Any]]:
     results = {}
-    for row, (run, stage) in ROWS.items():
-        metrics_file = out / "runs" / run / "07_evaluate" / stage / "metrics.json"
-        metrics = json.loads(metrics_file.read_text())
+    for row, (run, _) in ROWS.items():
+        metrics = json.loads(metrics_file(out, row).read_text())
         results[row] = {
             "miou": metrics["miou"],
             "per_class_iou": metrics["per_class_iou"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ import torch
 from spcl import __version__
 from spcl.data.folder import read_image, read_label, to_tensor
 from spcl.data.labels import CITYSCAPES
-from spcl.engine.checkpoint import atomic_write_bytes
+from spcl.engine.checkpoint import atomic_write_bytes, load_state
 from spcl.evaluation.inference import predict_probs
-from spcl.evaluation.plots import plot_model_comparison
+from spcl.evaluation.metrics import scores_from_confusion
+from spcl.evaluation.plots import plot_feature_embedding, plot_iou_bars, plot_model_comparison
+from spcl.method.prototypes import downsample_labels
 from spcl.models.files import load_model_file
 
 __all__ = ["write_report"]
@@ -42,6 +45,60 @@ def _panels(out: Path, results: dict[str, dict[str, Any]]) -> Path:
         }
         rows.append((image, label, preds, path.stem))
     return plot_model_comparison(rows, CITYSCAPES.palette, out / "panels.png")
+
+
+def _iou_bars(out: Path) -> Path:
+    """Per-class IoU of source-only, SPCL + self-training and the oracle, as grouped bars."""
+    from spcl.demo import ROWS
+
+    runs = {}
+    for row in ("source_only", "spcl_self_training", "oracle"):
+        run, stage = ROWS[row]
+        metrics = json.loads(
+            (out / "runs" / run / "07_evaluate" / stage / "metrics.json").read_text()
+        )
+        runs[row] = scores_from_confusion(np.asarray(metrics["confusion"]), CITYSCAPES.names)
+    return plot_iou_bars(runs, out / "per_class_iou.png", title="target val, per-class IoU")
+
+
+FEATURE_IMAGES = 8  # images per domain whose pixel features are embedded
+
+
+@torch.no_grad()
+def _feature_plots(out: Path) -> list[Path]:
+    """PCA of source and target pixel features with the prototypes, before and after SPCL."""
+    run = out / "runs" / "spcl"
+    domains = {
+        "source": (out / "data" / "source", "val"),
+        "target": (out / "data" / "target", "val"),
+    }
+    written = []
+    for folder, protos in (
+        ("01_warmup", run / "02_prototypes" / "prototypes.pth"),  # before adaptation
+        ("04_adapt", run / "04_adapt" / "prototypes.pth"),  # after SPCL
+    ):
+        model, _ = load_model_file(run / folder / "model.pth")
+        features, labels = {}, {}
+        for domain, (root, split) in domains.items():
+            paths = sorted((root / "images" / split).glob("*.png"))[:FEATURE_IMAGES]
+            batch = torch.stack([to_tensor(read_image(p)) for p in paths])
+            feats = model(batch).features
+            gt = torch.stack(
+                [torch.from_numpy(read_label(root / "labels" / split / p.name)) for p in paths]
+            ).long()
+            features[domain] = feats
+            labels[domain] = downsample_labels(gt, feats.shape[-2:])
+        path = out / f"features_{folder}.png"
+        plot_feature_embedding(
+            features,
+            labels,
+            load_state(protos)["prototypes"],
+            path,
+            class_names=CITYSCAPES.names,
+            palette=CITYSCAPES.palette,
+        )
+        written.append(path)
+    return written
 
 
 def _model_path(row: str) -> str:
@@ -81,6 +138,8 @@ def write_report(
     from spcl.demo import ROWS, format_table
 
     panels = _panels(out, results)
+    bars = _iou_bars(out)
+    feature_plots = _feature_plots(out)
     reproduce = "\n".join(
         f"- `{row}`: `{commands[run]}` (model of stage `{stage}`)"
         for row, (run, stage) in ROWS.items()
@@ -107,6 +166,15 @@ re-estimation and plain self-training without the contrastive term need the same
 ![panels]({panels.name})
 
 Columns: target image, ground truth, then the prediction of each of: {", ".join(PANEL_MODELS)}.
+
+![per-class IoU]({bars.name})
+
+## Features and prototypes
+
+Pixel features of source and target validation images (ground-truth classes, PCA), with the class
+prototypes, after the warm-up and after SPCL adaptation:
+
+![before]({feature_plots[0].name}) ![after]({feature_plots[1].name})
 
 ## Reproduce a row
 

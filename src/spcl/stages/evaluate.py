@@ -14,17 +14,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from spcl.context import RunContext
 from spcl.data.loaders import build_eval_loader
 from spcl.engine.distributed import all_reduce_sum_
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.metrics import ConfusionMatrix, SegmentationScores
-from spcl.evaluation.plots import plot_confusion
+from spcl.evaluation.plots import plot_confusion, plot_prediction_panels
 from spcl.evaluation.reports import default_subsets, write_csv, write_json, write_table
 from spcl.evaluation.sliding import predict_probs_sliding
 from spcl.method.adabn import recalibrate_batchnorm
+from spcl.predict import class_table_for
 from spcl.stages.builders import (
     build_segmenter,
     class_names,
@@ -101,6 +104,27 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
         ctx.tracker.info(f"[evaluate] AdaBN: re-estimated {layers} BatchNorm layers on target")
     scores = evaluate_model(ctx, model)
     if ctx.is_main:
+        extra["confusion"] = scores.confusion.tolist()  # rebuild scores/plots from the file alone
         write_scores(scores, out_dir, extra)
         ctx.tracker.info(scores.format_table(default_subsets(scores.class_names)))
+        _panels(ctx, model, out_dir)
     return out_dir / "metrics.json"
+
+
+PANEL_IMAGES = 4  # target-val images drawn in each evaluation's panels.png and TensorBoard
+
+
+@torch.no_grad()
+def _panels(ctx: RunContext, model: torch.nn.Module, out_dir: Path) -> None:
+    """Image, ground truth, prediction, error map of the first val images (PNG, TensorBoard)."""
+    dataset = domain_dataset(ctx.config.data.target_val, with_labels=True, train=False)
+    rows = []
+    for index in range(min(PANEL_IMAGES, len(dataset))):
+        image, label = dataset.load(index)
+        sample = dataset[index]
+        probs = predict_probs(model.eval(), sample["image"][None].to(ctx.device), label.shape)
+        rows.append((image, label, probs.argmax(1)[0].cpu().numpy(), dataset.names[index]))
+    k = ctx.config.data.num_classes
+    table = class_table_for(class_names(k), k, "the config")
+    path = plot_prediction_panels(rows, table.palette, out_dir / "panels.png")
+    ctx.tracker.image(f"{out_dir.name}/panels", np.asarray(Image.open(path).convert("RGB")), 0)
