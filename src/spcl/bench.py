@@ -124,7 +124,7 @@ ROWS: tuple[Row, ...] = (
     Row("spcl_self_training", "SPCL + self-training (all stages)", "spcl", "self_train", "method"),
     Row(HIGH_ROW, "oracle (warm-up on target labels)", HIGH_ROW, "warmup", "bound"),
 )  # fmt: skip
-# ablation name → (title, overrides of the spcl row); "bn" is filled in from the config
+# ablation name → (title, overrides of the spcl row); "bn" and "adabn_labels" flip the config
 ABLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tau": ("SPCL, temperature 0.1 (reference: cosine / 100)", ("adapt.temperature=0.1",)),
     "alpha": ("SPCL, prototype EMA α = 0.9 (slow; reference 0.1)", ("adapt.momentum=0.9",)),
@@ -132,7 +132,7 @@ ABLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cap": ("SPCL, threshold = pure median (cap 1.0)", ("pseudo_labels.cap=1.0",)),
     "lambda": ("SPCL, λ_cl = 0.1", ("adapt.lambda_cl=0.1",)),
     "bn": ("SPCL, BatchNorm {state} in adaptation only (model.freeze_bn flipped)", ()),
-    "adabn_labels": ("SPCL, pseudo-labels after AdaBN", ("pseudo_labels.adabn=true",)),
+    "adabn_labels": ("SPCL, pseudo-labels {state} AdaBN (pseudo_labels.adabn flipped)", ()),
 }
 ALL_ABLATIONS = "all"  # --ablate all
 
@@ -176,6 +176,10 @@ def _ablation(name: str, base: Config) -> tuple[str, tuple[str, ...]]:
         frozen = not base.model.freeze_bn
         title = title.format(state="frozen" if frozen else "trainable")
         overrides = (f"adapt.freeze_bn={_yaml(frozen)}",)
+    if name == "adabn_labels":  # the demo re-estimates BN before pseudo-labels, the reference not
+        adabn = not base.pseudo_labels.adabn
+        title = title.format(state="after" if adabn else "without")
+        overrides = (f"pseudo_labels.adabn={_yaml(adabn)}",)
     return title, overrides
 
 

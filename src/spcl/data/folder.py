@@ -141,7 +141,7 @@ class SegmentationList(Dataset):
             "size": size,  # (H, W) of the file, before any resize
         }
         if label is not None:
-            sample["label"] = torch.from_numpy(np.ascontiguousarray(label)).long()
+            sample["label"] = torch.from_numpy(np.array(label)).long()  # a writable copy
         return sample
 
 
