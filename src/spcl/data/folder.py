@@ -62,7 +62,7 @@ def read_label(path: Path) -> np.ndarray:
             image.load()
             if image.mode not in ("L", "P"):
                 raise ValueError(f"label {path} has mode {image.mode}, expected 8-bit L or P")
-            return np.asarray(image)
+            return np.array(image)  # writable: torch.from_numpy warns on read-only arrays
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"cannot read label {path}: {exc}") from exc
 
