@@ -6,7 +6,7 @@ This is where the config stops: below it (models, data, method, engine) only key
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ __all__ = [
     "save_weights",
     "source_order",
     "source_stream",
+    "target_train_images",
     "train_loader",
     "wrap_ddp",
 ]
@@ -279,6 +280,16 @@ def source_stream(ctx: RunContext, batch_size: int, salt: int, **augment: Any) -
     domain = ctx.config.data.source
     dataset = domain_dataset(domain, with_labels=True, train=True, **augment)
     return train_loader(ctx, dataset, batch_size, salt, source_order(ctx, domain, dataset, salt))
+
+
+def target_train_images(ctx: RunContext) -> Iterator[torch.Tensor]:
+    """Every target training image (test-time resize) on every rank, e.g. for AdaBN.
+
+    Not sharded by rank: statistics computed from it are the same on every process.
+    """
+    dataset = domain_dataset(ctx.config.data.target, with_labels=False, train=False)
+    for batch in build_eval_loader(dataset, num_workers=ctx.config.data.num_workers):
+        yield batch["image"].to(ctx.device)
 
 
 def eval_loader(ctx: RunContext, dataset: SegmentationList) -> torch.utils.data.DataLoader:

@@ -11,7 +11,6 @@ of them, so the statistics agree across ranks); nothing else in the model change
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ import torch
 from PIL import Image
 
 from spcl.context import RunContext
-from spcl.data.loaders import build_eval_loader
 from spcl.engine.distributed import all_reduce_sum_
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.metrics import ConfusionMatrix, SegmentationScores
@@ -34,6 +32,7 @@ from spcl.stages.builders import (
     domain_dataset,
     eval_loader,
     load_weights,
+    target_train_images,
 )
 
 __all__ = ["evaluate_model", "run", "write_scores"]
@@ -84,13 +83,6 @@ def write_scores(scores: SegmentationScores, out_dir: Path, extra: dict | None =
     plot_confusion(scores, out_dir / "confusion.png")
 
 
-def _target_train_images(ctx: RunContext) -> Iterator[torch.Tensor]:
-    """Every target training image (test-time resize), on every rank."""
-    dataset = domain_dataset(ctx.config.data.target, with_labels=False, train=False)
-    for batch in build_eval_loader(dataset, num_workers=ctx.config.data.num_workers):
-        yield batch["image"].to(ctx.device)
-
-
 def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
     """Evaluate the weights at ``weights``; returns the path of ``metrics.json``."""
     adabn = ctx.config.evaluate.adabn
@@ -99,7 +91,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
     extra: dict[str, object] = {"weights": str(weights)}
     if adabn:
         begin = time.perf_counter()
-        layers = recalibrate_batchnorm(model, _target_train_images(ctx))
+        layers = recalibrate_batchnorm(model, target_train_images(ctx))
         extra |= {"adabn_layers": layers, "adabn_seconds": round(time.perf_counter() - begin, 2)}
         ctx.tracker.info(f"[evaluate] AdaBN: re-estimated {layers} BatchNorm layers on target")
     scores = evaluate_model(ctx, model)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +32,10 @@ from spcl.stages.builders import (
     domain_dataset,
     eval_loader,
     load_weights,
+    target_train_images,
 )
 
 __all__ = ["run"]
-
-
-def _target_images(ctx: RunContext) -> Iterator[torch.Tensor]:
-    dataset = domain_dataset(ctx.config.data.target, with_labels=False, train=False)
-    for batch in eval_loader(ctx, dataset):
-        yield batch["image"].to(ctx.device)
 
 
 @torch.no_grad()
@@ -50,7 +44,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
     cfg, data = ctx.config.pseudo_labels, ctx.config.data
     model = load_weights(build_segmenter(ctx, freeze_bn=False), weights)
     if cfg.adabn:
-        layers = recalibrate_batchnorm(model, _target_images(ctx))
+        layers = recalibrate_batchnorm(model, target_train_images(ctx))
         ctx.tracker.info(f"[pseudo-labels] AdaBN: re-estimated {layers} BatchNorm layers on target")
     model.eval()
     with_labels = _has_labels(ctx)
