@@ -60,8 +60,10 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
     thresholds = estimator.thresholds()
 
     labels_dir, partial = out_dir / "labels", out_dir / "labels.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:  # one rank clears the folder; others must not delete what it already wrote
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True, exist_ok=True)
+    barrier()
     k = data.num_classes
     counts = torch.zeros(3, k, dtype=torch.int64, device=ctx.device)  # predicted, kept, correct
     bar = ctx.tracker.bar(len(loader), desc="pseudo-labels 2/2")
