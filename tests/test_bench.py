@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spcl import bench, bench_report
+from spcl import bench, bench_report, bench_stages
 from spcl.config import config_to_dict, load_config
 from spcl.context import open_run
 from spcl.data.synthetic import generate_pair
@@ -136,7 +136,8 @@ def test_each_run_changes_exactly_its_switches(tmp_path: Path) -> None:
 
 def test_runs_share_the_stages_they_truly_share(tmp_path: Path) -> None:
     prints = {
-        n: bench.stage_fingerprints(c) for n, c in _bench_configs(tmp_path)["configs"].items()
+        n: bench_stages.stage_fingerprints(c)
+        for n, c in _bench_configs(tmp_path)["configs"].items()
     }
     assert prints["source_only"]["warmup"] == prints["source_only_adabn"]["warmup"]
     assert prints["oracle"]["warmup"] != prints["source_only"]["warmup"]
@@ -152,18 +153,18 @@ def test_runs_share_the_stages_they_truly_share(tmp_path: Path) -> None:
 
 def test_share_links_only_a_matching_finished_stage(tmp_path: Path) -> None:
     config = load_config("demo", [*_roots(tmp_path), "run.stages=[warmup, evaluate]"])
-    key = bench.stage_fingerprints(config)["warmup"]
+    key = bench_stages.stage_fingerprints(config)["warmup"]
     good, stale, mine = tmp_path / "good", tmp_path / "stale", tmp_path / "mine"
     for donor, fingerprint in ((stale, "0" * 16), (good, key)):
         (donor / "01_warmup").mkdir(parents=True)
         (donor / "01_warmup" / "done.json").write_text(json.dumps({"fingerprint": fingerprint}))
         (donor / "01_warmup" / "model.pth").write_bytes(donor.name.encode())
-    shared = bench.share_done_stages(config, mine, [stale, good])
+    shared = bench_stages.share_done_stages(config, mine, [stale, good])
     assert shared == {"warmup": str(good)}
     linked = mine / "01_warmup" / "model.pth"
     assert linked.read_bytes() == b"good"
     assert linked.stat().st_ino == (good / "01_warmup" / "model.pth").stat().st_ino
-    assert bench.share_done_stages(config, mine, [good]) == {}  # already there
+    assert bench_stages.share_done_stages(config, mine, [good]) == {}  # already there
 
 
 REAL_PAIR = [

@@ -11,14 +11,13 @@ import torch
 from PIL import Image
 
 from spcl.data.folder import to_tensor
-from spcl.data.labels import CITYSCAPES, SYNTHIA_16_NAMES
+from spcl.data.labels import CITYSCAPES, SYNTHIA_16_NAMES, class_table_for
 from spcl.engine.checkpoint import CheckpointError
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.pred_folders import evaluate_folders
 from spcl.models.build import build_model
 from spcl.models.files import load_model_file, save_model_file
 from spcl.predict import (
-    class_table_for,
     collect_images,
     predict_image,
     predict_paths,

@@ -9,9 +9,9 @@ seed sets the training seed and, for the synthetic pair, the generator seed.
 
 Each row comes from a pipeline run directory ``OUT/runs/seed<S>/<run>``, so a killed bench
 continues where it stopped. Before a run starts, every stage that an earlier run of the seed
-finished with the very fingerprint this run would compute is hard-linked in: one source-only
-warm-up serves two rows, one adversarial warm-up and its pseudo-labels serve all the adaptations.
-:mod:`spcl.bench_report` writes the report.
+finished with the very fingerprint this run would compute is hard-linked in
+(:mod:`spcl.bench_stages`): one source-only warm-up serves two rows, one adversarial warm-up and
+its pseudo-labels serve all the adaptations. :mod:`spcl.bench_report` writes the report.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import shlex
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,13 +37,14 @@ from spcl.bench_report import (
     format_summary,
     write_outputs,
 )
+from spcl.bench_stages import row_seconds, share_done_stages, total_stage_seconds
 from spcl.config import config_to_dict, load_config
 from spcl.config_schema import Config
 from spcl.context import environment, open_run
 from spcl.data.registry import dataset_options
 from spcl.demo import QUICK_OVERRIDES
 from spcl.engine.distributed import barrier, resolve_device
-from spcl.pipeline import STAGE_NAMES, STAGES, fingerprint, plan, run_lock, run_pipeline
+from spcl.pipeline import STAGE_NAMES, run_lock, run_pipeline
 
 __all__ = [
     "ABLATIONS",
@@ -58,10 +58,7 @@ __all__ = [
     "bench_runs",
     "parse_ablations",
     "parse_seeds",
-    "row_seconds",
     "run_bench",
-    "share_done_stages",
-    "stage_fingerprints",
 ]
 
 BENCH_CONFIG = "demo"  # shipped config the bench runs by default
@@ -234,79 +231,6 @@ def parse_ablations(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _done_fingerprint(stage_dir: Path) -> str | None:
-    try:
-        return json.loads((stage_dir / "done.json").read_text())["fingerprint"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return None
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link the files of ``src`` into a fresh ``dst`` (via a temporary folder)."""
-    partial = dst.with_name(dst.name + ".sharing")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(src, partial, copy_function=os.link)  # all runs live under one OUT folder
-    shutil.rmtree(dst, ignore_errors=True)
-    partial.rename(dst)
-
-
-def stage_fingerprints(config: Config) -> dict[str, str]:
-    """The fingerprint :func:`spcl.pipeline.run_pipeline` gives each training stage of ``config``.
-
-    The evaluation stage is left out: it scores every model of its run, so it is never shared.
-    """
-    prints: dict[str, str] = {}
-    for stage in plan(config):
-        if stage.name != "evaluate":
-            prints[stage.name] = fingerprint(stage, config, {n: prints[n] for n in stage.needs})
-    return prints
-
-
-def share_done_stages(config: Config, run_dir: Path, donors: Sequence[Path]) -> dict[str, str]:
-    """Link into ``run_dir`` every training stage a donor run finished with this config's print.
-
-    A stage is shared only when a donor's ``done.json`` holds exactly the fingerprint that
-    :func:`spcl.pipeline.run_pipeline` would compute for it under ``config``, i.e. the same config
-    sections and the same upstream results; the pipeline then skips it. Files are hard links,
-    safe because stages write by temporary file + rename and re-run stages delete their folder.
-
-    Returns:
-        stage name → donor run directory, for the stages linked now.
-    """
-    prints = stage_fingerprints(config)
-    shared: dict[str, str] = {}
-    for stage in plan(config):
-        if stage.name not in prints:
-            continue
-        key = prints[stage.name]
-        target = run_dir / stage.folder
-        if _done_fingerprint(target) == key:
-            continue
-        donor = next((d for d in donors if _done_fingerprint(d / stage.folder) == key), None)
-        if donor is not None:
-            _link_tree(donor / stage.folder, target)
-            shared[stage.name] = str(donor)
-    return shared
-
-
-def row_seconds(run_dir: Path, stage: str) -> float:
-    """Wall seconds of every stage a row's model needed (``done.json``), e.g. warm-up → adapt.
-
-    Shared stages count with the time their donor spent: the cost of the row from scratch.
-    """
-    by_name = {s.name: s for s in STAGES}
-    chain: set[str] = set()
-    todo = [stage]
-    while todo:  # the stage and, transitively, every stage it reads
-        name = todo.pop()
-        chain.add(name)
-        todo += [n for n in by_name[name].needs if n not in chain]
-    return sum(
-        float(json.loads((run_dir / by_name[n].folder / "done.json").read_text())["seconds"])
-        for n in chain
-    )
-
-
 def _collect(run_dir: Path, row: Row, config: Config) -> dict[str, Any]:
     metrics_file = run_dir / "07_evaluate" / row.stage / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
@@ -405,7 +329,7 @@ def run_bench(
         "command": command or _bench_command(out, seeds, quick, config, overrides, ablate),
         "run_commands": commands[seeds[0]],
         "seconds": round(time.perf_counter() - begin, 1),
-        "stage_seconds": _all_stage_seconds(out / "runs"),
+        "stage_seconds": total_stage_seconds(out / "runs"),
         "machine": {**environment(resolve_device(first.run.device)), "cpu_count": os.cpu_count()},
     }
     payload = build_payload(rows, per_seed, meta, published=published)
@@ -437,12 +361,3 @@ def _run_seed(
         for row in rows
     }
     return rows, results, commands, configs[runs[0].name]
-
-
-def _all_stage_seconds(runs_dir: Path) -> float:
-    """The compute the whole bench needed: each stage once (shared ones are hard links)."""
-    seen: dict[tuple[int, int], float] = {}
-    for done in runs_dir.glob("seed*/*/*/done.json"):
-        info = done.stat()
-        seen[(info.st_dev, info.st_ino)] = float(json.loads(done.read_text())["seconds"])
-    return round(sum(seen.values()), 1)

@@ -14,9 +14,10 @@ from spcl import __version__
 from spcl.data.folder import read_image, read_label, to_tensor
 from spcl.data.labels import CITYSCAPES
 from spcl.engine.checkpoint import atomic_write_bytes, load_state
+from spcl.evaluation.embedding import plot_feature_embedding
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.metrics import scores_from_confusion
-from spcl.evaluation.plots import plot_feature_embedding, plot_iou_bars, plot_model_comparison
+from spcl.evaluation.plots import plot_iou_bars, plot_model_comparison
 from spcl.method.prototypes import downsample_labels
 from spcl.models.files import load_model_file
 

@@ -33,9 +33,9 @@ from torch import nn
 from tqdm import tqdm
 
 from spcl.data.folder import IMAGE_SUFFIXES, read_image, to_tensor
-from spcl.data.labels import CITYSCAPES, ClassTable
+from spcl.data.labels import ClassTable, class_table_for
 from spcl.data.transforms import build_eval_transform
-from spcl.engine.checkpoint import CheckpointError, atomic_write_bytes
+from spcl.engine.checkpoint import atomic_write_bytes
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.sliding import parse_slide, predict_probs_sliding
 from spcl.models.files import load_model_file
@@ -43,7 +43,6 @@ from spcl.models.files import load_model_file
 __all__ = [
     "OVERLAY_ALPHA",
     "Uncertainty",
-    "class_table_for",
     "collect_images",
     "predict_image",
     "predict_paths",
@@ -56,8 +55,6 @@ Uncertainty = Literal["confidence", "entropy"]
 OVERLAY_ALPHA = 0.5  # weight of the colour mask in the overlay (the image gets 1 - alpha)
 MAX_UINT8 = 255
 GLOB_CHARS = ("*", "?", "[")
-BITS_PER_CHANNEL = 8  # generated palettes spread each class index over 8 bits per channel
-RGB = 3
 
 
 def predict_paths(
@@ -170,49 +167,6 @@ def collect_images(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
             )
         unique[resolved], owner[name] = (path, name), path
     return list(unique.values())
-
-
-def class_table_for(
-    class_names: Sequence[str], num_classes: int, source: str | Path = "the model file"
-) -> ClassTable:
-    """The class table of a model: Cityscapes colours and label ids for Cityscapes classes.
-
-    Classes that are all Cityscapes classes (19, or a subset such as SYNTHIA's 16) get their
-    Cityscapes colours and label ids; other names get a generated palette and no label ids; no
-    names at all get ``class_0 …``.
-
-    Raises:
-        CheckpointError: ``class_names`` does not hold ``num_classes`` names.
-    """
-    names = tuple(class_names) or tuple(f"class_{i}" for i in range(num_classes))
-    if len(names) != num_classes:
-        raise CheckpointError(
-            f"{source}: {len(names)} class names for a {num_classes}-class model: {list(names)}"
-        )
-    if names == CITYSCAPES.names:
-        return CITYSCAPES
-    colours = dict(zip(CITYSCAPES.names, CITYSCAPES.palette, strict=True))
-    if not all(n in colours for n in names):
-        return ClassTable(names=names, palette=_generated_palette(num_classes))
-    id_map = {
-        raw: names.index(CITYSCAPES.names[train])
-        for raw, train in CITYSCAPES.id_to_train.items()
-        if CITYSCAPES.names[train] in names
-    }
-    return ClassTable(names=names, palette=tuple(colours[n] for n in names), id_to_train=id_map)
-
-
-def _generated_palette(count: int) -> tuple[tuple[int, int, int], ...]:
-    """Distinct colours: the bits of ``index + 1`` spread over R, G, B from the high bit down."""
-    palette = []
-    for index in range(count):
-        code, rgb = index + 1, [0, 0, 0]
-        for bit in range(BITS_PER_CHANNEL - 1, -1, -1):
-            for channel in range(RGB):
-                rgb[channel] |= ((code >> channel) & 1) << bit
-            code >>= RGB
-        palette.append((rgb[0], rgb[1], rgb[2]))
-    return tuple(palette)
 
 
 def predict_image(

@@ -21,7 +21,7 @@ from spcl.data.synthetic import (
     scene_rng,
     write_preview,
 )
-from spcl.data.synthetic_shapes import Camera
+from spcl.data.synthetic_painter import Camera
 from spcl.data.synthetic_style import MATERIALS, apply_target_effects, material_colours
 
 TINY = (64, 128)  # image size of the on-disk sets

@@ -12,12 +12,11 @@ import torch
 from PIL import Image
 
 from spcl.data.labels import CITYSCAPES
+from spcl.evaluation.embedding import embed_2d, plot_feature_embedding
 from spcl.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from spcl.evaluation.plots import (
-    embed_2d,
     error_map,
     plot_confusion,
-    plot_feature_embedding,
     plot_iou_bars,
     plot_model_comparison,
     plot_prediction_panels,

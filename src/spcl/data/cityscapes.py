@@ -18,14 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spcl.data.label_decoder import LabelDecoder
 from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES, ClassTable
-from spcl.data.user_folder import (
-    DatasetFiles,
-    LabelDecoder,
-    MissingLabels,
-    require_dir,
-    scan_pairs,
-)
+from spcl.data.layout import DatasetFiles, MissingLabels, require_dir, scan_pairs
 
 __all__ = [
     "CITYSCAPES_LABEL_IDS",

@@ -25,10 +25,11 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from spcl.data.folder import read_image
+from spcl.data.label_decoder import LabelValueError
+from spcl.data.layout import DatasetFiles
 from spcl.data.registry import dataset_options, scan_dataset
 from spcl.data.sampling import ClassIndex, class_pixel_counts, default_class_index_path
 from spcl.data.synscapes import same_aspect
-from spcl.data.user_folder import DatasetFiles, LabelValueError
 
 __all__ = ["DatasetReport", "Problem", "check_dataset", "dataset_stats"]
 

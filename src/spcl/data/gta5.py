@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spcl.data.cityscapes import cityscapes_decoder, cityscapes_table
-from spcl.data.user_folder import DatasetFiles, MissingLabels, require_dir, scan_pairs
+from spcl.data.layout import DatasetFiles, MissingLabels, require_dir, scan_pairs
 
 __all__ = ["GTA5_NUM_IMAGES", "GTA5_SPLITS", "scan_gta5"]
 

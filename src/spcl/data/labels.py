@@ -3,12 +3,15 @@
 The Cityscapes 19-class train-id table follows the official definitions in cityscapesscripts'
 ``labels.py`` (checked in ``tests/data/test_labels.py``). SYNTHIA's 16-class and 13-class subsets
 are those used by the SPCL paper and the UDA literature (16: no terrain, truck, train; 13:
-additionally no wall, fence, pole).
+additionally no wall, fence, pole). A model's own table (:func:`class_table_for`) keeps the
+Cityscapes colours and label ids of its Cityscapes classes and generates colours for others.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -19,9 +22,12 @@ __all__ = [
     "SYNTHIA_16_NAMES",
     "ClassTable",
     "class_subset_indices",
+    "class_table_for",
 ]
 
 IGNORE_INDEX = 255  # label value that losses and metrics skip
+BITS_PER_CHANNEL = 8  # generated palettes spread each class index over 8 bits per channel
+RGB = 3
 
 
 @dataclass(frozen=True)
@@ -117,3 +123,49 @@ def class_subset_indices(names: tuple[str, ...], subset: tuple[str, ...]) -> lis
     if missing:
         raise KeyError(f"classes {missing} are not in the class table {list(names)}")
     return [names.index(n) for n in subset]
+
+
+def class_table_for(
+    class_names: Sequence[str], num_classes: int, source: str | Path = "the model file"
+) -> ClassTable:
+    """The class table of a model: Cityscapes colours and label ids for Cityscapes classes.
+
+    Classes that are all Cityscapes classes (19, or a subset such as SYNTHIA's 16) get their
+    Cityscapes colours and label ids; other names get a generated palette and no label ids; no
+    names at all get ``class_0 …``.
+
+    Raises:
+        CheckpointError: ``class_names`` does not hold ``num_classes`` names.
+    """
+    names = tuple(class_names) or tuple(f"class_{i}" for i in range(num_classes))
+    if len(names) != num_classes:
+        # imported here: the label tables (and the synthetic generator) stay free of torch
+        from spcl.engine.checkpoint import CheckpointError
+
+        raise CheckpointError(
+            f"{source}: {len(names)} class names for a {num_classes}-class model: {list(names)}"
+        )
+    if names == CITYSCAPES.names:
+        return CITYSCAPES
+    colours = dict(zip(CITYSCAPES.names, CITYSCAPES.palette, strict=True))
+    if not all(n in colours for n in names):
+        return ClassTable(names=names, palette=_generated_palette(num_classes))
+    id_map = {
+        raw: names.index(CITYSCAPES.names[train])
+        for raw, train in CITYSCAPES.id_to_train.items()
+        if CITYSCAPES.names[train] in names
+    }
+    return ClassTable(names=names, palette=tuple(colours[n] for n in names), id_to_train=id_map)
+
+
+def _generated_palette(count: int) -> tuple[tuple[int, int, int], ...]:
+    """Distinct colours: the bits of ``index + 1`` spread over R, G, B from the high bit down."""
+    palette = []
+    for index in range(count):
+        code, rgb = index + 1, [0, 0, 0]
+        for bit in range(BITS_PER_CHANNEL - 1, -1, -1):
+            for channel in range(RGB):
+                rgb[channel] |= ((code >> channel) & 1) << bit
+            code >>= RGB
+        palette.append((rgb[0], rgb[1], rgb[2]))
+    return tuple(palette)

@@ -19,10 +19,11 @@ from typing import Any
 from spcl.data.cityscapes import scan_cityscapes
 from spcl.data.folder import SegmentationList
 from spcl.data.gta5 import scan_gta5
+from spcl.data.layout import DatasetFiles
 from spcl.data.synscapes import scan_synscapes
 from spcl.data.synthia import scan_synthia
 from spcl.data.transforms import PairTransform
-from spcl.data.user_folder import DatasetFiles, scan_folder
+from spcl.data.user_folder import scan_folder
 
 __all__ = [
     "DATASET_KINDS",

@@ -23,7 +23,7 @@ import numpy as np
 
 from spcl.data.cityscapes import cityscapes_decoder, cityscapes_table
 from spcl.data.folder import SegmentationList, read_image
-from spcl.data.user_folder import DatasetFiles, MissingLabels, require_dir, scan_pairs
+from spcl.data.layout import DatasetFiles, MissingLabels, require_dir, scan_pairs
 
 __all__ = [
     "SYNSCAPES_IMAGE_DIRS",

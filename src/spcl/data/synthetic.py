@@ -11,8 +11,11 @@ gives byte-identical files whatever the number of worker processes. Layout on di
     OUT/{source,target}/labels/{train,val}/{domain}_{split}_{index:05d}.png   train ids, mode L
     OUT/preview.png
 
-Drawing lives in :mod:`spcl.data.synthetic_scene` (layout) and :mod:`spcl.data.synthetic_shapes`
-(camera, painter, objects); appearance and domain effects in :mod:`spcl.data.synthetic_style`.
+Drawing lives in :mod:`spcl.data.synthetic_street` (camera, street),
+:mod:`spcl.data.synthetic_scene` (layout), :mod:`spcl.data.synthetic_placement` (where objects
+stand), :mod:`spcl.data.synthetic_painter` (projection, painter) and
+:mod:`spcl.data.synthetic_shapes` (objects); appearance and domain effects in
+:mod:`spcl.data.synthetic_style`.
 See ``docs/synthetic.md`` for every knob.
 """
 
@@ -32,8 +35,9 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from spcl.data.labels import CITYSCAPES, IGNORE_INDEX
-from spcl.data.synthetic_scene import paint_scene, sample_camera
-from spcl.data.synthetic_shapes import Painter
+from spcl.data.synthetic_painter import Painter
+from spcl.data.synthetic_scene import paint_scene
+from spcl.data.synthetic_street import sample_camera
 from spcl.data.synthetic_style import (
     DEFAULT_PRESET,
     PRESETS,

@@ -4,117 +4,33 @@ One image's scene is drawn back to front (painter's algorithm) so that nearer th
 farther ones: sky and skyline, the ground (road with lane marks, sidewalks, curbs, grass), the
 building lots along both sides and across the street's end, boundary walls, fences and hedges,
 then the street objects (trees, poles, vehicles, people, riders, parked two-wheelers) sorted far
-to near. Sizes are metric, so perspective makes near objects bigger and lower. The source
-domain's camera is fixed here; the target's follows :class:`ShiftParams`' geometry knobs.
+to near (:mod:`spcl.data.synthetic_placement`). Sizes are metric, so perspective makes near
+objects bigger and lower. The camera and the street's cross-section are sampled in
+:mod:`spcl.data.synthetic_street`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from spcl.data.labels import IGNORE_INDEX
-from spcl.data.synthetic_shapes import (
-    CLS,
-    VEHICLE_DIMS,
-    Camera,
-    Painter,
-    draw_person,
-    draw_pole,
-    draw_tree,
-    draw_two_wheeler,
-    draw_vehicle,
-    ground_quad,
-)
+from spcl.data.synthetic_painter import CLS, Painter, ground_quad
+from spcl.data.synthetic_placement import draw_street_objects
+from spcl.data.synthetic_shapes import draw_tree
+from spcl.data.synthetic_street import CURB_WIDTH, Street, pick, sample_street
 from spcl.data.synthetic_style import Geometry
 
-__all__ = ["Street", "paint_scene", "sample_camera", "sample_street"]
+__all__ = ["paint_scene"]
 
-HORIZON_LIMITS = (0.25, 0.65)  # the horizon row is clipped to this range (fraction of H)
-VANISH_SPREAD = 0.12  # vanishing-point column: centre ± this fraction of the width
-CAMERA_HEIGHT_JITTER = 0.1  # relative ± range of the camera height per image
-FOCAL_JITTER = 0.08  # relative ± range of the focal length per image
-
-
-def sample_camera(rng: np.random.Generator, size: tuple[int, int], geometry: Geometry) -> Camera:
-    """One image's camera, drawn around ``geometry``'s means."""
-    height, width = size
-    frac = float(np.clip(rng.normal(geometry.horizon_mean, geometry.horizon_std), *HORIZON_LIMITS))
-    return Camera(
-        horizon=frac * height,
-        vanish_x=width * (0.5 + rng.uniform(-VANISH_SPREAD, VANISH_SPREAD)),
-        focal=width * geometry.focal * (1.0 + rng.uniform(-FOCAL_JITTER, FOCAL_JITTER)),
-        height=geometry.camera_height
-        * (1.0 + rng.uniform(-CAMERA_HEIGHT_JITTER, CAMERA_HEIGHT_JITTER)),
-        size=size,
-    )
-
-
-@dataclass(frozen=True)
-class Street:
-    """Lateral layout (x in metres, camera at x = 0) of a straight street."""
-
-    road: tuple[float, float]  # left and right road edges
-    walk: tuple[float, float]  # outer edges of the left and right sidewalks
-    front: tuple[float, float]  # building fronts (outer edge + setback)
-    setback_terrain: tuple[bool, bool]  # setback strip is grass (else paved)
-    lanes: tuple[float, ...]  # lane centres, left to right
-    oncoming_below: float  # lanes centred left of this carry oncoming traffic
-    end: float  # depth where a cross street's buildings or trees close the view
-
-
-def sample_street(rng: np.random.Generator) -> Street:
-    """A random street: 2–4 lanes with the camera in one of them, sidewalks, setbacks."""
-    n_lanes = int(rng.integers(2, 5))
-    lane_width = rng.uniform(2.9, 3.6)
-    ego_lane = int(rng.integers(0, n_lanes))
-    left = -(ego_lane + 0.5 + rng.uniform(-0.2, 0.2)) * lane_width
-    right = left + n_lanes * lane_width
-    walks = rng.uniform(1.8, 5.0, 2)
-    setbacks = rng.uniform(0.5, 4.0, 2) * (rng.random(2) < 0.5)
-    two_way = rng.random() < 0.6
-    return Street(
-        road=(left, right),
-        walk=(left - walks[0], right + walks[1]),
-        front=(left - walks[0] - setbacks[0], right + walks[1] + setbacks[1]),
-        setback_terrain=(bool(rng.random() < 0.6), bool(rng.random() < 0.6)),
-        lanes=tuple(left + (i + 0.5) * lane_width for i in range(n_lanes)),
-        oncoming_below=left + (n_lanes // 2) * lane_width if two_way else -np.inf,
-        end=float(rng.uniform(60.0, 220.0)),
-    )
-
-
-# ---------------------------------------------------------------- layout constants
 Z_NEAR, Z_FAR = 1.0, 400.0  # metres: nearest and farthest depth of ground and facades
 SKYLINE_DEPTH = 300.0  # metres: distant buildings or tree line on the horizon
-OBJECT_MAX_DEPTH = 70.0  # metres: street objects are placed nearer than this
 BUILDING_DEPTH = 15.0  # metres from a building's front to its back
-CURB_WIDTH = 0.2  # metres
 MARK_WIDTH, DASH_LENGTH, DASH_GAP = 0.15, 3.0, 6.0  # lane marks, metres
 MIN_FEATURE_PX = 0.8  # windows and dashes narrower than this (pixels) are skipped
 EGO_HOOD_PROB = 0.15  # share of images with the camera car's hood (ignore label) at the bottom
 LOT_KINDS, LOT_PROBS = ("building", "park", "open"), (0.64, 0.2, 0.16)
-# Expected number per image in the source domain (the target multiplies by its density).
-MEAN_COUNTS: dict[str, float] = {
-    "car": 3.5,
-    "truck": 0.35,
-    "bus": 0.3,
-    "train": 0.12,  # at most one tram per image
-    "person": 3.0,
-    "rider": 0.8,
-    "bicycle": 0.7,  # parked
-    "motorcycle": 0.3,  # parked
-}
-RIDER_ON_BICYCLE = 0.6  # share of riders on bicycles (the rest ride motorcycles)
-POLE_KINDS, POLE_PROBS = ("lamp", "sign", "light"), (0.45, 0.35, 0.2)
-
-
-def _pick(rng: np.random.Generator, kinds: tuple[str, ...], probs: tuple[float, ...]) -> str:
-    """One of ``kinds`` drawn with probabilities ``probs`` (cheaper than ``rng.choice``)."""
-    index = int(np.searchsorted(np.cumsum(probs), rng.random() * sum(probs), side="right"))
-    return kinds[min(index, len(kinds) - 1)]
 
 
 def _shade(rgb: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
@@ -202,7 +118,7 @@ def _sample_lots(rng: np.random.Generator, street: Street) -> list[Lot]:
         z = Z_NEAR
         while z < street.end:
             length = rng.uniform(8.0, 30.0)
-            kind = _pick(rng, LOT_KINDS, LOT_PROBS)
+            kind = pick(rng, LOT_KINDS, LOT_PROBS)
             lots.append(Lot(side, z, min(z + length, street.end), kind, rng.uniform(6.0, 28.0)))
             z += length + rng.uniform(0.0, 4.0) * (rng.random() < 0.3)
     return sorted(lots, key=lambda lot: -lot.z0)  # far to near
@@ -304,114 +220,6 @@ def _draw_fence(p: Painter, x: float, z0: float, z1: float) -> None:
         p.line([cam.point(x, z), cam.point(x, z, top)], 0.1 * cam.ppm(z), fence, rgb)
 
 
-Item = tuple[float, int, Callable[..., None], tuple]  # depth, order, draw function, its args
-
-
-class _Placer:
-    """Collects street objects at sampled depths (log-uniform, so near ones are not rare)."""
-
-    def __init__(self, rng: np.random.Generator, cam: Camera, street: Street, geo: Geometry):
-        self.rng, self.cam, self.street, self.geo = rng, cam, street, geo
-        self.near = max(cam.nearest_ground() * 0.9, 2.0)
-        self.far = max(min(OBJECT_MAX_DEPTH, street.end - 3.0), self.near + 1.0)
-        self.items: list[Item] = []
-        self.occupied: dict[int, list[tuple[float, float]]] = {}
-
-    def add(self, z: float, fn: Callable[..., None], *args: object) -> None:
-        self.items.append((z, len(self.items), fn, args))
-
-    def depth(self, near: float | None = None) -> float:
-        low = np.log(max(near or self.near, self.near))
-        return float(np.exp(self.rng.uniform(low, max(np.log(self.far), low))))
-
-    def count(self, name: str) -> int:
-        return int(self.rng.poisson(MEAN_COUNTS[name] * self.geo.density))
-
-    def sidewalk_x(self, margin: float = 0.4) -> float:
-        side = int(self.rng.integers(0, 2))
-        edge, outer = self.street.road[side], self.street.walk[side]
-        sign = (-1, 1)[side]
-        a, b = edge + sign * (CURB_WIDTH + margin), outer - sign * margin
-        return float(self.rng.uniform(min(a, b), max(a, b)))
-
-    def vehicle(self, kind: str, lane: int, z: float, front_view: bool) -> bool:
-        """Place a vehicle unless it overlaps another in its lane; returns success."""
-        length = VEHICLE_DIMS[kind][2] * self.geo.object_scale * 1.1
-        taken = self.occupied.setdefault(lane, [])
-        if any(z - 1.0 < b and a < z + length + 1.0 for a, b in taken):
-            return False
-        taken.append((z, z + length))
-        x = self.street.lanes[lane] + self.rng.uniform(-0.3, 0.3)
-        self.add(z, draw_vehicle, x, z, kind, front_view, self.geo.object_scale)
-        return True
-
-
-def _place_vehicles(pl: _Placer) -> None:
-    rng, street = pl.rng, pl.street
-    ego = int(np.argmin(np.abs(np.asarray(street.lanes))))
-    kinds = [k for k in ("car", "truck", "bus") for _ in range(pl.count(k))]
-    if rng.random() < MEAN_COUNTS["train"] * pl.geo.density:
-        kinds.append("train")
-    for kind in kinds:
-        lane = int(rng.integers(0, len(street.lanes)))
-        z = pl.depth(6.0 if lane == ego else None)
-        pl.vehicle(kind, lane, z, street.lanes[lane] < street.oncoming_below)
-    for lane in (0, len(street.lanes) - 1):  # parked rows along the curbs
-        if lane == ego or rng.random() >= 0.35:
-            continue
-        z = pl.depth()
-        for _ in range(int(rng.integers(1, 5))):
-            pl.vehicle("car", lane, z, bool(rng.random() < 0.5))
-            z += VEHICLE_DIMS["car"][2] * pl.geo.object_scale * 1.1 + rng.uniform(1.2, 4.0)
-
-
-def _place_people(pl: _Placer, crosswalk: float) -> None:
-    rng, scale, (left, right) = pl.rng, pl.geo.object_scale, pl.street.road
-    for _ in range(pl.count("person")):
-        if crosswalk and rng.random() < 0.3:
-            x, z = rng.uniform(left, right), crosswalk + rng.uniform(0.3, 2.7)
-        else:
-            x, z = pl.sidewalk_x(), pl.depth()
-        for _ in range(1 + int(rng.random() < 0.3)):  # sometimes a companion
-            pl.add(z, draw_person, x, z, rng.uniform(1.55, 1.92) * scale)
-            x, z = x + rng.uniform(-0.8, 0.8), z + rng.uniform(-0.6, 0.6)
-    for _ in range(pl.count("rider")):
-        if rng.random() < RIDER_ON_BICYCLE:
-            side, kind = int(rng.integers(0, 2)), "bicycle"
-            cycle_lane = pl.street.road[side] + (1, -1)[side] * 0.9
-            x = cycle_lane if rng.random() < 0.7 else pl.sidewalk_x()
-        else:
-            lane = pl.street.lanes[int(rng.integers(0, len(pl.street.lanes)))]
-            x, kind = lane + rng.uniform(-0.8, 0.8), "motorcycle"
-        z = pl.depth()
-        pl.add(z, draw_two_wheeler, x, z, kind, True, scale)
-    for kind in ("bicycle", "motorcycle"):  # parked
-        for _ in range(pl.count(kind)):
-            x, z = pl.sidewalk_x(margin=0.6), pl.depth()
-            for k in range(int(rng.integers(1, 4))):
-                pl.add(z + 0.8 * k, draw_two_wheeler, x, z + 0.8 * k, kind, False, scale)
-
-
-def _place_furniture(pl: _Placer, crosswalk: float) -> None:
-    """Rows of trees and poles (lamps, signs, traffic lights) along both curbs."""
-    rng, street = pl.rng, pl.street
-    for side in (0, 1):
-        sign, edge = (-1, 1)[side], street.road[side]
-        if rng.random() < 0.55:
-            z = rng.uniform(2.0, 10.0)
-            x = edge + sign * rng.uniform(0.8, 1.4)
-            while z < street.end - 2.0:
-                pl.add(z, draw_tree, x, z)
-                z += rng.uniform(7.0, 14.0)
-        z = rng.uniform(3.0, 15.0)
-        while z < min(street.end - 2.0, OBJECT_MAX_DEPTH * 1.5):
-            kind = _pick(rng, POLE_KINDS, POLE_PROBS)
-            pl.add(z, draw_pole, edge + sign * 0.45, z, kind, -sign)
-            z += rng.uniform(12.0, 35.0)
-        if crosswalk:
-            pl.add(crosswalk - 0.5, draw_pole, edge + sign * 0.45, crosswalk - 0.5, "light", -sign)
-
-
 def _draw_hood(p: Painter) -> None:
     """The camera car's bonnet along the bottom edge, labelled ignore."""
     cam, rng = p.cam, p.rng
@@ -430,11 +238,6 @@ def paint_scene(p: Painter, geometry: Geometry) -> None:
     lots = _sample_lots(rng, street)
     _draw_lots(p, street, lots)
     _draw_boundaries(p, street, lots)
-    placer = _Placer(rng, p.cam, street, geometry)
-    _place_furniture(placer, crosswalk)
-    _place_vehicles(placer)
-    _place_people(placer, crosswalk)
-    for _, _, fn, args in sorted(placer.items, key=lambda item: (-item[0], item[1])):
-        fn(p, *args)
+    draw_street_objects(p, street, geometry, crosswalk)
     if rng.random() < EGO_HOOD_PROB:
         _draw_hood(p)

@@ -6,8 +6,8 @@ colour toward a duller, "realistic" one by ``ShiftParams.colour_blend`` and then
 cast shadows, a lighting gradient, a colour cast, blur, sensor noise and JPEG compression, each
 with its own strength. The geometry knobs (horizon, camera height, focal length, object size and
 density) turn the source camera and object statistics into the target's (:func:`domain_geometry`),
-which :mod:`spcl.data.synthetic_scene` draws from. Every knob is documented in
-``docs/synthetic.md``.
+which :mod:`spcl.data.synthetic_street` and :mod:`spcl.data.synthetic_placement` draw from.
+Every knob is documented in ``docs/synthetic.md``.
 """
 
 from __future__ import annotations

@@ -28,14 +28,9 @@ import cv2
 import numpy as np
 
 from spcl.data.cityscapes import subset_names, subset_table
+from spcl.data.label_decoder import LabelDecoder
 from spcl.data.labels import ClassTable
-from spcl.data.user_folder import (
-    DatasetFiles,
-    LabelDecoder,
-    MissingLabels,
-    require_dir,
-    scan_pairs,
-)
+from spcl.data.layout import DatasetFiles, MissingLabels, require_dir, scan_pairs
 
 __all__ = [
     "SYNTHIA_ID_OF",

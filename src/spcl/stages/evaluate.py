@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from spcl.context import RunContext
+from spcl.data.labels import class_table_for
 from spcl.engine.distributed import all_reduce_sum_
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.metrics import ConfusionMatrix, SegmentationScores
@@ -25,7 +26,6 @@ from spcl.evaluation.plots import plot_confusion, plot_prediction_panels
 from spcl.evaluation.reports import default_subsets, write_csv, write_json, write_table
 from spcl.evaluation.sliding import predict_probs_sliding
 from spcl.method.adabn import recalibrate_batchnorm
-from spcl.predict import class_table_for
 from spcl.stages.builders import (
     build_segmenter,
     class_names,
