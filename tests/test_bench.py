@@ -91,6 +91,12 @@ EXPECTED_DIFFERENCES = {  # run → what differs from the spcl run (besides run.
     "ablate_absent": {"adapt.absent_policy": "keep"},
     "ablate_cap": {"pseudo_labels.cap": 1.0},
     "ablate_lambda": {"adapt.lambda_cl": 0.1},
+    "ablate_tau_lambda": {"adapt.temperature": 0.1, "adapt.lambda_cl": 0.1},
+    "ablate_st_contrast": {
+        "adapt.target_ce": 1.0,
+        "adapt.temperature": 0.1,
+        "adapt.lambda_cl": 0.1,
+    },
     "ablate_bn": {"adapt.freeze_bn": True},  # the demo trains BN: the ablation freezes it
     "ablate_adabn_labels": {"pseudo_labels.adabn": False},  # the demo config has it on
 }

@@ -128,6 +128,14 @@ ABLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "absent": ("SPCL, absent classes keep their prototype", ("adapt.absent_policy=keep",)),
     "cap": ("SPCL, threshold = pure median (cap 1.0)", ("pseudo_labels.cap=1.0",)),
     "lambda": ("SPCL, λ_cl = 0.1", ("adapt.lambda_cl=0.1",)),
+    "tau_lambda": (
+        "SPCL, temperature 0.1 and λ_cl = 0.1",
+        ("adapt.temperature=0.1", "adapt.lambda_cl=0.1"),
+    ),
+    "st_contrast": (  # does the contrast add anything to plain self-training?
+        "self-training control + contrast (temperature 0.1, λ_cl = 0.1)",
+        ("adapt.target_ce=1", "adapt.temperature=0.1", "adapt.lambda_cl=0.1"),
+    ),
     "bn": ("SPCL, BatchNorm {state} in adaptation only (model.freeze_bn flipped)", ()),
     "adabn_labels": ("SPCL, pseudo-labels {state} AdaBN (pseudo_labels.adabn flipped)", ()),
 }
