@@ -60,7 +60,7 @@ __all__ = [
     "write_preview",
 ]
 
-GENERATOR_VERSION = "spcl-synthetic-1"  # bump whenever the same seed would give other bytes
+GENERATOR_VERSION = "spcl-synthetic-2"  # bump whenever the same seed would give other bytes
 DOMAINS = ("source", "target")
 SPLITS = ("train", "val")
 DOMAIN_HEADERS = {"source": "source (game)", "target": "target (real)"}

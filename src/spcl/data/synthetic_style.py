@@ -42,9 +42,9 @@ class ShiftParams:
 
     # Fraction of the way each material colour moves from its game colour to its realistic one.
     colour_blend: float = 0.5
-    # Std (0..255 scale) of the per-object colour offset in source images; small values let a
-    # model memorise exact colours.
-    source_jitter: float = 25.0
+    # Std (0..255 scale) of the per-object colour offset in source images: the game's "small
+    # per-instance variation". The smaller, the more a source model relies on exact colours.
+    source_jitter: float = 12.0
     # Std (0..255 scale) of the per-object colour offset in target images.
     target_jitter: float = 20.0
     # Amplitude (0..255 scale) of multi-scale luminance texture, scaled per class.
@@ -97,6 +97,7 @@ PRESETS: dict[str, ShiftParams] = {
     "strong": ShiftParams(),
     "mild": ShiftParams(
         colour_blend=0.3,
+        source_jitter=25.0,
         target_jitter=22.0,
         texture=8.0,
         shadows=0.25,
@@ -115,6 +116,7 @@ PRESETS: dict[str, ShiftParams] = {
     # Control: the target is drawn exactly like the source (no shift at all).
     "none": ShiftParams(
         colour_blend=0.0,
+        source_jitter=25.0,
         target_jitter=25.0,
         texture=0.0,
         shadows=0.0,
