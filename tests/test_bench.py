@@ -29,18 +29,9 @@ from spcl.models.resnet import FrozenBatchNorm2d
 from spcl.pipeline import run_pipeline
 from spcl.stages import adapt, evaluate
 from spcl.stages.builders import domain_dataset
+from tiny import TINY
 
 IGNORE = 255
-TINY = (
-    "run.progress=false",
-    "data.num_workers=0",
-    "data.synthetic.generate=false",
-    "model.width=8",
-    "warmup.optim.max_iter=2",
-    "warmup.optim.stop_iter=2",
-    "warmup.optim.batch_size=2",
-    "adapt.optim.batch_size=2",
-)
 
 
 def _roots(data: Path) -> list[str]:

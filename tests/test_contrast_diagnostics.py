@@ -22,19 +22,13 @@ from spcl.config import load_config
 from spcl.context import open_run
 from spcl.data.synthetic import generate_pair
 from spcl.pipeline import run_pipeline
+from tiny import TINY
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "contrast_diagnostics.py"
-TINY = (
-    "run.progress=false",
-    "data.num_workers=0",
-    "data.synthetic.generate=false",
-    "model.width=8",
-    "warmup.optim.max_iter=2",
-    "warmup.optim.stop_iter=2",
-    "warmup.optim.batch_size=2",
+TINY_RUN = (
+    *TINY,
     "adapt.optim.max_iter=1",
     "adapt.optim.stop_iter=1",
-    "adapt.optim.batch_size=2",
     "run.stages=[warmup, prototypes, pseudo_labels, adapt]",
 )
 
@@ -62,7 +56,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     roots = [f"data.{d}.root={data}" for d in ("source", "target", "target_val")]
     run_dir = root / "run"
-    config = load_config("demo", [*TINY, *roots, f"run.out={run_dir}"])
+    config = load_config("demo", [*TINY_RUN, *roots, f"run.out={run_dir}"])
     with open_run(config) as ctx:
         run_pipeline(ctx)
     return run_dir
