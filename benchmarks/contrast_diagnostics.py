@@ -156,7 +156,11 @@ def _streams(ctx: RunContext, labels_dir: Path) -> tuple[Iterator, Iterator, Ite
 
 
 def _forward(model: nn.Module, src: Tensor, tgt: Tensor) -> tuple[SegOutput, SegOutput, list]:
-    """Like ``forward_pair``, also returning the feature maps the logits were computed from."""
+    """Like ``forward_pair``, also returning the feature maps the logits were computed from.
+
+    ``forward_pair``'s per-domain slices are not on the logits' path (the head ran on the whole
+    batch), so the CE's gradient w.r.t. the features must be taken w.r.t. the unsliced maps.
+    """
     if src.shape[1:] != tgt.shape[1:]:
         src_out, tgt_out = model(src), model(tgt)
         return src_out, tgt_out, [src_out.features, tgt_out.features]
