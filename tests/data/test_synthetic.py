@@ -32,6 +32,7 @@ BIG_CLASSES = ("road", "building", "sky", "vegetation")
 FREQUENCY_TOLERANCE = 0.06  # max |source - target| pixel share per class (16 scenes each)
 COLOUR_MARGIN = 30.0  # RGB L2 distance between a class's source and target mean colours
 MIN_SHIFTED_CLASSES = 12  # classes whose mean colour moves by more than COLOUR_MARGIN (strong)
+MAX_JITTER_RATIO = 0.7  # strong's source colour spread over mild's (jitter 12 vs 25: ~0.57)
 
 
 def _tiny_set(root: Path, **kwargs: object) -> Path:
@@ -59,6 +60,7 @@ def scenes() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
         "source": _scenes("source", "strong"),
         "target": _scenes("target", "strong"),
         "mild": _scenes("target", "mild"),
+        "source_mild": _scenes("source", "mild"),
         "source_other_seed": _scenes("source", "strong", seed=1),
     }
 
@@ -308,6 +310,24 @@ def test_domains_differ_in_appearance_strong_more_than_mild(scenes: dict) -> Non
 
 
 @pytest.mark.slow
+def _colour_spread(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Median over classes of how much a class's mean colour varies from image to image."""
+    per_class: dict[int, list[np.ndarray]] = {}
+    for image, label in pairs:
+        for k in range(CITYSCAPES.num_classes):
+            mask = label == k
+            if mask.sum() > 50:
+                per_class.setdefault(k, []).append(image[mask].astype(np.float64).mean(axis=0))
+    spreads = [np.linalg.norm(np.std(v, axis=0)) for v in per_class.values() if len(v) >= 4]
+    return float(np.median(spreads))
+
+
+def test_strong_source_colours_vary_less_per_object_than_mild(scenes: dict) -> None:
+    # the game's "small per-instance variation": source_jitter 12 under strong, 25 under mild
+    strong, mild = _colour_spread(scenes["source"]), _colour_spread(scenes["source_mild"])
+    assert strong < MAX_JITTER_RATIO * mild, (strong, mild)
+
+
 def test_default_train_split_has_every_class() -> None:
     """The default 300-image source train split (in memory) contains all 19 classes."""
     seen = set()
