@@ -30,26 +30,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spcl.base import IGNORE_INDEX
 from spcl.config import load_config
 from spcl.context import RunContext
-from spcl.data.labels import IGNORE_INDEX
 from spcl.engine.checkpoint import load_state
 from spcl.engine.distributed import resolve_device
 from spcl.engine.tracking import Tracker
 from spcl.method.contrastive import pixel_prototype_logits, pixel_prototype_loss
 from spcl.method.losses import tempered_cross_entropy, upsample_logits
-from spcl.method.prototypes import (
-    PrototypeBank,
-    class_feature_sums,
-    downsample_labels,
-    reliable_mask,
-)
-from spcl.models.deeplab_v2 import SegOutput
+from spcl.method.prototypes import PrototypeBank, downsample_labels
 from spcl.pipeline import STAGES
-from spcl.stages.adapt import PLAIN_CE, SOURCE_STREAM, TARGET_STREAM
+from spcl.stages.adapt import PLAIN_CE, SOURCE_STREAM, TARGET_STREAM, AdaptParts, adapt_forward
 from spcl.stages.builders import (
     build_segmenter,
-    class_names,
+    class_table,
     domain_dataset,
     load_weights,
     pseudo_labelled_dataset,
@@ -155,48 +149,38 @@ def _streams(ctx: RunContext, labels_dir: Path) -> tuple[Iterator, Iterator, Ite
     return source, target, train_loader(ctx, truth, batch, TARGET_STREAM)
 
 
-def _forward(model: nn.Module, src: Tensor, tgt: Tensor) -> tuple[SegOutput, SegOutput, list]:
-    """Like ``forward_pair``, also returning the feature maps the logits were computed from.
-
-    ``forward_pair``'s per-domain slices are not on the logits' path (the head ran on the whole
-    batch), so the CE's gradient w.r.t. the features must be taken w.r.t. the unsliced maps.
-    """
-    if src.shape[1:] != tgt.shape[1:]:
-        src_out, tgt_out = model(src), model(tgt)
-        return src_out, tgt_out, [src_out.features, tgt_out.features]
-    out, n = model(torch.cat([src, tgt])), src.shape[0]
-    src_out = SegOutput(out.logits[:n], out.features[:n])
-    return src_out, SegOutput(out.logits[n:], out.features[n:]), [out.features]
-
-
 def _replay_step(
     ctx: RunContext, model: nn.Module, bank: PrototypeBank, batch: dict, taus: Taus
 ) -> Replay:
-    """The adaptation's step on one batch pair: every loss term, and (features, labels) per set."""
+    """The adaptation's own forward pass and prototype step (``adapt_forward``) on one batch
+    pair, then every loss term at each τ, and (features, labels) per pixel set."""
     cfg, dev = ctx.config.adapt, ctx.device
-    src_labels, tgt_labels = batch["src"]["label"].to(dev), batch["tgt"]["label"].to(dev)
-    src, tgt, feats = _forward(model, batch["src"]["image"].to(dev), batch["tgt"]["image"].to(dev))
-    src_mask = reliable_mask(downsample_labels(src_labels, src.features.shape[-2:]), src.logits)
-    tgt_mask = downsample_labels(tgt_labels, tgt.features.shape[-2:])
-    detached = src.features.detach().float()
-    bank.update_from_sums(*class_feature_sums(detached, src_mask, bank.num_classes))
-    protos = bank.prototypes.detach()
-    src_logits = upsample_logits(src.logits, src_labels.shape[-2:])
-    tgt_logits = upsample_logits(tgt.logits, tgt_labels.shape[-2:])
+    parts = AdaptParts.from_config(cfg, model, bank, dev)
+    step = adapt_forward(parts, batch["src"], batch["tgt"])
+    src, tgt, protos = step.out.src, step.out.tgt, step.prototypes
+    src_logits = upsample_logits(src.logits, step.src_labels.shape[-2:])
+    tgt_logits = upsample_logits(tgt.logits, step.tgt_labels.shape[-2:])
     losses = {
-        CE_SRC: tempered_cross_entropy(src_logits, src_labels, cfg.source_temperature),
-        CE_TGT: tempered_cross_entropy(tgt_logits, tgt_labels, PLAIN_CE),
+        CE_SRC: tempered_cross_entropy(src_logits, step.src_labels, cfg.source_temperature),
+        CE_TGT: tempered_cross_entropy(tgt_logits, step.tgt_labels, PLAIN_CE),
     }
     for tau in taus:
-        losses[term_name("source", tau)] = pixel_prototype_loss(src.features, src_mask, protos, tau)
-        losses[term_name("target", tau)] = pixel_prototype_loss(tgt.features, tgt_mask, protos, tau)
-    sets = {SRC: (src.features.detach(), src_mask), TGT: (tgt.features.detach(), tgt_mask)}
+        losses[term_name("source", tau)] = pixel_prototype_loss(
+            src.features, step.src_mask, protos, tau
+        )
+        losses[term_name("target", tau)] = pixel_prototype_loss(
+            tgt.features, step.tgt_mask, protos, tau
+        )
+    sets = {
+        SRC: (src.features.detach(), step.src_mask),
+        TGT: (tgt.features.detach(), step.tgt_mask),
+    }
     if "gt" in batch:
         if list(batch["gt"]["name"]) != list(batch["tgt"]["name"]):
             raise RuntimeError("target ground-truth stream out of step with the pseudo-labels")
-        gt = downsample_labels(batch["gt"]["label"].to(dev), tgt_mask.shape[-2:])
+        gt = downsample_labels(batch["gt"]["label"].to(dev), step.tgt_mask.shape[-2:])
         sets[GT] = (sets[TGT][0], gt)
-    return losses, feats, protos, sets
+    return losses, list(step.out.feature_maps), protos, sets
 
 
 def _norm(tensors: Sequence[Tensor | None]) -> float:
@@ -389,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:  # a missing input of RUN (named), or the run's data
         print(f"contrast_diagnostics: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    names = class_names(diag.num_classes)
+    names = class_table(ctx).names
     print_gradients(diag, ctx, "eval" if args.eval_mode else "train")
     print_classification(diag, run_tau)
     print_drift(drift, separation, names)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spcl.data.folder import SegmentationList
+from spcl.data.lists import SegmentationList
 from spcl.data.registry import build_dataset
 from spcl.data.transforms import PairTransform, build_eval_transform, build_train_transform
 

@@ -1,6 +1,6 @@
 """The bench's rows on the real pairs (GPU): GTA5 → Cityscapes and SYNTHIA → Cityscapes.
 
-Runs :func:`spcl.bench.run_bench` with the reference recipe (the shipped configs
+Runs :func:`spcl.experiments.bench.run_bench` with the reference recipe (the shipped configs
 ``gta5_to_cityscapes`` and ``synthia_to_cityscapes``) for each pair asked for, into
 ``OUT/<pair>/``, and writes the same report as ``spcl bench`` with published numbers beside ours
 (Cityscapes val mIoU, DeepLab-v2 ResNet-101 unless said): 19 classes for GTA5, 16 and 13 classes
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from spcl.bench import parse_ablations, parse_seeds, run_bench
-from spcl.bench_report import Published
+from spcl.cli import parse_ablations, parse_seeds
 from spcl.config import resolve_config_path
+from spcl.experiments.bench import run_bench
+from spcl.experiments.payload import Published
 
 SEEDS = "0,1,2"
 # pair (shipped config) → the dataset root flag of its source

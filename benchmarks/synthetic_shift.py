@@ -24,7 +24,7 @@ import torch
 
 from spcl.data.labels import CITYSCAPES
 from spcl.data.synthetic import render_scene, scene_rng
-from spcl.data.synthetic_style import PRESETS, ShiftParams
+from spcl.data.synthetic.style import PRESETS, ShiftParams
 from spcl.evaluation.metrics import ConfusionMatrix
 
 NUM_CLASSES = 19

@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spcl import bench, bench_report, bench_stages
+from spcl import cli
 from spcl.config import config_to_dict, load_config
 from spcl.context import open_run
 from spcl.data.synthetic import generate_pair
-from spcl.demo import QUICK_OVERRIDES
 from spcl.engine.checkpoint import clean_state_dict, load_state
+from spcl.engine.loop import weighted_total
+from spcl.experiments import bench, payload, report, rows, sharing
+from spcl.experiments.rows import QUICK_OVERRIDES
 from spcl.models.resnet import FrozenBatchNorm2d
 from spcl.pipeline import run_pipeline
 from spcl.stages import adapt, evaluate
@@ -76,7 +78,7 @@ EXPECTED_DIFFERENCES = {  # run → what differs from the spcl run (besides run.
     },
     "spcl_source_only_contrast": {"adapt.contrast_target": False},
     "spcl_target_only_contrast": {"adapt.contrast_source": False},
-    "oracle": {"warmup.adversarial": False, "data.source.domain": "target"},
+    "oracle": {"warmup.adversarial": False, "data.source.options": {"domain": "target"}},
     "ablate_tau": {"adapt.temperature": 0.1},
     "ablate_alpha": {"adapt.momentum": 0.9},
     "ablate_absent": {"adapt.absent_policy": "keep"},
@@ -93,16 +95,23 @@ EXPECTED_DIFFERENCES = {  # run → what differs from the spcl run (besides run.
 }
 
 
+def _bench_runs(base, ablate=()) -> tuple[list[rows.Run], list[rows.Row]]:
+    """The runs and rows of a bench with ``ablate`` on ``base``, as ``run_seed`` makes them."""
+    extra_rows, extra_runs = rows.ablation_rows(ablate, base)
+    specs = [*(rows.ROWS[n] for n in rows.BENCH_ROWS), *extra_rows]
+    return rows.runs_for(specs, base, extra_runs), specs
+
+
 def _bench_configs(tmp_path: Path) -> dict[str, Any]:
     base_overrides = [*QUICK_OVERRIDES, *_roots(tmp_path)]
-    runs, rows = bench.bench_runs(load_config("demo", base_overrides), bench.ABLATIONS)
+    runs, specs = _bench_runs(load_config("demo", base_overrides), tuple(rows.ABLATIONS))
     configs = {
         r.name: load_config("demo", r.all_overrides(base_overrides, tmp_path / r.name))
         for r in runs
     }
     return {
         "runs": runs,
-        "rows": rows,
+        "rows": specs,
         "configs": configs,
         "base": load_config("demo", base_overrides),
     }
@@ -125,16 +134,16 @@ def test_each_run_changes_exactly_its_switches(tmp_path: Path) -> None:
     stages = {name: c.run.stages for name, c in made["configs"].items()}
     assert stages["source_only"] == stages["oracle"] == ["warmup", "evaluate"]
     assert stages["spcl"][-2:] == ["self_train", "evaluate"]
-    assert stages["self_training_control"] == list(bench.THROUGH_ADAPT)
-    rows = {r.name: (r.run, r.stage) for r in made["rows"]}
-    assert rows["spcl"] == ("spcl", "adapt") and rows["adversarial_warmup"] == ("spcl", "warmup")
-    assert rows["spcl_self_training"] == ("spcl", "self_train")
+    assert stages["self_training_control"] == list(rows.THROUGH_ADAPT)
+    made_rows = {r.name: (r.run, r.stage) for r in made["rows"]}
+    assert made_rows["spcl"] == ("spcl", "adapt")
+    assert made_rows["adversarial_warmup"] == ("spcl", "warmup")
+    assert made_rows["spcl_self_training"] == ("spcl", "self_train")
 
 
 def test_runs_share_the_stages_they_truly_share(tmp_path: Path) -> None:
     prints = {
-        n: bench_stages.stage_fingerprints(c)
-        for n, c in _bench_configs(tmp_path)["configs"].items()
+        n: sharing.stage_fingerprints(c) for n, c in _bench_configs(tmp_path)["configs"].items()
     }
     assert prints["source_only"]["warmup"] == prints["source_only_adabn"]["warmup"]
     assert prints["oracle"]["warmup"] != prints["source_only"]["warmup"]
@@ -150,18 +159,18 @@ def test_runs_share_the_stages_they_truly_share(tmp_path: Path) -> None:
 
 def test_share_links_only_a_matching_finished_stage(tmp_path: Path) -> None:
     config = load_config("demo", [*_roots(tmp_path), "run.stages=[warmup, evaluate]"])
-    key = bench_stages.stage_fingerprints(config)["warmup"]
+    key = sharing.stage_fingerprints(config)["warmup"]
     good, stale, mine = tmp_path / "good", tmp_path / "stale", tmp_path / "mine"
     for donor, fingerprint in ((stale, "0" * 16), (good, key)):
         (donor / "01_warmup").mkdir(parents=True)
         (donor / "01_warmup" / "done.json").write_text(json.dumps({"fingerprint": fingerprint}))
         (donor / "01_warmup" / "model.pth").write_bytes(donor.name.encode())
-    shared = bench_stages.share_done_stages(config, mine, [stale, good])
+    shared = sharing.share_done_stages(config, mine, [stale, good])
     assert shared == {"warmup": str(good)}
     linked = mine / "01_warmup" / "model.pth"
     assert linked.read_bytes() == b"good"
     assert linked.stat().st_ino == (good / "01_warmup" / "model.pth").stat().st_ino
-    assert bench_stages.share_done_stages(config, mine, [good]) == {}  # already there
+    assert sharing.share_done_stages(config, mine, [good]) == {}  # already there
 
 
 REAL_PAIR = [
@@ -178,7 +187,7 @@ REAL_PAIR = [
 
 def test_oracle_trains_on_the_target_split_with_the_target_reader() -> None:
     base = load_config(None, REAL_PAIR)
-    runs, _ = bench.bench_runs(base)
+    runs, _ = _bench_runs(base)
     oracle = next(r for r in runs if r.name == "oracle")
     source = dataclasses.asdict(load_config(None, [*REAL_PAIR, *oracle.overrides]).data.source)
     # overrides merge into mappings: options only the source set fall back to the reader defaults
@@ -186,14 +195,14 @@ def test_oracle_trains_on_the_target_split_with_the_target_reader() -> None:
     assert source == {**dataclasses.asdict(base.data.target), "options": expected_options}
     base.data.source.options["frames"] = 3
     with pytest.raises(ValueError, match="frames"):
-        bench.bench_runs(base)
+        _bench_runs(base)
 
 
 @pytest.mark.parametrize("pair", ["gta5_to_cityscapes", "synthia_to_cityscapes"])
 def test_reference_configs_give_valid_runs(pair: str, tmp_path: Path) -> None:
     roots = ["data.source.root=/source", "data.target.root=/cs", "data.target_val.root=/cs"]
     base = load_config(pair, roots)
-    runs, _ = bench.bench_runs(base, tuple(bench.ABLATIONS))
+    runs, _ = _bench_runs(base, tuple(rows.ABLATIONS))
     configs = {r.name: load_config(pair, r.all_overrides(roots, tmp_path / r.name)) for r in runs}
     oracle = configs["oracle"].data
     assert oracle.source.kind == "cityscapes" and oracle.source.split == "train"
@@ -203,14 +212,14 @@ def test_reference_configs_give_valid_runs(pair: str, tmp_path: Path) -> None:
 
 
 def test_parse_seeds_and_ablations() -> None:
-    assert bench.parse_seeds("0, 1,2") == [0, 1, 2]
-    assert bench.parse_ablations("all") == tuple(bench.ABLATIONS)
-    assert bench.parse_ablations("cap,tau,cap") == ("cap", "tau")
+    assert cli.parse_seeds("0, 1,2") == [0, 1, 2]
+    assert cli.parse_ablations("all") == tuple(rows.ABLATIONS)
+    assert cli.parse_ablations("cap,tau,cap") == ("cap", "tau")
     for bad in ("", "a,b", "1,1"):
         with pytest.raises(Exception, match="--seeds"):
-            bench.parse_seeds(bad)
+            cli.parse_seeds(bad)
     with pytest.raises(Exception, match="valid: tau"):
-        bench.parse_ablations("tau,nope")
+        cli.parse_ablations("tau,nope")
 
 
 # --- the adaptation step: which terms each row computes, and the target CE's value ---------------
@@ -232,9 +241,12 @@ def _one_step(warm: dict[str, Any], tmp_path: Path, monkeypatch, *overrides: str
     """Run the adapt stage with a loop that takes one step and replays its batches."""
     captured: dict[str, Any] = {}
 
-    def one_step_loop(step, *, state, optimizers, schedulers, config, tracker) -> int:
+    def one_step_loop(step, *, weights, state, optimizers, schedulers, config, tracker) -> int:
         positions = {k: copy.deepcopy(state[k].state_dict()) for k in ("source", "target")}
-        captured["terms"] = {k: float(v.detach()) for k, v in step().items()}
+        terms = dict(step())
+        terms["loss"] = weighted_total(terms, weights)
+        captured["terms"] = {k: float(v.detach()) for k, v in terms.items()}
+        captured["weights"] = dict(weights)
         for key, position in positions.items():
             state[key].load_state_dict(position)
         captured["batches"] = (next(state["source"]), next(state["target"]))
@@ -341,11 +353,11 @@ MIOUS = {  # row → per-seed mIoU (seeds 0, 1, 2); the others get 25, 26, 27
 }
 
 
-def _payload(published: tuple[bench_report.Published, ...] = ()) -> dict[str, Any]:
+def _payload(published: tuple[payload.Published, ...] = ()) -> dict[str, Any]:
     per_seed: dict[int, dict[str, dict[str, Any]]] = {}
     for i, seed in enumerate((0, 1, 2)):
         per_seed[seed] = {}
-        for row in bench.ROWS:
+        for row in (rows.ROWS[n] for n in rows.BENCH_ROWS):
             miou = MIOUS.get(row.name, [25.0, 26.0, 27.0])[i]
             per_seed[seed][row.name] = {
                 "miou": miou,
@@ -374,43 +386,44 @@ def _payload(published: tuple[bench_report.Published, ...] = ()) -> dict[str, An
             "numpy": "2.x",
         },
     }
-    return bench_report.build_payload(bench.ROWS, per_seed, meta, published)
+    specs = [rows.ROWS[n] for n in rows.BENCH_ROWS]
+    return payload.build_payload(specs, per_seed, meta, published)
 
 
 def test_statistics_match_a_naive_computation() -> None:
-    rows = _payload()["rows"]
+    got = _payload()["rows"]
     for name, values in MIOUS.items():
-        assert rows[name]["miou_mean"] == pytest.approx(np.mean(values))
-        assert rows[name]["miou_std"] == pytest.approx(np.std(values, ddof=1))
-        assert rows[name]["miou_13_mean"] == pytest.approx(np.mean(values) + 1.0)
-        assert rows[name]["per_class_mean"]["road"] == pytest.approx(2 * np.mean(values))
-        assert rows[name]["per_class_std"]["car"] == pytest.approx(1.0)
-        assert rows[name]["per_class_mean"]["train"] is None
-        assert rows[name]["seconds_mean"] == pytest.approx(20.0)
-    assert rows["spcl"]["gap_closed"] == pytest.approx(100 * (30.5 - 21.0) / (41.0 - 21.0))
-    assert rows["source_only"]["gap_closed"] == pytest.approx(0.0)
+        assert got[name]["miou_mean"] == pytest.approx(np.mean(values))
+        assert got[name]["miou_std"] == pytest.approx(np.std(values, ddof=1))
+        assert got[name]["miou_13_mean"] == pytest.approx(np.mean(values) + 1.0)
+        assert got[name]["per_class_mean"]["road"] == pytest.approx(2 * np.mean(values))
+        assert got[name]["per_class_std"]["car"] == pytest.approx(1.0)
+        assert got[name]["per_class_mean"]["train"] is None
+        assert got[name]["seconds_mean"] == pytest.approx(20.0)
+    assert got["spcl"]["gap_closed"] == pytest.approx(100 * (30.5 - 21.0) / (41.0 - 21.0))
+    assert got["source_only"]["gap_closed"] == pytest.approx(0.0)
     # non-overlapping mean ± std: AdaBN (34 ± 1) vs spcl (30.5 ± 0.5) differs; control does not
-    assert rows["source_only_adabn"]["vs_spcl"] == {"delta": pytest.approx(3.5), "differs": True}
-    assert rows["self_training_control"]["vs_spcl"]["differs"] is False  # 0.5 = 0.5 + 0 touches
-    assert rows["spcl"]["vs_spcl"] is None and rows["spcl"]["vs_control"]["differs"] is False
-    assert bench_report.mean_std([3.0]) == (3.0, 0.0)
-    assert bench_report.mean_std([None]) == (None, None)
-    assert bench_report.gap_closed(5.0, 10.0, 10.0) is None
+    assert got["source_only_adabn"]["vs_spcl"] == {"delta": pytest.approx(3.5), "differs": True}
+    assert got["self_training_control"]["vs_spcl"]["differs"] is False  # 0.5 = 0.5 + 0 touches
+    assert got["spcl"]["vs_spcl"] is None and got["spcl"]["vs_control"]["differs"] is False
+    assert payload.mean_std([3.0]) == (3.0, 0.0)
+    assert payload.mean_std([None]) == (None, None)
+    assert payload.gap_closed(5.0, 10.0, 10.0) is None
 
 
 def test_outputs_hold_every_row_and_number(tmp_path: Path) -> None:
-    published = (bench_report.Published("ProDA", "miou_13", 62.0, "Zhang et al., CVPR 2021"),)
-    payload = _payload(published)
-    paths = bench_report.write_outputs(tmp_path, payload)
-    assert json.loads(paths["results"].read_text()) == json.loads(json.dumps(payload))
-    report = paths["report"].read_text()
-    for row in bench.ROWS:
-        starts = [line for line in report.splitlines() if line.startswith(f"| `{row.name}` |")]
+    published = (payload.Published("ProDA", "miou_13", 62.0, "Zhang et al., CVPR 2021"),)
+    made = _payload(published)
+    paths = report.write_outputs(tmp_path, made, title=bench.TITLE)
+    assert json.loads(paths["results"].read_text()) == json.loads(json.dumps(made))
+    text = paths["report"].read_text()
+    for name in rows.BENCH_ROWS:
+        starts = [line for line in text.splitlines() if line.startswith(f"| `{name}` |")]
         assert len(starts) == 2  # its lines in the main table and in the per-seed table
-    assert "| road |" in report and "| train |" in report and "absent" in report
-    assert "spcl bench --out runs/bench --seeds 0,1,2" in report and "2 CPUs" in report
-    assert "| ProDA | miou_13 | 62.0 |" in report
-    assert "| `source_only_adabn` | 34.0 ± 1.0 | 65% | +3.5 * |" in report
+    assert "| road |" in text and "| train |" in text and "absent" in text
+    assert "spcl bench --out runs/bench --seeds 0,1,2" in text and "2 CPUs" in text
+    assert "| ProDA | miou_13 | 62.0 |" in text
+    assert "| `source_only_adabn` | 34.0 ± 1.0 | 65% | +3.5 * |" in text
     for key in ("miou", "per_class"):
         assert (
             paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[key].stat().st_size > 5000
@@ -424,7 +437,7 @@ def test_outputs_hold_every_row_and_number(tmp_path: Path) -> None:
 def test_quick_bench_writes_every_row_and_resumes(tmp_path: Path) -> None:
     extra = ("run.progress=false",)
     payload = bench.run_bench(tmp_path, [0], quick=True, overrides=extra, ablate=("tau",))
-    names = [r.name for r in bench.ROWS] + ["ablate_tau"]
+    names = [*rows.BENCH_ROWS, "ablate_tau"]
     assert list(payload["rows"]) == names
     saved = json.loads((tmp_path / "results.json").read_text())
     report = (tmp_path / "report.md").read_text()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from spcl.data.synthetic import generate_pair
-from spcl.demo import QUICK_OVERRIDES
+from spcl.experiments.rows import QUICK_OVERRIDES
 
 pytestmark = pytest.mark.slow
 

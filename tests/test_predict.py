@@ -10,19 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from spcl.data.folder import to_tensor
+from spcl.base import CheckpointError
 from spcl.data.labels import CITYSCAPES, SYNTHIA_16_NAMES, class_table_for
-from spcl.engine.checkpoint import CheckpointError
+from spcl.data.lists import to_tensor
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.pred_folders import evaluate_folders
 from spcl.models.build import build_model
 from spcl.models.files import load_model_file, save_model_file
-from spcl.predict import (
-    collect_images,
-    predict_image,
-    predict_paths,
-    uncertainty_map,
-)
+from spcl.predict import collect_images, predict_image, predict_paths, uncertainty_map
 
 ARCH = "deeplabv2_resnet18"
 WIDTH = 8  # tiny backbone: fast on a CPU

@@ -64,7 +64,7 @@ def test_other_kinds_go_through_the_registry_with_their_options(tmp_path: Path) 
     domain = DomainConfig(kind="folder", root=str(tmp_path))
     sample = domain_dataset(domain, with_labels=True, train=False)[0]
     assert sample["label"].unique().tolist() == [1]
-    with pytest.raises(ValueError, match="unknown dataset kind 'gtav'"):
+    with pytest.raises(KeyError, match="unknown dataset kind 'gtav'"):
         domain_dataset(DomainConfig(kind="gtav", root="/x"), with_labels=True, train=False)
     with pytest.raises(ValueError, match="unknown option"):
         bad = DomainConfig(kind="folder", root=str(tmp_path), options={"clases": 2})

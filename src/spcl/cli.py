@@ -10,9 +10,14 @@ Subcommands:
     config   print the resolved configuration (YAML + overrides), or save it
     synth    generate the built-in synthetic source/target pair
 
-A user error (bad config key, missing file, folder that would be overwritten, bad argument) prints
+A user error (:class:`spcl.base.UserError`: a bad config key, a dataset or checkpoint that does not
+fit, a missing file, a folder that would be overwritten, arguments that do not go together) prints
 one line ``spcl: error: ...`` naming the culprit and exits with status 2; nothing is half-written.
-Set ``SPCL_DEBUG=1`` to get the full traceback instead.
+Set ``SPCL_DEBUG=1`` to get its traceback too. Any other exception is a bug: its traceback is
+shown and the exit status is 1.
+
+Start-up is kept short: this module imports no torch, NumPy or plotting library; each command
+imports what it needs when it runs (``benchmarks/cli_startup.py`` measures it).
 """
 
 from __future__ import annotations
@@ -24,29 +29,40 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-
 from spcl import __version__
-from spcl.bench import parse_ablations, parse_seeds
-from spcl.config import ConfigError, dump_config, load_config, save_config
-from spcl.engine.checkpoint import CheckpointError
+from spcl.base import UsageError, UserError
+from spcl.experiments.rows import ABLATIONS
 from spcl.pipeline import STAGE_NAMES as STAGE_CHOICES
-from spcl.pipeline import RunLockedError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "parse_ablations", "parse_seeds"]
 
 EXIT_USER_ERROR = 2  # bad input: config, paths, arguments
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 DEBUG_ENV = "SPCL_DEBUG"  # set to 1 to see the traceback of a user error
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    CheckpointError,
-    RunLockedError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    ValueError,
-    KeyError,
-)
+ALL_ABLATIONS = "all"  # --ablate all
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` → [0, 1, 2]; ArgumentTypeError unless distinct integers."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.lstrip("-").isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"--seeds expects integers like 0,1,2, got '{text}'")
+    if len({int(p) for p in parts}) != len(parts):
+        raise argparse.ArgumentTypeError(f"--seeds repeats a seed: '{text}'")
+    return [int(p) for p in parts]
+
+
+def parse_ablations(text: str) -> tuple[str, ...]:
+    """``--ablate tau,cap`` (or ``all``) → names; ArgumentTypeError listing the valid ones."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if names == [ALL_ABLATIONS]:
+        return tuple(ABLATIONS)
+    unknown = [n for n in names if n not in ABLATIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"--ablate: unknown ablation(s) {unknown}; valid: {', '.join(ABLATIONS)} or all"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -58,6 +74,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
+    from spcl.config import dump_config, load_config, save_config
+
     config = load_config(args.config, args.overrides, require_all=bool(args.save))
     if args.save:
         save_config(config, args.save)
@@ -89,6 +107,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from spcl.config import load_config
     from spcl.context import open_run
     from spcl.pipeline import run_lock, run_pipeline
 
@@ -104,7 +123,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from spcl.demo import run_demo
+    from spcl.experiments.demo import run_demo
 
     run_demo(args.out, args.seed, quick=args.quick, extra=tuple(args.overrides))
     return 0
@@ -117,7 +136,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report: dict = {}
     if args.pred_dir or args.gt_dir:
         if not (args.pred_dir and args.gt_dir):
-            raise ValueError("--pred-dir and --gt-dir go together")
+            raise UsageError("--pred-dir and --gt-dir go together")
         from spcl.evaluation.pred_folders import evaluate_folders
 
         scores, report = evaluate_folders(
@@ -130,7 +149,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
     else:
         if not (args.model and args.config):
-            raise ValueError("give --pred-dir/--gt-dir, or a model file and a config (--config)")
+            raise UsageError("give --pred-dir/--gt-dir, or a model file and a config (--config)")
         scores = _evaluate_model_file(args)
     print(scores.format_table(default_subsets(scores.class_names)))
     if args.json:
@@ -148,6 +167,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
     import torch
 
+    from spcl.config import load_config
     from spcl.context import RunContext
     from spcl.engine.distributed import resolve_device
     from spcl.engine.tracking import Tracker
@@ -163,14 +183,15 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
         overrides.append(f"evaluate.slide={args.slide}")
     config = load_config(args.config, overrides, require_all=False)
     if config.data.target_val.root == "???":
-        raise ValueError("the config sets no data.target_val.root: pass data.target_val.root=DIR")
+        raise UsageError("the config sets no data.target_val.root: pass data.target_val.root=DIR")
     device = resolve_device(config.run.device)
-    model, _ = load_model_file(args.model, device, num_classes=config.data.num_classes)
+    model, info = load_model_file(args.model, device, num_classes=config.data.num_classes)
     tracker = Tracker(".", enabled=False)
     tracker.progress = config.run.progress
     ctx = RunContext(config, Path("."), device, tracker)
+    names = tuple(info["class_names"]) or None
     with torch.no_grad():
-        return evaluate_model(ctx, model)
+        return evaluate_model(ctx, model, class_names=names)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -224,13 +245,15 @@ def _add_test_time_flags(parser: argparse.ArgumentParser) -> None:
 def _cmd_data(args: argparse.Namespace) -> int:
     import json
 
+    import yaml
+
     from spcl.data.doctor import check_dataset, dataset_stats
 
     options = {}
     for text in args.option:
         key, sep, value = text.partition("=")
         if not sep or not key:
-            raise ValueError(f"--option expects key=value, got {text!r}")
+            raise UsageError(f"--option expects key=value, got {text!r}")
         options[key] = yaml.safe_load(value)
     common = {
         "with_labels": not args.no_labels,
@@ -249,7 +272,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from spcl.bench import DEFAULT_SEEDS, QUICK_SEEDS, run_bench
+    from spcl.experiments.bench import DEFAULT_SEEDS, QUICK_SEEDS, run_bench
 
     seeds = args.seeds or list(QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
     run_bench(
@@ -376,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (a bug's exception propagates: exit 1)."""
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:  # key=value overrides may also follow the options
@@ -386,12 +409,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         if os.environ.get(DEBUG_ENV):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"spcl: error: {message}", file=sys.stderr)
+        print(f"spcl: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("spcl: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

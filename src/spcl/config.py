@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from spcl.base import ConfigError, atomic_file
 from spcl.config_schema import REQUIRED, Config
-from spcl.engine.checkpoint import atomic_file
 
 __all__ = [
     "ConfigError",
@@ -30,10 +30,6 @@ __all__ = [
 
 BASE_KEY = "base"  # top-level YAML key naming a file to inherit from
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"  # configs shipped with spcl (demo, ...)
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key and its origin."""
 
 
 def load_config(

@@ -42,10 +42,10 @@ class ModelConfig:
 class DomainConfig:
     kind: str = "synthetic"  # synthetic, gta5, synthia, synscapes, cityscapes, folder (spcl.data)
     root: str = REQUIRED  # dataset root folder
-    domain: str = ""  # synthetic pair only: "source" or "target"
     split: str = "train"  # split to read
     size: list[int] = field(default_factory=list)  # resize to [H, W]; empty keeps the file size
-    options: dict[str, Any] = field(default_factory=dict)  # reader options, e.g. {classes: 16}
+    options: dict[str, Any] = field(default_factory=dict)  # reader options, e.g. {classes: 16},
+    # {domain: target} for the synthetic pair (`spcl data check KIND ROOT` lists a kind's options)
     sampling: Literal["uniform", "class_balanced"] = "uniform"  # reference: class_balanced source
     class_index: str = ""  # class-balanced sampling cache; "" = beside the data (else run dir)
 

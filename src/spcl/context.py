@@ -1,4 +1,4 @@
-"""RunContext: what every stage needs to know about the run, built once by the CLI."""
+"""RunContext: what every stage needs to know about the run, built once by the CLI or the demo."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from spcl import __version__
+from spcl.base import atomic_write_bytes
 from spcl.config import save_config
 from spcl.config_schema import Config
-from spcl.engine.checkpoint import atomic_write_bytes
 from spcl.engine.distributed import (
     init_distributed,
     is_main,
@@ -28,6 +29,9 @@ from spcl.engine.distributed import (
     world_size,
 )
 from spcl.engine.tracking import Tracker
+
+if TYPE_CHECKING:
+    from spcl.data.labels import ClassTable
 
 __all__ = ["RunContext", "open_run", "seed_everything"]
 
@@ -42,6 +46,7 @@ class RunContext:
     tracker: Tracker
     rank: int = 0
     world: int = 1
+    classes: ClassTable | None = None  # the run's class table, read from the source dataset once
 
     @property
     def is_main(self) -> bool:

@@ -10,12 +10,16 @@ fingerprint changed (and so everything downstream), and lets a training stage in
 resume from its checkpoint. ``run.stages`` selects which stages a run has (e.g. warm-up and
 evaluation only, for a source-only baseline). A lock file keeps a second process out of a run
 directory in use.
+
+Importing this module is cheap (no torch): the stage modules are imported when a stage runs, so
+the command line can list the stages without loading the models.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -24,18 +28,31 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
+from spcl.base import ConfigError, UsageError, UserError, atomic_write_bytes
 from spcl.config import config_to_dict
 from spcl.config_schema import Config
-from spcl.context import RunContext
-from spcl.engine.checkpoint import atomic_write_bytes
-from spcl.engine.distributed import barrier
-from spcl.stages import adapt, evaluate, prototypes, pseudo_labels, self_train, warmup
 
-__all__ = ["STAGES", "RunLockedError", "Stage", "plan", "run_lock", "run_pipeline"]
+if TYPE_CHECKING:
+    from spcl.context import RunContext
 
-StageFn = Callable[[RunContext, Path, dict[str, Path]], Path]
+__all__ = [
+    "STAGES",
+    "STAGE_FOLDERS",
+    "STAGE_NAMES",
+    "TRAINED_MODELS",
+    "RunLockedError",
+    "Stage",
+    "metrics_path",
+    "model_path",
+    "plan",
+    "run_lock",
+    "run_pipeline",
+]
+
+StageFn = Callable[["RunContext", Path, dict[str, Path]], Path]
 NOT_SEMANTIC = ("data.num_workers",)  # config keys that never change a stage's result
 
 
@@ -58,11 +75,16 @@ class Stage:
     fn: StageFn
 
 
+def _stage(name: str) -> ModuleType:
+    """The module of a stage, imported when the stage first runs (it imports torch)."""
+    return importlib.import_module(f"spcl.stages.{name}")
+
+
 def _evaluate_all(ctx: RunContext, out_dir: Path, inputs: dict[str, Path]) -> Path:
     """Evaluate every trained model of the run; ``summary.json`` maps stage → mIoU."""
     summary = {}
     for name, weights in inputs.items():
-        metrics = evaluate.run(ctx, out_dir / name, weights)
+        metrics = _stage("evaluate").run(ctx, out_dir / name, weights)
         if ctx.is_main:
             summary[name] = json.loads(metrics.read_text())["miou"]
     if ctx.is_main:
@@ -72,41 +94,43 @@ def _evaluate_all(ctx: RunContext, out_dir: Path, inputs: dict[str, Path]) -> Pa
 
 _COMMON = ("model", "data", "run.seed")
 STAGES: tuple[Stage, ...] = (
-    Stage("warmup", "01_warmup", (*_COMMON, "warmup"), (), lambda c, d, i: warmup.run(c, d)),
+    Stage(
+        "warmup", "01_warmup", (*_COMMON, "warmup"), (), lambda c, d, i: _stage("warmup").run(c, d)
+    ),
     Stage(
         "prototypes",
         "02_prototypes",
         _COMMON,
         ("warmup",),
-        lambda c, d, i: prototypes.run(c, d, i["warmup"]),
+        lambda c, d, i: _stage("prototypes").run(c, d, i["warmup"]),
     ),
     Stage(
         "pseudo_labels",
         "03_pseudo_labels",
         (*_COMMON, "pseudo_labels"),
         ("warmup",),
-        lambda c, d, i: pseudo_labels.run(c, d, i["warmup"]),
+        lambda c, d, i: _stage("pseudo_labels").run(c, d, i["warmup"]),
     ),
     Stage(
         "adapt",
         "04_adapt",
         (*_COMMON, "adapt"),
         ("warmup", "prototypes", "pseudo_labels"),
-        lambda c, d, i: adapt.run(c, d, i["warmup"], i["prototypes"], i["pseudo_labels"]),
+        lambda c, d, i: _stage("adapt").run(c, d, i["warmup"], i["prototypes"], i["pseudo_labels"]),
     ),
     Stage(
         "pseudo_labels_2",
         "05_pseudo_labels",
         (*_COMMON, "pseudo_labels"),
         ("adapt",),
-        lambda c, d, i: pseudo_labels.run(c, d, i["adapt"]),
+        lambda c, d, i: _stage("pseudo_labels").run(c, d, i["adapt"]),
     ),
     Stage(
         "self_train",
         "06_self_train",
         (*_COMMON, "self_train"),
         ("adapt", "pseudo_labels_2"),
-        lambda c, d, i: self_train.run(c, d, i["adapt"], i["pseudo_labels_2"]),
+        lambda c, d, i: _stage("self_train").run(c, d, i["adapt"], i["pseudo_labels_2"]),
     ),
     Stage(
         "evaluate",
@@ -117,10 +141,27 @@ STAGES: tuple[Stage, ...] = (
     ),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+STAGE_FOLDERS = {s.name: s.folder for s in STAGES}  # stage name → its folder in a run directory
 TRAINED_MODELS = ("warmup", "adapt", "self_train")  # stages whose output is a model
+EVALUATION = "evaluate"  # the stage that scores the trained models
+MODEL_FILE, METRICS_FILE = "model.pth", "metrics.json"
 
 
-class RunLockedError(RuntimeError):
+def model_path(run_dir: str | Path, stage: str) -> Path:
+    """The ``model.pth`` a training stage writes in a run directory."""
+    if stage not in TRAINED_MODELS:
+        raise UsageError(f"stage {stage!r} trains no model; trained models: {TRAINED_MODELS}")
+    return Path(run_dir) / STAGE_FOLDERS[stage] / MODEL_FILE
+
+
+def metrics_path(run_dir: str | Path, stage: str) -> Path:
+    """The evaluation stage's ``metrics.json`` for the model of ``stage`` in a run directory."""
+    if stage not in TRAINED_MODELS:
+        raise UsageError(f"stage {stage!r} trains no model; trained models: {TRAINED_MODELS}")
+    return Path(run_dir) / STAGE_FOLDERS[EVALUATION] / stage / METRICS_FILE
+
+
+class RunLockedError(UserError, RuntimeError):
     """Another process holds the run directory."""
 
 
@@ -128,23 +169,23 @@ def plan(config: Config) -> list[Stage]:
     """The stages this config runs, in order; checks that each has what it reads.
 
     Raises:
-        ValueError: an unknown stage name, or a stage without a stage it needs.
+        ConfigError: an unknown stage name, or a stage without a stage it needs.
     """
     wanted = list(config.run.stages)
     unknown = [n for n in wanted if n not in STAGE_NAMES]
     if unknown:
-        raise ValueError(f"run.stages: unknown stage(s) {unknown}; valid: {list(STAGE_NAMES)}")
+        raise ConfigError(f"run.stages: unknown stage(s) {unknown}; valid: {list(STAGE_NAMES)}")
     chosen = [s for s in STAGES if s.name in wanted]
     for stage in chosen:
         needs = _needs(stage, wanted)
         missing = [n for n in needs if n not in wanted]
         if missing:
-            raise ValueError(f"run.stages: '{stage.name}' needs {missing}; add them to run.stages")
+            raise ConfigError(f"run.stages: '{stage.name}' needs {missing}; add them to run.stages")
     return chosen
 
 
 def _needs(stage: Stage, wanted: list[str]) -> tuple[str, ...]:
-    if stage.name == "evaluate":
+    if stage.name == EVALUATION:
         return tuple(n for n in stage.needs if n in wanted) or ("warmup",)
     return stage.needs
 
@@ -207,11 +248,22 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def prepare_data(ctx: RunContext) -> None:
-    """Generate the synthetic pair at the source root if the config asks and it is absent."""
+    """Generate the synthetic pair at the source root if ``data.synthetic.generate`` and absent.
+
+    Raises:
+        ConfigError: ``generate`` is set but the source is not of kind ``synthetic``.
+    """
     data = ctx.config.data
     root = Path(data.source.root)
-    if not (data.synthetic.generate and data.source.kind == "synthetic") or root.exists():
+    if not data.synthetic.generate or root.exists():
         return
+    if data.source.kind != "synthetic":
+        raise ConfigError(
+            f"data.synthetic.generate is true but data.source.kind is {data.source.kind!r}: "
+            f"the generator writes the synthetic pair only; set data.synthetic.generate=false"
+        )
+    from spcl.engine.distributed import barrier
+
     if ctx.is_main:
         from spcl.data.synthetic import generate_pair
 
@@ -240,13 +292,14 @@ def run_pipeline(
         only: run just this stage (the stages it reads must be done).
 
     Raises:
-        ValueError: unknown stage name, or ``only`` without its inputs.
+        UsageError: ``start_from``/``only`` not a stage of the run, or ``only`` without its inputs.
+        ConfigError: an unknown stage in ``run.stages``, or a stage without one it needs.
     """
     stages = plan(ctx.config)
     names = [s.name for s in stages]
     for flag, value in (("--from", start_from), ("--only", only)):
         if value is not None and value not in names:
-            raise ValueError(f"{flag} {value}: not a stage of this run; stages: {names}")
+            raise UsageError(f"{flag} {value}: not a stage of this run; stages: {names}")
     prepare_data(ctx)
     outputs: dict[str, Path] = {}
     prints: dict[str, str] = {}
@@ -258,7 +311,7 @@ def run_pipeline(
         upstream = {n: prints[n] for n in needs if n in prints}
         if len(upstream) < len(needs):
             missing = [n for n in needs if n not in prints]
-            raise ValueError(f"stage '{stage.name}' needs {missing}, which have not run")
+            raise UsageError(f"stage '{stage.name}' needs {missing}, which have not run")
         key = fingerprint(stage, ctx.config, upstream)
         out_dir = ctx.stage_dir(stage.folder)
         done = _read_json(out_dir / "done.json")
@@ -268,7 +321,7 @@ def run_pipeline(
             ctx.tracker.info(f"[{stage.name}] done already ({out_dir}), skipped")
             continue
         if not selected:
-            raise ValueError(
+            raise UsageError(
                 f"--only {only}: stage '{stage.name}' it depends on is not done "
                 f"(run without --only first)"
             )
@@ -280,6 +333,8 @@ def run_pipeline(
 def _run_stage(
     ctx: RunContext, stage: Stage, out_dir: Path, key: str, inputs: dict[str, Path]
 ) -> Path:
+    from spcl.engine.distributed import barrier
+
     started = _read_json(out_dir / "started.json")
     if ctx.is_main:
         if started is None or started.get("fingerprint") != key or (out_dir / "done.json").exists():

@@ -32,10 +32,10 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from spcl.data.folder import IMAGE_SUFFIXES, read_image, to_tensor
+from spcl.base import DatasetError, MissingFileError, UsageError, atomic_write_bytes
 from spcl.data.labels import ClassTable, class_table_for
+from spcl.data.lists import IMAGE_SUFFIXES, read_image, to_tensor
 from spcl.data.transforms import build_eval_transform
-from spcl.engine.checkpoint import atomic_write_bytes
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.sliding import parse_slide, predict_probs_sliding
 from spcl.models.files import load_model_file
@@ -103,12 +103,14 @@ def predict_paths(
             an unreadable image, named.
     """
     if on_error not in ("fail", "skip"):
-        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        raise UsageError(f"--on-error must be fail or skip, got {on_error!r}")
     if uncertainty not in ("confidence", "entropy"):
-        raise ValueError(f"uncertainty must be 'confidence' or 'entropy', got {uncertainty!r}")
+        raise UsageError(f"--uncertainty must be confidence or entropy, got {uncertainty!r}")
     images = collect_images(inputs)
     model, info = load_model_file(model_file, device, num_classes=num_classes)
-    table = class_table_for(info["class_names"], info["arch"]["num_classes"], model_file)
+    table = class_table_for(
+        info["class_names"], info["arch"]["num_classes"], model_file, info["palette"]
+    )
     out_dir = Path(out_dir)
     written: list[Path] = []
     for path, name in tqdm(images, desc="predict", unit="img", disable=not progress):
@@ -136,24 +138,24 @@ def collect_images(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
         ValueError: no inputs, no image in a folder, or two images that would share an output.
     """
     if not inputs:
-        raise ValueError("no input images given")
+        raise UsageError("no input images given")
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+                raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
             found += [(p, p.relative_to(path).with_suffix("")) for p in files]
         elif path.is_file():
             found.append((path, Path(path.stem)))
         elif any(c in item for c in GLOB_CHARS):
             files = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
             if not files:
-                raise FileNotFoundError(f"no file matches the pattern {item!r}")
+                raise MissingFileError(f"no file matches the pattern {item!r}")
             found += [(p, Path(p.stem)) for p in files]
         else:
-            raise FileNotFoundError(f"input image or folder not found: {path}")
+            raise MissingFileError(f"input image or folder not found: {path}")
     unique: dict[Path, tuple[Path, Path]] = {}
     owner: dict[Path, Path] = {}
     for path, name in found:
@@ -161,7 +163,7 @@ def collect_images(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
         if resolved in unique:
             continue
         if name in owner:
-            raise ValueError(
+            raise DatasetError(
                 f"{owner[name]} and {path} would both be written as {name}.png; "
                 f"predict them into different output folders"
             )

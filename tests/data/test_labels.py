@@ -8,13 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from spcl.data.labels import (
-    CITYSCAPES,
-    IGNORE_INDEX,
-    SYNTHIA_13_NAMES,
-    SYNTHIA_16_NAMES,
-    class_subset_indices,
-)
+from spcl.base import IGNORE_INDEX
+from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES, class_subset_indices
 
 MAX_CITYSCAPES_ID = 33  # largest label id in cityscapesscripts' labels.py
 UINT16_VALUES = 65536  # id_lut covers every value of a 16-bit label PNG

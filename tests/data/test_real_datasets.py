@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from spcl.data.labels import SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
+from spcl.data.readers.folder import load_class_table
+from spcl.data.readers.synthia import synthia_table
 from spcl.data.registry import DATASET_KINDS, build_dataset, dataset_options, scan_dataset
-from spcl.data.synthia import synthia_table
 from spcl.data.transforms import build_train_transform
-from spcl.data.user_folder import load_class_table
 
 H, W = 16, 32  # tiny images
 IGNORE = 255
@@ -126,11 +126,13 @@ def labels_of(dataset: torch.utils.data.Dataset) -> list[np.ndarray]:
 
 
 def test_registry_lists_kinds_and_options() -> None:
-    assert set(DATASET_KINDS) == {"gta5", "synthia", "synscapes", "cityscapes", "folder"}
+    kinds = {"gta5", "synthia", "synscapes", "cityscapes", "folder", "synthetic"}
+    assert set(DATASET_KINDS) == kinds
     with pytest.raises(KeyError, match=r"valid kinds.*gta5.*folder"):
         build_dataset("gtav", "/nowhere", with_labels=True)
     assert dataset_options("synthia")["classes"] == 16
     assert dataset_options("gta5")["missing_labels"] == "skip"
+    assert dataset_options("synthetic") == {"domain": "source", "missing_labels": "error"}
 
 
 def test_unknown_option_lists_valid_ones(tmp_path: Path) -> None:

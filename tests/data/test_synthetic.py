@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import spcl.data.synthetic as synthetic
-from spcl.data.labels import CITYSCAPES, IGNORE_INDEX
+import spcl.data.synthetic.generator as synthetic
+from spcl.base import IGNORE_INDEX
+from spcl.data.labels import CITYSCAPES
 from spcl.data.synthetic import (
     GENERATOR_VERSION,
     PRESETS,
@@ -21,8 +22,8 @@ from spcl.data.synthetic import (
     scene_rng,
     write_preview,
 )
-from spcl.data.synthetic_painter import Camera
-from spcl.data.synthetic_style import MATERIALS, apply_target_effects, material_colours
+from spcl.data.synthetic.painter import Camera
+from spcl.data.synthetic.style import MATERIALS, apply_target_effects, material_colours
 
 TINY = (64, 128)  # image size of the on-disk sets
 DEFAULT = (128, 256)  # image size of the in-memory statistics

@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from spcl.engine.checkpoint import (
-    CheckpointError,
-    atomic_file,
-    clean_state_dict,
-    load_state,
-    save_state,
-)
+from spcl.base import CheckpointError, atomic_file
+from spcl.engine.checkpoint import clean_state_dict, load_state, save_state
 
 
 class _Payload:

@@ -1,4 +1,5 @@
-"""The training loop: exact resume from a checkpoint, gradient accumulation, NaN detection."""
+"""The training loop: exact resume, gradient accumulation, NaN detection, the weighted total and
+the after-step hooks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from spcl.data.loaders import InfiniteLoader
-from spcl.engine.loop import LoopConfig, train_loop
+from spcl.engine.loop import LoopConfig, train_loop, weighted_total
 from spcl.engine.optim import poly_scheduler
 from spcl.engine.tracking import Tracker
 
@@ -41,7 +42,7 @@ def _train(tmp: Path, stop: int, *, ckpt_every: int = 3, grad_accum: int = 1) ->
     def step() -> dict[str, torch.Tensor]:
         batch = next(loader)
         loss = (model(batch["x"]) - batch["y"]).pow(2).mean()
-        return {"loss": loss, "mse": loss}
+        return {"mse": loss}
 
     config = LoopConfig(
         stop_iter=stop,
@@ -53,7 +54,13 @@ def _train(tmp: Path, stop: int, *, ckpt_every: int = 3, grad_accum: int = 1) ->
     state = {"model": model, "opt": opt, "schedule": schedule, "loader": loader}
     tracker = Tracker(tmp, progress=False)
     train_loop(
-        step, state=state, optimizers=[opt], schedulers=[schedule], config=config, tracker=tracker
+        step,
+        weights={"mse": 1.0},
+        state=state,
+        optimizers=[opt],
+        schedulers=[schedule],
+        config=config,
+        tracker=tracker,
     )
     tracker.close()
     return model
@@ -91,12 +98,13 @@ def test_non_finite_loss_names_the_iteration(tmp_path: Path) -> None:
     def step() -> dict[str, torch.Tensor]:
         i = next(calls)
         value = param * (float("nan") if i == 2 else 1.0)
-        return {"loss": value.sum(), "term": value.sum()}
+        return {"term": value.sum()}
 
     config = LoopConfig(stop_iter=5, checkpoint=tmp_path / "c.pth", tag="t")
     with pytest.raises(FloatingPointError, match=r"\[t\] iteration 2"):
         train_loop(
             step,
+            weights={"term": 1.0},
             state={},
             optimizers=[opt],
             schedulers=[],
@@ -109,3 +117,63 @@ def test_tensorboard_and_log_are_written(tmp_path: Path) -> None:
     _train(tmp_path, stop=4)
     assert any((tmp_path / "tensorboard").iterdir())
     assert (tmp_path / "log.txt").exists()
+
+
+def test_weighted_total_sums_the_weighted_terms_in_order() -> None:
+    terms = {"a": torch.tensor(2.0), "b": torch.tensor(3.0), "monitor": torch.tensor(100.0)}
+    assert float(weighted_total(terms, {"a": 1.0, "b": 0.5})) == 2.0 + 0.5 * 3.0  # monitor left out
+    assert weighted_total(terms, {"a": 1.0}) is terms["a"]  # weight 1: the term itself
+    with pytest.raises(KeyError, match="'c'"):
+        weighted_total(terms, {"a": 1.0, "c": 1.0})
+    with pytest.raises(KeyError):
+        weighted_total(terms, {})
+
+
+class _Counter(nn.Module):
+    """An after-step hook with state: it records the step counts it was called with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(0, dtype=torch.long))
+
+    def __call__(self, done: int) -> None:
+        self.calls = torch.cat([self.calls, torch.tensor([done])])
+
+    def load_state_dict(self, state, strict: bool = True):  # the buffer changes size
+        self.calls = state["calls"].clone()
+
+
+def _hooked(tmp: Path, stop: int, seen: list[float]) -> _Counter:
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    counter = _Counter()
+
+    def hook(done: int) -> None:  # runs after the optimiser step: it sees the updated parameter
+        seen.append(float(param.detach()))
+        counter(done)
+
+    train_loop(
+        lambda: {"pull": (param - 10.0).square().sum(), "watch": param.sum()},
+        weights={"pull": 0.25},
+        state={"param": nn.ParameterList([param]), "opt": opt, "counter": counter},
+        optimizers=[opt],
+        schedulers=[],
+        config=LoopConfig(stop_iter=stop, checkpoint=tmp / "c.pth", ckpt_every=2),
+        tracker=Tracker(tmp, enabled=False),
+        after_step=[hook],
+    )
+    return counter
+
+
+def test_after_step_hooks_run_after_each_step_and_resume_with_their_state(tmp_path: Path) -> None:
+    seen: list[float] = []
+    counter = _hooked(tmp_path, 4, seen)
+    assert counter.calls.tolist() == [1, 2, 3, 4]
+    # loss 0.25·(p − 10)², lr 1: p ← p − 0.5·(p − 10) = (p + 10)/2 (only "pull" is weighted)
+    expected, p = [], 0.0
+    for _ in range(4):
+        p = (p + 10.0) / 2
+        expected.append(p)
+    assert seen == pytest.approx(expected)
+    resumed = _hooked(tmp_path, 6, [])  # restarts from the checkpoint of step 4
+    assert resumed.calls.tolist() == [1, 2, 3, 4, 5, 6]

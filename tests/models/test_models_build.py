@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spcl.base import CheckpointError
 from spcl.models.build import (
     MODEL_REGISTRY,
     build_discriminator,
@@ -114,7 +115,7 @@ def test_wrong_shape_names_key_and_shapes(tmp_path: Path, small_state: dict) -> 
     path = tmp_path / "bad.pth"
     torch.save(small_state, path)
     with pytest.raises(
-        ValueError, match=r"layer3\.1\.conv2\.weight.*\(32, 32, 1, 1\).*\(32, 32, 3, 3\)"
+        CheckpointError, match=r"layer3\.1\.conv2\.weight.*\(32, 32, 1, 1\).*\(32, 32, 3, 3\)"
     ):
         load_backbone_weights(resnet18(width=8), path)
 
@@ -140,7 +141,7 @@ def test_missing_keys_raise_when_strict(tmp_path: Path, small_state: dict) -> No
     del small_state["layer2.0.downsample.0.weight"]
     path = tmp_path / "partial.pth"
     torch.save(small_state, path)
-    with pytest.raises(ValueError, match=r"layer2\.0\.downsample\.0\.weight"):
+    with pytest.raises(CheckpointError, match=r"layer2\.0\.downsample\.0\.weight"):
         load_backbone_weights(resnet18(width=8), path)
     model = resnet18(width=8)
     missing, unexpected = load_backbone_weights(model, path, strict=False)

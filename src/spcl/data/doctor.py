@@ -24,12 +24,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from spcl.data.folder import read_image
+from spcl.base import DatasetError
 from spcl.data.label_decoder import LabelValueError
 from spcl.data.layout import DatasetFiles
+from spcl.data.lists import read_image
+from spcl.data.readers.synscapes import same_aspect
 from spcl.data.registry import dataset_options, scan_dataset
 from spcl.data.sampling import ClassIndex, class_pixel_counts, default_class_index_path
-from spcl.data.synscapes import same_aspect
 
 __all__ = ["DatasetReport", "Problem", "check_dataset", "dataset_stats"]
 
@@ -167,7 +168,7 @@ def _image_hw(path: Path, decode: bool) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.height, image.width
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+        raise DatasetError(f"cannot read image {path}: {exc}") from exc
 
 
 class _ItemChecks(torch.utils.data.Dataset):

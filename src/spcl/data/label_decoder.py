@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from spcl.base import DatasetError
 from spcl.data.labels import ClassTable
 
 __all__ = [
@@ -55,16 +56,16 @@ def read_id_label(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             if image.mode not in SINGLE_CHANNEL_MODES:
-                raise ValueError(
+                raise DatasetError(
                     f"label {path} has mode {image.mode}: expected a single-channel image of "
                     "class ids (8- or 16-bit greyscale or palette PNG)"
                 )
             return np.asarray(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read label {path}: {exc}") from exc
+        raise DatasetError(f"cannot read label {path}: {exc}") from exc
 
 
-class LabelValueError(ValueError):
+class LabelValueError(DatasetError):
     """A label holds values outside its class table (the message names the file and values)."""
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from spcl.base import IGNORE_INDEX
+
 __all__ = [
     "CITYSCAPES",
-    "IGNORE_INDEX",
     "SYNTHIA_13_NAMES",
     "SYNTHIA_16_NAMES",
     "ClassTable",
@@ -25,7 +26,6 @@ __all__ = [
     "class_table_for",
 ]
 
-IGNORE_INDEX = 255  # label value that losses and metrics skip
 BITS_PER_CHANNEL = 8  # generated palettes spread each class index over 8 bits per channel
 RGB = 3
 
@@ -126,13 +126,16 @@ def class_subset_indices(names: tuple[str, ...], subset: tuple[str, ...]) -> lis
 
 
 def class_table_for(
-    class_names: Sequence[str], num_classes: int, source: str | Path = "the model file"
+    class_names: Sequence[str],
+    num_classes: int,
+    source: str | Path = "the model file",
+    palette: Sequence[Sequence[int]] = (),
 ) -> ClassTable:
-    """The class table of a model: Cityscapes colours and label ids for Cityscapes classes.
+    """The class table of a model: its names, and its palette or Cityscapes colours.
 
     Classes that are all Cityscapes classes (19, or a subset such as SYNTHIA's 16) get their
-    Cityscapes colours and label ids; other names get a generated palette and no label ids; no
-    names at all get ``class_0 …``.
+    Cityscapes label ids, and their Cityscapes colours unless ``palette`` is given; other names
+    get ``palette`` or a generated one, and no label ids; no names at all get ``class_0 …``.
 
     Raises:
         CheckpointError: ``class_names`` does not hold ``num_classes`` names.
@@ -140,22 +143,26 @@ def class_table_for(
     names = tuple(class_names) or tuple(f"class_{i}" for i in range(num_classes))
     if len(names) != num_classes:
         # imported here: the label tables (and the synthetic generator) stay free of torch
-        from spcl.engine.checkpoint import CheckpointError
+        from spcl.base import CheckpointError
 
         raise CheckpointError(
             f"{source}: {len(names)} class names for a {num_classes}-class model: {list(names)}"
         )
-    if names == CITYSCAPES.names:
+    if palette and len(palette) != num_classes:
+        raise CheckpointError(f"{source}: {len(palette)} colours for {num_classes} classes")
+    own = tuple((int(c[0]), int(c[1]), int(c[2])) for c in palette)
+    if names == CITYSCAPES.names and own in ((), CITYSCAPES.palette):
         return CITYSCAPES
     colours = dict(zip(CITYSCAPES.names, CITYSCAPES.palette, strict=True))
     if not all(n in colours for n in names):
-        return ClassTable(names=names, palette=_generated_palette(num_classes))
+        return ClassTable(names=names, palette=own or _generated_palette(num_classes))
     id_map = {
         raw: names.index(CITYSCAPES.names[train])
         for raw, train in CITYSCAPES.id_to_train.items()
         if CITYSCAPES.names[train] in names
     }
-    return ClassTable(names=names, palette=tuple(colours[n] for n in names), id_to_train=id_map)
+    colour_list = own or tuple(colours[n] for n in names)
+    return ClassTable(names=names, palette=colour_list, id_to_train=id_map)
 
 
 def _generated_palette(count: int) -> tuple[tuple[int, int, int], ...]:

@@ -5,7 +5,7 @@ lists its files into a :class:`DatasetFiles`: paired images and labels, the imag
 label and the labels without an image, the class table and a
 :class:`~spcl.data.label_decoder.LabelDecoder` (raw label file → train ids, refusing values the
 table does not know). ``DatasetFiles.dataset()`` builds the
-:class:`~spcl.data.folder.SegmentationList`; ``spcl.data.doctor`` checks the same lists.
+:class:`~spcl.data.lists.SegmentationList`; ``spcl.data.doctor`` checks the same lists.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from spcl.data.folder import IMAGE_SUFFIXES, SegmentationList
+from spcl.base import DatasetError, MissingFileError
 from spcl.data.label_decoder import LabelDecoder
 from spcl.data.labels import ClassTable
+from spcl.data.lists import IMAGE_SUFFIXES, SegmentationList
 from spcl.data.transforms import PairTransform
 
 __all__ = [
@@ -80,7 +81,7 @@ class DatasetFiles:
 def require_dir(path: Path, what: str, hint: str = "") -> Path:
     """``path`` if it is a folder, else FileNotFoundError saying what was expected there."""
     if not path.is_dir():
-        raise FileNotFoundError(f"{what} not found: {path} is not a folder{hint}")
+        raise MissingFileError(f"{what} not found: {path} is not a folder{hint}")
     return path
 
 
@@ -102,7 +103,7 @@ def list_files(
                 continue
             key = key[: -len(strip)]
         if key in found:
-            raise ValueError(f"{found[key]} and {path} are two files for one item {key!r}")
+            raise DatasetError(f"{found[key]} and {path} are two files for one item {key!r}")
         found[key] = path
     return found
 
@@ -132,7 +133,7 @@ def _filter_by_list(images: dict[str, Path], list_file: str | Path) -> dict[str,
     entries = [ln.strip() for ln in Path(list_file).read_text().splitlines() if ln.strip()]
     unknown = [e for e in entries if e not in lookup]
     if unknown:
-        raise ValueError(
+        raise DatasetError(
             f"{len(unknown)} name(s) of list file {list_file} have no image: {quote_paths(unknown)}"
         )
     return {lookup[e]: images[lookup[e]] for e in entries}
@@ -165,11 +166,11 @@ def scan_pairs(
     images = list_files(image_dir, image_suffixes, recursive=recursive, strip=image_strip)
     if not images:
         pattern = f"*{image_strip}" + "|".join(image_suffixes)
-        raise ValueError(f"no {kind} images ({pattern}) in {image_dir}")
+        raise DatasetError(f"no {kind} images ({pattern}) in {image_dir}")
     if list_file is not None:
         images = _filter_by_list(images, list_file)
         if not images:
-            raise ValueError(f"list file {list_file} names no image")
+            raise DatasetError(f"list file {list_file} names no image")
     if label_dir is None:
         names = item_names(list(images))
         return DatasetFiles(kind, root, split, table, decoder, list(images.values()), names, None)
@@ -178,7 +179,7 @@ def scan_pairs(
     if list_file is not None:
         orphans = []  # labels of images left out on purpose
     if unlabelled and missing_labels == "error":
-        raise ValueError(
+        raise DatasetError(
             f"{len(unlabelled)} {kind} image(s) in {image_dir} have no label in {label_dir}: "
             f"{quote_paths(unlabelled)}"
         )
@@ -189,7 +190,7 @@ def scan_pairs(
             stacklevel=3,
         )
     if not keys:
-        raise ValueError(f"no {kind} image in {image_dir} has a label in {label_dir}")
+        raise DatasetError(f"no {kind} image in {image_dir} has a label in {label_dir}")
     return DatasetFiles(
         kind,
         root,

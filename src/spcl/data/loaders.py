@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from spcl.base import DatasetError
 from spcl.data.sampling import EpochOrder
 
 __all__ = ["InfiniteLoader", "SeededBatchSampler", "build_eval_loader"]
@@ -39,7 +40,7 @@ class SeededBatchSampler:
     ) -> None:
         size = len(order) if order is not None else size
         if size < batch_size * world:
-            raise ValueError(
+            raise DatasetError(
                 f"dataset of {size} images is smaller than one batch ({batch_size} × {world} ranks)"
             )
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle

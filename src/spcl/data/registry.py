@@ -1,7 +1,9 @@
 """Dataset readers by name: ``kind`` → the function that lists its files, and ``build_dataset``.
 
-Kinds: ``gta5``, ``synthia``, ``synscapes``, ``cityscapes`` (the official layouts) and ``folder``
-(the user's own images, labels and class YAML). Each reader takes ``(root, split)`` plus keyword
+Kinds: ``gta5``, ``synthia``, ``synscapes``, ``cityscapes`` (the official layouts, in
+:mod:`spcl.data.readers`), ``folder`` (the user's own images, labels and class YAML) and
+``synthetic`` (the built-in generated pair, :mod:`spcl.data.synthetic`; option ``domain``).
+Each reader takes ``(root, split)`` plus keyword
 options (see :func:`dataset_options`), e.g. ``classes=16`` for SYNTHIA → Cityscapes or
 ``image_dir="rgb"`` for Synscapes' 1440×720 images::
 
@@ -16,14 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spcl.data.cityscapes import scan_cityscapes
-from spcl.data.folder import SegmentationList
-from spcl.data.gta5 import scan_gta5
+from spcl.base import DatasetError, UnknownNameError
 from spcl.data.layout import DatasetFiles
-from spcl.data.synscapes import scan_synscapes
-from spcl.data.synthia import scan_synthia
+from spcl.data.lists import SegmentationList
+from spcl.data.readers.cityscapes import scan_cityscapes
+from spcl.data.readers.folder import scan_folder
+from spcl.data.readers.gta5 import scan_gta5
+from spcl.data.readers.synscapes import scan_synscapes
+from spcl.data.readers.synthia import scan_synthia
+from spcl.data.synthetic.reader import scan_synthetic
 from spcl.data.transforms import PairTransform
-from spcl.data.user_folder import scan_folder
 
 __all__ = [
     "DATASET_KINDS",
@@ -40,6 +44,7 @@ SCANNERS: dict[str, Callable[..., DatasetFiles]] = {
     "synscapes": scan_synscapes,
     "cityscapes": scan_cityscapes,
     "folder": scan_folder,
+    "synthetic": scan_synthetic,
 }
 DATASET_KINDS = tuple(SCANNERS)
 DEFAULT_SPLIT = "train"
@@ -49,7 +54,7 @@ _NOT_OPTIONS = ("with_labels", "warn")  # keyword arguments set by the caller, n
 def get_scanner(kind: str) -> Callable[..., DatasetFiles]:
     """The reader of ``kind``; KeyError listing the valid kinds otherwise."""
     if kind not in SCANNERS:
-        raise KeyError(f"unknown dataset kind {kind!r}; valid kinds: {list(DATASET_KINDS)}")
+        raise UnknownNameError(f"unknown dataset kind {kind!r}; valid kinds: {list(DATASET_KINDS)}")
     return SCANNERS[kind]
 
 
@@ -91,7 +96,7 @@ def scan_dataset(
     valid = dataset_options(kind)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(
+        raise DatasetError(
             f"unknown option(s) {unknown} for dataset kind {kind!r}; valid options: {sorted(valid)}"
         )
     split = DEFAULT_SPLIT if split is None else split

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spcl.data.folder import SegmentationList
-from spcl.engine.checkpoint import atomic_file
+from spcl.base import DatasetError, atomic_file
+from spcl.data.lists import SegmentationList
 
 __all__ = [
     "SUB_EPOCH_SIZE",
@@ -104,12 +104,12 @@ class ClassIndex:
         try:
             with np.load(Path(path), allow_pickle=False) as data:
                 if str(data["format"]) != INDEX_FORMAT:
-                    raise ValueError(f"format {data['format']!s}, expected {INDEX_FORMAT}")
+                    raise DatasetError(f"format {data['format']!s}, expected {INDEX_FORMAT}")
                 names, counts = data["names"].tolist(), data["pixel_counts"].astype(np.int64)
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"cannot read class index {path}: {exc}") from exc
+            raise DatasetError(f"cannot read class index {path}: {exc}") from exc
         if counts.ndim != 2 or counts.shape[0] != len(names):
-            raise ValueError(f"class index {path} is inconsistent: {counts.shape}, {len(names)}")
+            raise DatasetError(f"class index {path} is inconsistent: {counts.shape}, {len(names)}")
         return cls(names, counts)
 
 
@@ -142,7 +142,7 @@ def build_class_index(
         ValueError: the dataset has no labels, or a label cannot be read (names the file).
     """
     if not dataset.labels:
-        raise ValueError("a class index needs a labelled dataset (with_labels=True)")
+        raise DatasetError("a class index needs a labelled dataset (with_labels=True)")
     loader = torch.utils.data.DataLoader(
         _LabelCounts(dataset, num_classes),
         batch_size=None,
@@ -213,7 +213,7 @@ def class_balanced_order(
     members = [np.flatnonzero(presence[:, k]) for k in range(presence.shape[1])]
     available = np.array([len(m) > 0 for m in members])
     if not available.any():
-        raise ValueError("no image contains any class: class-balanced sampling is impossible")
+        raise DatasetError("no image contains any class: class-balanced sampling is impossible")
     last_available = int(np.flatnonzero(available)[-1])
     queues = [rng.permutation(m) for m in members]
     cursors = [0] * len(members)

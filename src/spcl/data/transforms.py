@@ -15,7 +15,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from spcl.data.labels import IGNORE_INDEX
+from spcl.base import IGNORE_INDEX
 
 __all__ = ["PairTransform", "build_eval_transform", "build_train_transform"]
 

@@ -1,62 +1,29 @@
-"""Checkpoint files: atomic writes, safe loads, one place that cleans state-dict key prefixes.
+"""Checkpoint files: full-state saves (atomic), safe loads, one place that cleans key prefixes.
 
-Every checkpoint is written to a temporary file in the destination folder and renamed into place, so
-a crash never leaves a half-written file under the final name. Loads use ``weights_only=True``: a
+Every checkpoint is written through :func:`spcl.base.atomic_file` (a temporary file in the
+destination folder, renamed into place), so a crash never leaves a half-written file under the
+final name. Loads use ``weights_only=True``: a
 file that would unpickle arbitrary objects is refused with an error naming it, never executed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
+from spcl.base import CheckpointError, MissingFileError, atomic_file
+
 __all__ = [
-    "CheckpointError",
-    "atomic_file",
-    "atomic_write_bytes",
     "clean_state_dict",
     "load_state",
     "save_state",
 ]
 
 STRIPPED_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unsafe or unreadable; the message names it."""
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success it is synced and renamed to ``path``.
-
-    On any exception the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_file(path, "wb") as handle:
-        handle.write(data)
 
 
 def save_state(state: Mapping[str, Any], path: str | Path) -> None:
@@ -75,7 +42,7 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -12,6 +12,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from spcl.base import ConfigError
+
 __all__ = [
     "all_reduce_sum_",
     "barrier",
@@ -54,7 +56,7 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"run.device={name!r} but CUDA is not available; use run.device=cpu")
+            raise ConfigError(f"run.device={name!r} but CUDA is not available; use run.device=cpu")
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)

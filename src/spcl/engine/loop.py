@@ -1,10 +1,13 @@
 """The one training loop: every stage hands it a ``step`` and the objects that make up its state.
 
 A stage's ``step()`` draws its own batches (from resumable loaders registered in ``state``), runs
-the model and returns ``{"loss": total, ...named terms}``. The loop does everything else: autocast,
-backward (gradient accumulation, fp16 scaling), clipping, optimiser and schedule steps, logging and
-progress, and periodic full-state checkpoints written atomically. When a checkpoint exists, the loop
-restores every object in ``state``, the RNGs and the iteration, and continues exactly where it was.
+the model and returns its named loss terms, unweighted (``{"seg": ..., "cl_src": ...}``). The loop
+does everything else: the total loss as the weighted sum of the terms named in ``weights``
+(:func:`weighted_total`; other terms are only logged), autocast, backward (gradient accumulation,
+fp16 scaling), clipping, optimiser and schedule steps, the after-step hooks (an EMA teacher, a
+prototype refresh), logging and progress, and periodic full-state checkpoints written atomically.
+When a checkpoint exists, the loop restores every object in ``state``, the RNGs and the iteration,
+and continues exactly where it was.
 """
 
 from __future__ import annotations
@@ -19,13 +22,24 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from spcl.base import CheckpointError
 from spcl.engine.checkpoint import load_state, save_state
 from spcl.engine.distributed import is_main
 from spcl.engine.tracking import Tracker
 
-__all__ = ["LoopConfig", "Stateful", "rng_state", "set_rng_state", "train_loop"]
+__all__ = [
+    "AfterStep",
+    "LoopConfig",
+    "Stateful",
+    "rng_state",
+    "set_rng_state",
+    "train_loop",
+    "weighted_total",
+]
 
 StepFn = Callable[[], Mapping[str, torch.Tensor]]
+AfterStep = Callable[[int], None]  # called with the number of optimiser steps done so far
+TOTAL = "loss"  # the logged name of the weighted sum
 
 
 class Stateful(Protocol):
@@ -74,6 +88,25 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def weighted_total(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
+    """``Σ weights[name] · terms[name]`` over the weighted terms, in the order of ``weights``.
+
+    A weight of exactly 1 adds the term as it is. Terms without a weight are not in the sum.
+
+    Raises:
+        KeyError: a weighted term that the step did not return, or no weighted term at all.
+    """
+    missing = [name for name in weights if name not in terms]
+    if missing or not weights:
+        raise KeyError(f"loss terms {missing or '(none weighted)'} not among {sorted(terms)}")
+    total: torch.Tensor | None = None
+    for name, weight in weights.items():
+        part = terms[name] if weight == 1.0 else weight * terms[name]
+        total = part if total is None else total + part
+    assert total is not None
+    return total
+
+
 def _autocast(config: LoopConfig) -> contextlib.AbstractContextManager:
     if config.amp == "off" or config.device_type != "cuda":
         return contextlib.nullcontext()
@@ -95,7 +128,9 @@ def _restore(config: LoopConfig, state: Mapping[str, Stateful], scaler: Any) -> 
     payload = load_state(config.checkpoint)
     for name, obj in state.items():
         if name not in payload:
-            raise KeyError(f"{config.checkpoint}: no state for '{name}'; made by another stage?")
+            raise CheckpointError(
+                f"{config.checkpoint}: no state for '{name}'; made by another stage?"
+            )
         obj.load_state_dict(payload[name])
     loop = payload["_loop"]
     set_rng_state(loop["rng"])
@@ -106,21 +141,26 @@ def _restore(config: LoopConfig, state: Mapping[str, Stateful], scaler: Any) -> 
 def train_loop(
     step: StepFn,
     *,
+    weights: Mapping[str, float],
     state: Mapping[str, Stateful],
     optimizers: Sequence[torch.optim.Optimizer],
     schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler],
     config: LoopConfig,
     tracker: Tracker,
+    after_step: Sequence[AfterStep] = (),
 ) -> int:
     """Run ``step`` until ``config.stop_iter``, resuming from ``config.checkpoint`` if it exists.
 
     Args:
-        step: draws a batch, returns ``{"loss": scalar, **terms}`` (terms are logged).
+        step: draws a batch, returns its named loss terms (scalars; all are logged).
+        weights: term name → weight of the total loss (see :func:`weighted_total`).
         state: every object whose ``state_dict`` must survive a restart (models, optimisers,
-            schedulers, loaders, prototype banks); keys name them in the checkpoint.
+            schedulers, loaders, prototype banks, an EMA teacher); keys name them.
         optimizers, schedulers: stepped once per iteration, in order.
         config: loop settings.
         tracker: progress, scalars and log lines.
+        after_step: called in order after each optimiser and schedule step with the number of
+            steps done (1 after the first), before logging and checkpointing.
 
     Returns:
         The iteration reached (``config.stop_iter``).
@@ -143,8 +183,11 @@ def train_loop(
             opt.zero_grad(set_to_none=True)
         for _ in range(config.grad_accum):
             with _autocast(config):
-                terms = step()
-            loss = terms["loss"]
+                terms = dict(step())
+                if TOTAL in terms:
+                    raise KeyError(f"a step may not return a term named {TOTAL!r}")
+                loss = weighted_total(terms, weights)
+            terms[TOTAL] = loss
             if not torch.isfinite(loss.detach()):
                 values = {k: float(v.detach()) for k, v in terms.items()}
                 raise FloatingPointError(f"[{config.tag}] iteration {iteration}: loss is {values}")
@@ -161,6 +204,8 @@ def train_loop(
         for scheduler in schedulers:
             scheduler.step()
         done, counted = iteration + 1, counted + 1
+        for hook in after_step:
+            hook(done)
         bar.update(1)
         if done % config.log_every == 0 or done == config.stop_iter:
             means = {k: v / counted for k, v in sums.items()}

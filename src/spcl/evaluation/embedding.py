@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from spcl.data.labels import IGNORE_INDEX
+from spcl.base import IGNORE_INDEX
 from spcl.evaluation.plots import DPI, save_figure
 
 __all__ = ["embed_2d", "plot_feature_embedding"]

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from spcl.data.labels import IGNORE_INDEX, class_subset_indices
+from spcl.base import IGNORE_INDEX
+from spcl.data.labels import class_subset_indices
 
 __all__ = [
     "ConfusionMatrix",

@@ -16,8 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from spcl.data.labels import IGNORE_INDEX
-from spcl.engine.checkpoint import atomic_write_bytes
+from spcl.base import IGNORE_INDEX, atomic_write_bytes
 from spcl.evaluation.metrics import SegmentationScores
 
 __all__ = [

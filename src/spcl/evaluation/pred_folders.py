@@ -31,7 +31,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from spcl.data.labels import CITYSCAPES, IGNORE_INDEX, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
+from spcl.base import IGNORE_INDEX, DatasetError, MissingFileError
+from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
 from spcl.evaluation.metrics import ConfusionMatrix, SegmentationScores, scores_from_confusion
 
 __all__ = [
@@ -105,7 +106,7 @@ def evaluate_folders(
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     pairs, unmatched, missing = match_files(pred_dir, gt_dir, gt_format)
     if missing and on_error == "fail":
-        raise ValueError(
+        raise DatasetError(
             f"{len(missing)} ground-truth file(s) in {gt_dir} have no prediction in {pred_dir}, "
             f"e.g. {', '.join(missing[:SHOWN_NAMES])}; pass on_error='skip' to score the rest"
         )
@@ -125,7 +126,9 @@ def evaluate_folders(
             continue
         confusion.update(torch.from_numpy(pred), torch.from_numpy(target))
     if len(skipped) == len(pairs):
-        raise ValueError(f"every one of the {len(pairs)} pairs failed, e.g. {skipped[0]['error']}")
+        raise DatasetError(
+            f"every one of the {len(pairs)} pairs failed, e.g. {skipped[0]['error']}"
+        )
     scores = scores_without_unlabelled(confusion.matrix, names)
     report = {
         "pred_dir": str(pred_dir),
@@ -152,9 +155,9 @@ def _check_arguments(
         ("on_error", on_error, ON_ERROR),
     ):
         if value not in valid:
-            raise ValueError(f"{name} must be one of {valid}, got {value!r}")
+            raise DatasetError(f"{name} must be one of {valid}, got {value!r}")
     if classes not in CLASS_LISTS:
-        raise ValueError(f"classes must be one of {sorted(CLASS_LISTS)}, got {classes!r}")
+        raise DatasetError(f"classes must be one of {sorted(CLASS_LISTS)}, got {classes!r}")
     return CLASS_LISTS[classes]
 
 
@@ -172,7 +175,7 @@ def scores_without_unlabelled(
     full = scores_from_confusion(matrix, (*class_names, UNLABELLED))
     k = len(class_names)
     if full.confusion[k].any():
-        raise ValueError("the unlabelled row of the confusion matrix must be empty")
+        raise DatasetError("the unlabelled row of the confusion matrix must be empty")
     iou, acc = full.iou[:k], full.acc[:k]
     return SegmentationScores(
         class_names=tuple(class_names),
@@ -210,14 +213,14 @@ def match_files(
     """
     for role, folder in (("prediction", pred_dir), ("ground-truth", gt_dir)):
         if not folder.is_dir():
-            raise FileNotFoundError(f"{role} folder not found: {folder}")
+            raise MissingFileError(f"{role} folder not found: {folder}")
     preds = _keyed(sorted(pred_dir.rglob(f"*{PNG}")), _pred_key, pred_dir)
     gts = _keyed(_gt_files(gt_dir, gt_format), _gt_key, gt_dir)
     common = sorted(preds.keys() & gts.keys())
     unmatched = [str(preds[k]) for k in sorted(preds.keys() - gts.keys())]
     missing = [str(gts[k]) for k in sorted(gts.keys() - preds.keys())]
     if not common:
-        raise ValueError(
+        raise DatasetError(
             f"no prediction in {pred_dir} ({len(preds)} PNGs) matches a ground-truth file in "
             f"{gt_dir} ({len(gts)} {gt_format} PNGs); predictions are matched as X.png or "
             f"X{IMAGE_TAG}.png to X.png or X_gtFine_labelIds.png / X_gtFine_labelTrainIds.png; "
@@ -235,7 +238,7 @@ def _gt_files(gt_dir: Path, gt_format: IdFormat) -> list[Path]:
     chosen = [p for p in files if p.stem.endswith(GT_SUFFIXES[gt_format])]
     if not chosen:
         other = "trainIds" if gt_format == "labelIds" else "labelIds"
-        raise ValueError(
+        raise DatasetError(
             f"{gt_dir} is a Cityscapes ground-truth folder without any "
             f"*{GT_SUFFIXES[gt_format][0]}.png; pass gt_format={other!r} (or create train-id "
             f"labels with cityscapesscripts' csCreateTrainIdLabelImgs)"
@@ -262,7 +265,7 @@ def _keyed(files: list[Path], key_of: Callable[[Path], str], folder: Path) -> di
     for path in files:
         key = key_of(path)
         if key in keyed:
-            raise ValueError(
+            raise DatasetError(
                 f"{keyed[key]} and {path} in {folder} both stand for image {key!r}; "
                 f"keep one of them"
             )
@@ -284,9 +287,9 @@ def read_id_map(path: Path) -> np.ndarray:
             image.load()
             mode, ids = image.mode, np.asarray(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from exc
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
     if ids.ndim != 2:
-        raise ValueError(
+        raise DatasetError(
             f"{path} is a {mode} image with {ids.shape[-1]} channels; expected a single-channel "
             f"PNG of class ids (colour masks cannot be scored)"
         )
@@ -331,7 +334,7 @@ def _load_pair(
     """Read and map one pair; ValueError naming both files on any problem."""
     pred, target = read_id_map(pred_path), read_id_map(gt_path)
     if pred.shape != target.shape:
-        raise ValueError(
+        raise DatasetError(
             f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but ground truth "
             f"{gt_path} is {target.shape[1]}x{target.shape[0]} (width x height)"
         )
@@ -347,7 +350,7 @@ def _load_pair(
                 if role == "prediction" and pred_format == "trainIds"
                 else "check the format and classes arguments"
             )
-            raise ValueError(
+            raise DatasetError(
                 f"{role} {path} (paired with {pred_path if role != 'prediction' else gt_path}) "
                 f"holds id {int(ids[bad][0])}, which is not valid here: {hint}"
             )

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from spcl.base import atomic_write_bytes
 from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
-from spcl.engine.checkpoint import atomic_write_bytes
 from spcl.evaluation.metrics import SegmentationScores
 
 __all__ = [

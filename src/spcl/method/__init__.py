@@ -1,4 +1,4 @@
-"""The paper's math: prototypes, contrastive loss, pseudo-label thresholds, adversarial terms."""
+"""The paper's math, pure tensors: prototypes, contrast, pseudo-label thresholds, adversarial."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from spcl.data.labels import IGNORE_INDEX
+from spcl.base import IGNORE_INDEX
 
 __all__ = ["SOURCE_LOGIT_TEMPERATURE", "tempered_cross_entropy", "upsample_logits"]
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spcl.data.labels import IGNORE_INDEX
+from spcl.base import IGNORE_INDEX
 
 __all__ = [
     "REFERENCE_MOMENTUM",

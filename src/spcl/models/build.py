@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from spcl.base import CheckpointError, ConfigError, MissingFileError, UnknownNameError
 from spcl.engine.checkpoint import clean_state_dict, load_state
 from spcl.models.deeplab_v2 import DeepLabV2
 from spcl.models.discriminator import DISC_NDF, OutputDiscriminator
@@ -60,7 +61,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     tensors = {k: v for k, v in loaded.items() if isinstance(v, Tensor)}
     state = clean_state_dict(tensors, BACKBONE_PREFIXES)
     if not state:
-        raise ValueError(f"checkpoint {path} contains no tensors")
+        raise CheckpointError(f"checkpoint {path} contains no tensors")
     return state
 
 
@@ -88,12 +89,12 @@ def load_backbone_weights(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone checkpoint not found: {path}")
+        raise MissingFileError(f"backbone checkpoint not found: {path}")
     ckpt = _read_state_dict(path)
     own = backbone.state_dict()
     for key, value in ckpt.items():
         if key in own and value.shape != own[key].shape:
-            raise ValueError(
+            raise CheckpointError(
                 f"shape mismatch for {key!r} in {path}: checkpoint has {tuple(value.shape)}, "
                 f"model expects {tuple(own[key].shape)} (wrong depth or width?)"
             )
@@ -106,7 +107,7 @@ def load_backbone_weights(
     required_missing = [k for k in missing if not k.startswith(UNUSED_BACKBONE_PREFIXES)]
     if strict and required_missing:
         shown = ", ".join(required_missing[:5])
-        raise ValueError(
+        raise CheckpointError(
             f"{len(required_missing)} backbone keys missing from {path} (first: {shown}); "
             f"pass strict=False to load the rest"
         )
@@ -122,7 +123,7 @@ def _resolve_checkpoint(pretrained: str | Path) -> Path:
         return Path(pretrained)
     filename = Path(url.path).name
     if not filename:
-        raise ValueError(f"cannot derive a file name from the checkpoint URL {text!r}")
+        raise ConfigError(f"cannot derive a file name from the checkpoint URL {text!r}")
     destination = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if not destination.is_file():
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +158,7 @@ def build_model(
         KeyError: ``name`` is not registered (the message lists the valid names).
     """
     if name not in MODEL_REGISTRY:
-        raise KeyError(f"unknown model {name!r}; valid names: {sorted(MODEL_REGISTRY)}")
+        raise UnknownNameError(f"unknown model {name!r}; valid names: {sorted(MODEL_REGISTRY)}")
     model = MODEL_REGISTRY[name](num_classes, width=width)
     if pretrained is not None:
         load_backbone_weights(model.backbone, _resolve_checkpoint(pretrained), strict=True)

@@ -1,7 +1,8 @@
 """Model files: a stage's final weights together with what is needed to rebuild the model.
 
 A model file is a dict ``{"model": state_dict, "arch": {"name", "num_classes", "width"},
-"class_names": [...]}`` saved atomically; :func:`load_model_file` rebuilds the segmenter from it
+"class_names": [...], "palette": [[r, g, b], ...]}`` saved atomically (the class table of the
+dataset the model was trained on); :func:`load_model_file` rebuilds the segmenter from it
 alone (for ``spcl predict`` and ``spcl evaluate``) and says what is wrong when it cannot.
 """
 
@@ -14,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from spcl.engine.checkpoint import CheckpointError, clean_state_dict, load_state, save_state
+from spcl.base import CheckpointError
+from spcl.engine.checkpoint import clean_state_dict, load_state, save_state
 from spcl.models.build import build_model
 
 __all__ = ["load_model_file", "save_model_file"]
@@ -28,13 +30,15 @@ def save_model_file(
     num_classes: int,
     width: int,
     class_names: Sequence[str],
+    palette: Sequence[Sequence[int]] = (),
 ) -> None:
-    """Write ``model``'s weights and architecture to ``path`` (temporary file + rename)."""
+    """Write ``model``'s weights, architecture and class table to ``path`` (temp file + rename)."""
     save_state(
         {
             "model": clean_state_dict(model.state_dict()),
             "arch": {"name": name, "num_classes": num_classes, "width": width},
             "class_names": list(class_names),
+            "palette": [list(map(int, colour)) for colour in palette],
         },
         path,
     )
@@ -51,7 +55,8 @@ def load_model_file(
         num_classes: when given, the file must have this many classes.
 
     Returns:
-        ``(model, info)`` with ``info = {"arch": ..., "class_names": [...]}``.
+        ``(model, info)`` with ``info = {"arch": ..., "class_names": [...], "palette": [...]}``
+        (an empty palette for files written before palettes were saved).
 
     Raises:
         CheckpointError: not a model file, or weights that do not fit the architecture it names
@@ -87,4 +92,9 @@ def load_model_file(
             f"{path}: weights do not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     model.to(device).eval()
-    return model, {"arch": arch, "class_names": list(state.get("class_names", []))}
+    info = {
+        "arch": arch,
+        "class_names": list(state.get("class_names", [])),
+        "palette": [tuple(colour) for colour in state.get("palette", [])],
+    }
+    return model, info

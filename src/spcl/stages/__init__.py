@@ -1,1 +1,1 @@
-"""Pipeline stages: each exposes run(ctx) and writes one folder of the run directory."""
+"""Pipeline stages: each module has run(ctx, out_dir, ...) and writes one run-directory folder."""

@@ -1,4 +1,4 @@
-"""Stage 4, SPCL adaptation: source CE + pixel-to-prototype contrast on source and target.
+"""Stage 4 (``04_adapt``), SPCL adaptation: source CE + pixel-to-prototype contrast on both domains.
 
 Per iteration (SPCL.md, stage 4): the segmenter runs on a source and a target batch; the source
 CE uses logits ÷ ``source_temperature``; the prototype bank takes one EMA step from the class means
@@ -9,14 +9,21 @@ truth) and target pixel (pseudo-label) is classified against the prototypes,
 contrastive term can be switched off. ``target_ce`` adds a plain CE on the target pseudo-labels
 (not the reference: with both contrastive terms off it is the bench's self-training control), and
 ``freeze_bn`` overrides ``model.freeze_bn`` for this stage.
+
+:func:`adapt_forward` (forward pass, masks, prototype step) and :func:`adapt_terms` (the loss
+terms) are what the stage's step binds, and what ``benchmarks/contrast_diagnostics.py`` replays.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+from torch import Tensor, nn
 
+from spcl.config_schema import AdaptConfig
 from spcl.context import RunContext
 from spcl.engine.checkpoint import load_state, save_state
 from spcl.engine.distributed import all_reduce_sum_, max_difference_across_ranks
@@ -30,6 +37,7 @@ from spcl.method.prototypes import (
     reliable_mask,
 )
 from spcl.stages.builders import (
+    PairOutput,
     build_segmenter,
     forward_pair,
     load_weights,
@@ -42,10 +50,117 @@ from spcl.stages.builders import (
     wrap_ddp,
 )
 
-__all__ = ["run"]
+__all__ = [
+    "PLAIN_CE",
+    "SOURCE_STREAM",
+    "TARGET_STREAM",
+    "AdaptParts",
+    "AdaptPass",
+    "adapt_forward",
+    "adapt_step",
+    "adapt_terms",
+    "adapt_weights",
+    "run",
+]
 
 SOURCE_STREAM, TARGET_STREAM = 11, 12  # loader seed salts
 PLAIN_CE = 1.0  # the target CE term (target_ce) uses untempered logits
+Batch = dict[str, Tensor]
+
+
+@dataclass
+class AdaptParts:
+    """What the adaptation step works with."""
+
+    net: nn.Module  # the segmenter (DDP-wrapped under torchrun)
+    bank: PrototypeBank  # the prototypes, updated by every step
+    device: torch.device
+    num_classes: int
+    source_temperature: float  # source logits ÷ this before the CE (reference 1.8)
+    temperature: float  # prototype logits = cosine / temperature (reference 100)
+    contrast_source: bool = True
+    contrast_target: bool = True
+    target_ce: bool = False  # also a plain CE on the target pseudo-labels
+
+    @classmethod
+    def from_config(
+        cls, cfg: AdaptConfig, net: nn.Module, bank: PrototypeBank, device: torch.device
+    ) -> AdaptParts:
+        return cls(
+            net,
+            bank,
+            device,
+            bank.num_classes,
+            cfg.source_temperature,
+            cfg.temperature,
+            cfg.contrast_source,
+            cfg.contrast_target,
+            cfg.target_ce > 0,
+        )
+
+
+class AdaptPass(NamedTuple):
+    """One adaptation forward pass: outputs, labels, feature-size masks, the prototypes used."""
+
+    out: PairOutput
+    src_labels: Tensor  # (B, H, W) source ground truth
+    tgt_labels: Tensor  # (B, H, W) target pseudo-labels
+    src_mask: Tensor  # (B, h, w) reliable source pixels (ground truth = prediction), else 255
+    tgt_mask: Tensor  # (B, h, w) pseudo-labels at feature size
+    prototypes: Tensor  # (K, C) the bank after this step's EMA update, detached
+
+
+def adapt_forward(parts: AdaptParts, src: Batch, tgt: Batch) -> AdaptPass:
+    """Forward both batches, build the masks and take the prototype bank's EMA step."""
+    src_labels = src["label"].to(parts.device, non_blocking=True)
+    tgt_labels = tgt["label"].to(parts.device, non_blocking=True)
+    out = forward_pair(
+        parts.net,
+        src["image"].to(parts.device, non_blocking=True),
+        tgt["image"].to(parts.device, non_blocking=True),
+    )
+    feat_size = out.src.features.shape[-2:]
+    src_mask = reliable_mask(downsample_labels(src_labels, feat_size), out.src.logits)
+    tgt_mask = downsample_labels(tgt_labels, out.tgt.features.shape[-2:])
+    sums, counts = class_feature_sums(
+        out.src.features.detach().float(), src_mask, parts.num_classes
+    )
+    parts.bank.update_from_sums(all_reduce_sum_(sums), all_reduce_sum_(counts))
+    protos = parts.bank.prototypes.detach()
+    return AdaptPass(out, src_labels, tgt_labels, src_mask, tgt_mask, protos)
+
+
+def adapt_terms(parts: AdaptParts, step: AdaptPass) -> dict[str, Tensor]:
+    """The loss terms of a pass: ``seg``, ``cl_src``, ``cl_tgt``, ``tgt_ce`` (those switched on)."""
+    out = step.out
+    src_logits = upsample_logits(out.src.logits, step.src_labels.shape[-2:])
+    terms = {"seg": tempered_cross_entropy(src_logits, step.src_labels, parts.source_temperature)}
+    tau, protos = parts.temperature, step.prototypes
+    if parts.contrast_source:
+        terms["cl_src"] = pixel_prototype_loss(out.src.features, step.src_mask, protos, tau)
+    if parts.contrast_target:
+        terms["cl_tgt"] = pixel_prototype_loss(out.tgt.features, step.tgt_mask, protos, tau)
+    if parts.target_ce:
+        tgt_logits = upsample_logits(out.tgt.logits, step.tgt_labels.shape[-2:])
+        terms["tgt_ce"] = tempered_cross_entropy(tgt_logits, step.tgt_labels, PLAIN_CE)
+    return terms
+
+
+def adapt_step(parts: AdaptParts, src: Batch, tgt: Batch) -> dict[str, Tensor]:
+    """One adaptation step's loss terms (the function the stage binds)."""
+    return adapt_terms(parts, adapt_forward(parts, src, tgt))
+
+
+def adapt_weights(cfg: AdaptConfig) -> dict[str, float]:
+    """The total loss: CE + λ_cl·(each contrastive term switched on) + target_ce·target CE."""
+    weights = {"seg": 1.0}
+    if cfg.contrast_source:
+        weights["cl_src"] = cfg.lambda_cl
+    if cfg.contrast_target:
+        weights["cl_tgt"] = cfg.lambda_cl
+    if cfg.target_ce > 0:
+        weights["tgt_ce"] = cfg.target_ce
+    return weights
 
 
 def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_dir: Path) -> Path:
@@ -70,39 +185,8 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_
         TARGET_STREAM,
     )
     model.train()
+    parts = AdaptParts.from_config(cfg, net, bank, ctx.device)
     last = bank.prototypes.clone()
-    tau = cfg.temperature
-
-    def step() -> dict[str, torch.Tensor]:
-        src, tgt = next(source), next(target)
-        src_labels = src["label"].to(ctx.device, non_blocking=True)
-        tgt_labels = tgt["label"].to(ctx.device, non_blocking=True)
-        src_out, tgt_out = forward_pair(
-            net,
-            src["image"].to(ctx.device, non_blocking=True),
-            tgt["image"].to(ctx.device, non_blocking=True),
-        )
-        src_logits = upsample_logits(src_out.logits, src_labels.shape[-2:])
-        loss_seg = tempered_cross_entropy(src_logits, src_labels, cfg.source_temperature)
-        feat_size = src_out.features.shape[-2:]
-        src_mask = reliable_mask(downsample_labels(src_labels, feat_size), src_out.logits)
-        tgt_mask = downsample_labels(tgt_labels, tgt_out.features.shape[-2:])
-        sums, counts = class_feature_sums(
-            src_out.features.detach().float(), src_mask, data.num_classes
-        )
-        bank.update_from_sums(all_reduce_sum_(sums), all_reduce_sum_(counts))
-        protos = bank.prototypes.detach()
-        terms = {"seg": loss_seg}
-        if cfg.contrast_source:
-            terms["cl_src"] = pixel_prototype_loss(src_out.features, src_mask, protos, tau)
-        if cfg.contrast_target:
-            terms["cl_tgt"] = pixel_prototype_loss(tgt_out.features, tgt_mask, protos, tau)
-        if cfg.target_ce > 0:
-            tgt_logits = upsample_logits(tgt_out.logits, tgt_labels.shape[-2:])
-            terms["tgt_ce"] = tempered_cross_entropy(tgt_logits, tgt_labels, PLAIN_CE)
-        contrast = sum(v for k, v in terms.items() if k.startswith("cl_"))
-        loss = loss_seg + cfg.lambda_cl * contrast + cfg.target_ce * terms.get("tgt_ce", 0.0)
-        return {"loss": loss, **terms}
 
     def prototype_scalars() -> dict[str, float]:
         drift = (bank.prototypes - last).norm(dim=1).mean()
@@ -113,7 +197,8 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_
         }
 
     train_loop(
-        step,
+        lambda: adapt_step(parts, next(source), next(target)),
+        weights=adapt_weights(cfg),
         state={
             "model": model,
             "optimizer": optimizer,

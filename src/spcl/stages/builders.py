@@ -8,18 +8,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from spcl.config_schema import DomainConfig, OptimConfig
+from spcl.base import CheckpointError, ConfigError, MissingFileError
+from spcl.config_schema import DataConfig, DomainConfig, OptimConfig
 from spcl.context import RunContext
-from spcl.data.folder import ImageLabelFolder, SegmentationList
-from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
+from spcl.data.labels import ClassTable
+from spcl.data.lists import SegmentationList
 from spcl.data.loaders import InfiniteLoader, build_eval_loader
-from spcl.data.registry import DATASET_KINDS, build_dataset
+from spcl.data.registry import build_dataset, scan_dataset
 from spcl.data.sampling import (
     ClassBalancedOrder,
     default_class_index_path,
@@ -35,8 +36,9 @@ from spcl.models.deeplab_v2 import SegOutput
 from spcl.models.files import save_model_file
 
 __all__ = [
+    "PairOutput",
     "build_segmenter",
-    "class_names",
+    "class_table",
     "domain_dataset",
     "eval_loader",
     "forward_pair",
@@ -44,6 +46,7 @@ __all__ = [
     "loop_config",
     "optimizer_and_schedule",
     "pseudo_labelled_dataset",
+    "run_class_table",
     "save_weights",
     "source_order",
     "source_stream",
@@ -83,9 +86,21 @@ def wrap_ddp(ctx: RunContext, model: nn.Module) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
 
 
-def forward_pair(
-    net: nn.Module, src_images: torch.Tensor, tgt_images: torch.Tensor
-) -> tuple[SegOutput, SegOutput]:
+class PairOutput(NamedTuple):
+    """The segmenter's outputs on a source and a target batch.
+
+    Attributes:
+        src, tgt: each domain's logits and features.
+        feature_maps: the feature maps the logits were computed from (one joint map when both
+            batches ran as one; the per-domain slices of it are not on the logits' path).
+    """
+
+    src: SegOutput
+    tgt: SegOutput
+    feature_maps: tuple[torch.Tensor, ...]
+
+
+def forward_pair(net: nn.Module, src_images: torch.Tensor, tgt_images: torch.Tensor) -> PairOutput:
     """Run source and target batches through the segmenter, as one batch when their sizes match.
 
     With frozen BatchNorm (the reference) this is the same computation as two forwards, in one
@@ -93,12 +108,14 @@ def forward_pair(
     statistics used at test time from being source-only.
     """
     if src_images.shape[1:] != tgt_images.shape[1:]:
-        return net(src_images), net(tgt_images)
+        src, tgt = net(src_images), net(tgt_images)
+        return PairOutput(src, tgt, (src.features, tgt.features))
     out = net(torch.cat([src_images, tgt_images]))
     split = src_images.shape[0]
-    return (
+    return PairOutput(
         SegOutput(out.logits[:split], out.features[:split]),
         SegOutput(out.logits[split:], out.features[split:]),
+        (out.features,),
     )
 
 
@@ -108,45 +125,74 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
     missing, unexpected = model.load_state_dict(state, strict=False)
     bad = [k for k in [*missing, *unexpected] if not k.endswith("num_batches_tracked")]
     if bad:
-        raise KeyError(f"{path}: weights do not fit the configured model: {bad[:5]}")
+        raise CheckpointError(f"{path}: weights do not fit the configured model: {bad[:5]}")
     return model
 
 
 def save_weights(ctx: RunContext, model: nn.Module, path: Path) -> Path:
-    """Write a stage's final ``model.pth`` (weights + architecture) on the main process."""
+    """Write a stage's final ``model.pth`` (weights, architecture, class table) on rank 0."""
     if ctx.is_main:
-        cfg = ctx.config
+        cfg, table = ctx.config, class_table(ctx)
         save_model_file(
             model,
             path,
             name=cfg.model.name,
             num_classes=cfg.data.num_classes,
             width=cfg.model.width,
-            class_names=class_names(cfg.data.num_classes),
+            class_names=table.names,
+            palette=table.palette,
         )
     return path
 
 
-def class_names(num_classes: int) -> tuple[str, ...]:
-    """Cityscapes names for 19 classes (or its SYNTHIA-16 subset); generic names otherwise."""
-    if num_classes == CITYSCAPES.num_classes:
-        return CITYSCAPES.names
-    if num_classes == len(SYNTHIA_16_NAMES):
-        return SYNTHIA_16_NAMES
-    if num_classes == len(SYNTHIA_13_NAMES):
-        return SYNTHIA_13_NAMES
-    return tuple(f"class_{i}" for i in range(num_classes))
+def _domain_table(domain: DomainConfig) -> ClassTable:
+    """The class table of a labelled domain's reader (e.g. a folder's classes.yaml)."""
+    files = scan_dataset(
+        domain.kind, domain.root, domain.split, with_labels=True, warn=False, **domain.options
+    )
+    return files.table
 
 
-def _synthetic_folders(domain: DomainConfig, with_labels: bool) -> tuple[Path, Path | None]:
-    if domain.domain not in ("source", "target"):
-        raise ValueError(
-            f"data.*.domain must be 'source' or 'target' for the synthetic pair, got "
-            f"{domain.domain!r}"
+def _describe(domain: DomainConfig) -> str:
+    where = f"{domain.kind} dataset at {domain.root} (split {domain.split})"
+    if domain.kind == "folder":
+        table = domain.options.get("class_file") or Path(domain.root) / "classes.yaml"
+        where += f", class table {table}"
+    return where
+
+
+def run_class_table(data: DataConfig) -> ClassTable:
+    """The run's classes: the source dataset's table, checked against the config and target val.
+
+    Raises:
+        ConfigError: ``data.num_classes`` differs from the source's class count, or the labelled
+            target split names other classes than the source (both sides are named).
+    """
+    table = _domain_table(data.source)
+    if table.num_classes != data.num_classes:
+        raise ConfigError(
+            f"data.num_classes is {data.num_classes} but the source ({_describe(data.source)}) "
+            f"has {table.num_classes} classes {list(table.names)}; set "
+            f"data.num_classes={table.num_classes}"
         )
-    base = Path(domain.root) / domain.domain
-    labels = base / "labels" / domain.split if with_labels else None
-    return base / "images" / domain.split, labels
+    val = data.target_val
+    try:
+        val_table = _domain_table(val)
+    except MissingFileError:
+        return table  # no labelled target split on disk (yet): checked when it is evaluated
+    if val_table.names != table.names:
+        raise ConfigError(
+            f"the target val split ({_describe(val)}) has classes {list(val_table.names)} but "
+            f"the source ({_describe(data.source)}) has {list(table.names)}"
+        )
+    return table
+
+
+def class_table(ctx: RunContext) -> ClassTable:
+    """The run's class table (names and palette of every table, plot and model file), cached."""
+    if ctx.classes is None:
+        ctx.classes = run_class_table(ctx.config.data)
+    return ctx.classes
 
 
 def domain_dataset(
@@ -161,8 +207,8 @@ def domain_dataset(
 ) -> SegmentationList:
     """A dataset for one domain/split, with training augmentation or the test-time resize.
 
-    ``kind: synthetic`` reads the built-in pair; every other kind goes to
-    :func:`spcl.data.registry.build_dataset` with ``domain.options``.
+    Every kind (the synthetic pair included) goes to :func:`spcl.data.registry.build_dataset`
+    with ``domain.options``.
     """
     if train:
         transform = build_train_transform(
@@ -174,12 +220,6 @@ def domain_dataset(
         )
     else:
         transform = build_eval_transform(domain.size)
-    if domain.kind == "synthetic":
-        images, labels = _synthetic_folders(domain, with_labels)
-        return ImageLabelFolder(images, labels, transform)
-    if domain.kind not in DATASET_KINDS:
-        kinds = ["synthetic", *DATASET_KINDS]
-        raise ValueError(f"unknown dataset kind {domain.kind!r}; valid kinds: {kinds}")
     return build_dataset(
         domain.kind,
         domain.root,
@@ -225,7 +265,7 @@ def pseudo_labelled_dataset(
     labels = [labels_dir / f"{name}.png" for name in images.names]
     missing = [p.name for p in labels if not p.is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{len(missing)} target image(s) have no pseudo-label in {labels_dir}, "
             f"e.g. {', '.join(missing[:5])}"
         )

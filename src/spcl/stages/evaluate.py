@@ -1,4 +1,4 @@
-"""Stage 6, evaluation: mIoU of a stage's final weights on the labelled target split.
+"""Stage 7 (``07_evaluate``), evaluation: mIoU of each trained model on the labelled target split.
 
 Images get the test-time resize; logits are upsampled to the full-resolution label; one
 confusion matrix (all-reduced under torchrun) gives per-class IoU/accuracy, mIoU and, for a 19-class
@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from spcl.context import RunContext
-from spcl.data.labels import class_table_for
 from spcl.engine.distributed import all_reduce_sum_
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.metrics import ConfusionMatrix, SegmentationScores
@@ -28,7 +27,7 @@ from spcl.evaluation.sliding import predict_probs_sliding
 from spcl.method.adabn import recalibrate_batchnorm
 from spcl.stages.builders import (
     build_segmenter,
-    class_names,
+    class_table,
     domain_dataset,
     eval_loader,
     load_weights,
@@ -40,9 +39,15 @@ __all__ = ["evaluate_model", "run", "write_scores"]
 
 @torch.no_grad()
 def evaluate_model(
-    ctx: RunContext, model: torch.nn.Module, desc: str = "evaluate"
+    ctx: RunContext,
+    model: torch.nn.Module,
+    desc: str = "evaluate",
+    class_names: tuple[str, ...] | None = None,
 ) -> SegmentationScores:
-    """Scores of ``model`` on the configured target_val split, reduced over ranks."""
+    """Scores of ``model`` on the configured target_val split, reduced over ranks.
+
+    ``class_names`` name the model's classes (default: the run's class table).
+    """
     cfg = ctx.config.evaluate
     dataset = domain_dataset(ctx.config.data.target_val, with_labels=True, train=False)
     loader = eval_loader(ctx, dataset)
@@ -72,7 +77,7 @@ def evaluate_model(
     bar.close()
     model.train(was_training)
     matrix.reduce_(all_reduce_sum_)
-    return matrix.compute(class_names(ctx.config.data.num_classes))
+    return matrix.compute(class_names or class_table(ctx).names)
 
 
 def write_scores(scores: SegmentationScores, out_dir: Path, extra: dict | None = None) -> None:
@@ -116,7 +121,8 @@ def _panels(ctx: RunContext, model: torch.nn.Module, out_dir: Path) -> None:
         sample = dataset[index]
         probs = predict_probs(model.eval(), sample["image"][None].to(ctx.device), label.shape)
         rows.append((image, label, probs.argmax(1)[0].cpu().numpy(), dataset.names[index]))
-    k = ctx.config.data.num_classes
-    table = class_table_for(class_names(k), k, "the config")
-    path = plot_prediction_panels(rows, table.palette, out_dir / "panels.png")
+    table = class_table(ctx)
+    path = plot_prediction_panels(
+        rows, table.palette, out_dir / "panels.png", class_names=table.names
+    )
     ctx.tracker.image(f"{out_dir.name}/panels", np.asarray(Image.open(path).convert("RGB")), 0)

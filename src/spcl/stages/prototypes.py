@@ -1,4 +1,4 @@
-"""Stage 2, source semantic prototypes: one no-grad pass over the source training images.
+"""Stage 2 (``02_prototypes``), source semantic prototypes: one no-grad pass over source images.
 
 With the warm-up model in eval mode (ordinary BatchNorm, eps 1e-5, as the reference rebuilds it),
 each image's reliable pixels (downsampled ground truth equal to the prediction) give per-class means
@@ -18,7 +18,7 @@ from spcl.engine.distributed import all_reduce_sum_
 from spcl.method.prototypes import PrototypeAccumulator, downsample_labels, reliable_mask
 from spcl.stages.builders import (
     build_segmenter,
-    class_names,
+    class_table,
     domain_dataset,
     eval_loader,
     load_weights,
@@ -49,7 +49,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
     for tensor in accumulator.sums_and_counts():
         all_reduce_sum_(tensor)
     prototypes, seen = accumulator.prototypes()
-    names = class_names(data.num_classes)
+    names = class_table(ctx).names
     unseen = [n for n, s in zip(names, seen.tolist(), strict=True) if not s]
     if unseen:
         ctx.tracker.info(f"[prototypes] no reliable source pixel for: {', '.join(unseen)}")

@@ -1,4 +1,6 @@
-"""Stage 3 (and 5), target pseudo-labels: per-class thresholds, then one label PNG per image.
+"""Stages 3 and 5 (``03_pseudo_labels``, ``05_pseudo_labels``), target pseudo-labels.
+
+Per-class thresholds, then one label PNG per image.
 
 Pass 1 streams the softmax maps of every target training image (at training size) into per-class
 confidence histograms (fixed memory) and takes each class's median confidence, capped (0.9 in the
@@ -19,16 +21,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from spcl.base import IGNORE_INDEX, atomic_write_bytes
 from spcl.context import RunContext
-from spcl.data.labels import IGNORE_INDEX
-from spcl.engine.checkpoint import atomic_write_bytes
 from spcl.engine.distributed import all_reduce_sum_, barrier
 from spcl.evaluation.inference import predict_probs
 from spcl.method.adabn import recalibrate_batchnorm
 from spcl.method.pseudo_labels import ThresholdEstimator, threshold_predictions
 from spcl.stages.builders import (
     build_segmenter,
-    class_names,
+    class_table,
     domain_dataset,
     eval_loader,
     load_weights,
@@ -86,7 +87,9 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
     if ctx.is_main:
         shutil.rmtree(labels_dir, ignore_errors=True)
         partial.rename(labels_dir)
-        stats = _write_stats(out_dir, thresholds, counts.cpu().numpy(), class_names(k), with_labels)
+        stats = _write_stats(
+            out_dir, thresholds, counts.cpu().numpy(), class_table(ctx).names, with_labels
+        )
         _log_stats(ctx, out_dir.name, stats)
     barrier()
     return labels_dir

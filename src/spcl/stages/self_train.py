@@ -1,7 +1,8 @@
-"""Stage 5, self-training: cross-entropy on the refreshed target pseudo-labels, target only.
+"""Stage 6 (``06_self_train``), self-training: cross-entropy on refreshed target pseudo-labels.
 
-Starts from the SPCL-adapted weights; BatchNorm trainable by default (SyncBN under torchrun), with
-the reference's augmentation (random scale 0.5–1.5, crop, flip, colour jitter) and schedule.
+Starts from the SPCL-adapted weights and trains on the target alone, with the pseudo-labels of
+stage 5 (``05_pseudo_labels``); BatchNorm trainable by default (SyncBN under torchrun), with the
+reference's augmentation (random scale 0.5–1.5, crop, flip, colour jitter) and schedule.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 
 from spcl.context import RunContext
 from spcl.engine.loop import train_loop
@@ -24,10 +26,18 @@ from spcl.stages.builders import (
     wrap_ddp,
 )
 
-__all__ = ["run"]
+__all__ = ["SELF_TRAIN_WEIGHTS", "run", "self_train_step"]
 
 TARGET_STREAM = 21  # loader seed salt
 PLAIN_CE = 1.0  # self-training uses the untempered cross-entropy
+SELF_TRAIN_WEIGHTS = {"seg": 1.0}  # the loss is the target CE alone
+
+
+def self_train_step(net: nn.Module, device: torch.device, batch: dict[str, Tensor]) -> dict:
+    """One self-training step's loss term: ``seg``, the CE on the pseudo-labelled batch."""
+    labels = batch["label"].to(device, non_blocking=True)
+    logits = upsample_logits(net(batch["image"].to(device)).logits, labels.shape[-2:])
+    return {"seg": tempered_cross_entropy(logits, labels, PLAIN_CE)}
 
 
 def run(ctx: RunContext, out_dir: Path, weights: Path, labels_dir: Path) -> Path:
@@ -46,16 +56,9 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, labels_dir: Path) -> Path
     )
     target = train_loader(ctx, dataset, cfg.optim.batch_size, TARGET_STREAM)
     model.train()
-
-    def step() -> dict[str, torch.Tensor]:
-        batch = next(target)
-        labels = batch["label"].to(ctx.device, non_blocking=True)
-        logits = upsample_logits(net(batch["image"].to(ctx.device)).logits, labels.shape[-2:])
-        loss = tempered_cross_entropy(logits, labels, PLAIN_CE)
-        return {"loss": loss, "seg": loss}
-
     train_loop(
-        step,
+        lambda: self_train_step(net, ctx.device, next(target)),
+        weights=SELF_TRAIN_WEIGHTS,
         state={"model": model, "optimizer": optimizer, "schedule": schedule, "target": target},
         optimizers=[optimizer],
         schedulers=[schedule],

@@ -1,4 +1,4 @@
-"""Stage 1, warm-up: source cross-entropy, optionally with output-space adversarial alignment.
+"""Stage 1 (``01_warmup``), warm-up: source cross-entropy, optionally output-space adversarial.
 
 Source logits are upsampled to the label size and divided by ``source_temperature`` (1.8 in the
 reference) before the CE. With ``adversarial``, a discriminator D learns to tell the softmax maps of
@@ -9,9 +9,11 @@ trains the target-supervised oracle when the source data points at target labels
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 
 from spcl.context import RunContext
 from spcl.engine.loop import train_loop
@@ -31,14 +33,58 @@ from spcl.stages.builders import (
     wrap_ddp,
 )
 
-__all__ = ["run"]
+__all__ = ["WarmupParts", "run", "warmup_step", "warmup_weights"]
 
 SOURCE_STREAM, TARGET_STREAM = 1, 2  # loader seed salts
+Batch = dict[str, Tensor]
 
 
-def _set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
+@dataclass
+class WarmupParts:
+    """What the warm-up step works with (the discriminator only when adversarial)."""
+
+    net: nn.Module  # the segmenter (DDP-wrapped under torchrun)
+    device: torch.device
+    source_temperature: float  # source logits ÷ this before the CE (reference 1.8)
+    disc: nn.Module | None = None  # the discriminator module (its weights are frozen for G)
+    disc_net: nn.Module | None = None  # the same, DDP-wrapped under torchrun
+
+
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
     for param in module.parameters():
         param.requires_grad_(flag)
+
+
+def warmup_step(parts: WarmupParts, src: Batch, tgt: Batch | None = None) -> dict[str, Tensor]:
+    """One warm-up step's loss terms: ``seg`` and, with a target batch, ``adv`` and ``disc``."""
+    images = src["image"].to(parts.device, non_blocking=True)
+    labels = src["label"].to(parts.device, non_blocking=True)
+    if tgt is None:
+        src_logits = upsample_logits(parts.net(images).logits, labels.shape[-2:])
+        return {"seg": tempered_cross_entropy(src_logits, labels, parts.source_temperature)}
+    assert parts.disc is not None and parts.disc_net is not None
+    tgt_images = tgt["image"].to(parts.device, non_blocking=True)
+    out = forward_pair(parts.net, images, tgt_images)
+    src_logits = upsample_logits(out.src.logits, labels.shape[-2:])
+    loss_seg = tempered_cross_entropy(src_logits, labels, parts.source_temperature)
+    tgt_logits = upsample_logits(out.tgt.logits, tgt_images.shape[-2:])
+    src_probs = (src_logits / parts.source_temperature).softmax(1)  # reference quirk
+    tgt_probs = tgt_logits.softmax(1)
+    # the segmenter's adversarial term must not train D: D's weights are frozen for it
+    _set_requires_grad(parts.disc, False)
+    loss_adv = adversarial_generator_loss(parts.disc_net(tgt_probs))
+    _set_requires_grad(parts.disc, True)
+    loss_disc = discriminator_loss(
+        parts.disc_net(src_probs.detach()), parts.disc_net(tgt_probs.detach())
+    )
+    return {"seg": loss_seg, "adv": loss_adv, "disc": loss_disc}
+
+
+def warmup_weights(adversarial: bool, lambda_adv: float) -> dict[str, float]:
+    """The total loss: source CE, plus λ_adv·adversarial + the discriminator's own loss."""
+    if not adversarial:
+        return {"seg": 1.0}
+    return {"seg": 1.0, "adv": lambda_adv, "disc": 1.0}
 
 
 def run(ctx: RunContext, out_dir: Path) -> Path:
@@ -56,6 +102,8 @@ def run(ctx: RunContext, out_dir: Path) -> Path:
     )
     state: dict = {"model": model, "optimizer": optimizer, "schedule": schedule, "source": source}
     optimizers, schedules = [optimizer], [schedule]
+    parts = WarmupParts(net, ctx.device, cfg.source_temperature)
+    target = None
     if cfg.adversarial:
         target = train_loader(
             ctx,
@@ -64,7 +112,7 @@ def run(ctx: RunContext, out_dir: Path) -> Path:
             TARGET_STREAM,
         )
         disc = build_discriminator(data.num_classes, ndf=cfg.disc_width).to(ctx.device)
-        disc_net = wrap_ddp(ctx, disc)
+        parts.disc, parts.disc_net = disc, wrap_ddp(ctx, disc)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr, betas=tuple(cfg.disc_betas))
         disc_schedule = poly_scheduler(disc_opt, cfg.optim.max_iter, cfg.optim.power)
         state |= {
@@ -76,32 +124,9 @@ def run(ctx: RunContext, out_dir: Path) -> Path:
         optimizers.append(disc_opt)
         schedules.append(disc_schedule)
     model.train()
-
-    def step() -> dict[str, torch.Tensor]:
-        batch = next(source)
-        images = batch["image"].to(ctx.device, non_blocking=True)
-        labels = batch["label"].to(ctx.device, non_blocking=True)
-        if not cfg.adversarial:
-            src_logits = upsample_logits(net(images).logits, labels.shape[-2:])
-            loss_seg = tempered_cross_entropy(src_logits, labels, cfg.source_temperature)
-            return {"loss": loss_seg, "seg": loss_seg}
-        tgt_images = next(target)["image"].to(ctx.device, non_blocking=True)
-        src_out, tgt_out = forward_pair(net, images, tgt_images)
-        src_logits = upsample_logits(src_out.logits, labels.shape[-2:])
-        loss_seg = tempered_cross_entropy(src_logits, labels, cfg.source_temperature)
-        tgt_logits = upsample_logits(tgt_out.logits, tgt_images.shape[-2:])
-        src_probs = (src_logits / cfg.source_temperature).softmax(1)  # reference quirk
-        tgt_probs = tgt_logits.softmax(1)
-        # the segmenter's adversarial term must not train D: D's weights are frozen for it
-        _set_requires_grad(disc, False)
-        loss_adv = adversarial_generator_loss(disc_net(tgt_probs))
-        _set_requires_grad(disc, True)
-        loss_disc = discriminator_loss(disc_net(src_probs.detach()), disc_net(tgt_probs.detach()))
-        loss = loss_seg + cfg.lambda_adv * loss_adv + loss_disc
-        return {"loss": loss, "seg": loss_seg, "adv": loss_adv, "disc": loss_disc}
-
     train_loop(
-        step,
+        lambda: warmup_step(parts, next(source), next(target) if target is not None else None),
+        weights=warmup_weights(cfg.adversarial, cfg.lambda_adv),
         state=state,
         optimizers=optimizers,
         schedulers=schedules,

@@ -3,7 +3,7 @@
 Objects are placed at sampled depths (log-uniform, so near ones are not rare): rows of trees and
 poles along both curbs, moving and parked vehicles in the lanes, people on the sidewalks and the
 crosswalk, riders and parked two-wheelers. They are then drawn far to near (painter's algorithm)
-with the shapes of :mod:`spcl.data.synthetic_shapes`.
+with the shapes of :mod:`spcl.data.synthetic.shapes`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from spcl.data.synthetic_painter import Camera, Painter
-from spcl.data.synthetic_shapes import (
+from spcl.data.synthetic.painter import Camera, Painter
+from spcl.data.synthetic.shapes import (
     VEHICLE_DIMS,
     draw_person,
     draw_pole,
@@ -21,8 +21,8 @@ from spcl.data.synthetic_shapes import (
     draw_two_wheeler,
     draw_vehicle,
 )
-from spcl.data.synthetic_street import CURB_WIDTH, Street, pick
-from spcl.data.synthetic_style import Geometry
+from spcl.data.synthetic.street import CURB_WIDTH, Street, pick
+from spcl.data.synthetic.style import Geometry
 
 __all__ = ["draw_street_objects"]
 

@@ -4,9 +4,9 @@ One image's scene is drawn back to front (painter's algorithm) so that nearer th
 farther ones: sky and skyline, the ground (road with lane marks, sidewalks, curbs, grass), the
 building lots along both sides and across the street's end, boundary walls, fences and hedges,
 then the street objects (trees, poles, vehicles, people, riders, parked two-wheelers) sorted far
-to near (:mod:`spcl.data.synthetic_placement`). Sizes are metric, so perspective makes near
+to near (:mod:`spcl.data.synthetic.placement`). Sizes are metric, so perspective makes near
 objects bigger and lower. The camera and the street's cross-section are sampled in
-:mod:`spcl.data.synthetic_street`.
+:mod:`spcl.data.synthetic.street`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spcl.data.labels import IGNORE_INDEX
-from spcl.data.synthetic_painter import CLS, Painter, ground_quad
-from spcl.data.synthetic_placement import draw_street_objects
-from spcl.data.synthetic_shapes import draw_tree
-from spcl.data.synthetic_street import CURB_WIDTH, Street, pick, sample_street
-from spcl.data.synthetic_style import Geometry
+from spcl.base import IGNORE_INDEX
+from spcl.data.synthetic.painter import CLS, Painter, ground_quad
+from spcl.data.synthetic.placement import draw_street_objects
+from spcl.data.synthetic.shapes import draw_tree
+from spcl.data.synthetic.street import CURB_WIDTH, Street, pick, sample_street
+from spcl.data.synthetic.style import Geometry
 
 __all__ = ["paint_scene"]
 

@@ -11,11 +11,12 @@ gives byte-identical files whatever the number of worker processes. Layout on di
     OUT/{source,target}/labels/{train,val}/{domain}_{split}_{index:05d}.png   train ids, mode L
     OUT/preview.png
 
-Drawing lives in :mod:`spcl.data.synthetic_street` (camera, street),
-:mod:`spcl.data.synthetic_scene` (layout), :mod:`spcl.data.synthetic_placement` (where objects
-stand), :mod:`spcl.data.synthetic_painter` (projection, painter) and
-:mod:`spcl.data.synthetic_shapes` (objects); appearance and domain effects in
-:mod:`spcl.data.synthetic_style`.
+Drawing lives in :mod:`~spcl.data.synthetic.street` (camera, street),
+:mod:`~spcl.data.synthetic.scene` (layout), :mod:`~spcl.data.synthetic.placement` (where objects
+stand), :mod:`~spcl.data.synthetic.painter` (projection, painter) and
+:mod:`~spcl.data.synthetic.shapes` (objects); appearance and domain effects in
+:mod:`~spcl.data.synthetic.style`; :mod:`~spcl.data.synthetic.reader` reads the pair back as the
+dataset kind ``synthetic``.
 See ``docs/synthetic.md`` for every knob.
 """
 
@@ -34,11 +35,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from spcl.data.labels import CITYSCAPES, IGNORE_INDEX
-from spcl.data.synthetic_painter import Painter
-from spcl.data.synthetic_scene import paint_scene
-from spcl.data.synthetic_street import sample_camera
-from spcl.data.synthetic_style import (
+from spcl.base import IGNORE_INDEX, DatasetError, MissingFileError, OutputExistsError
+from spcl.data.labels import CITYSCAPES
+from spcl.data.synthetic.painter import Painter
+from spcl.data.synthetic.scene import paint_scene
+from spcl.data.synthetic.street import sample_camera
+from spcl.data.synthetic.style import (
     DEFAULT_PRESET,
     PRESETS,
     ShiftParams,
@@ -100,7 +102,7 @@ def render_scene(
         image: (H, W, 3); label: (H, W).
     """
     if domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {list(DOMAINS)}, got {domain!r}")
+        raise DatasetError(f"domain must be one of {list(DOMAINS)}, got {domain!r}")
     shift = PRESETS[DEFAULT_PRESET] if shift is None else shift
     geometry = domain_geometry(domain, shift)
     camera = sample_camera(rng, size, geometry)
@@ -136,7 +138,7 @@ def _render_task(task: tuple[str, int, str, str, int, tuple[int, int], ShiftPara
 
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise DatasetError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_args(
@@ -145,7 +147,7 @@ def _check_args(
     """Raise ValueError naming the first bad argument of :func:`generate_pair`."""
     _check_int("seed", seed, 0)
     if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        raise DatasetError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     for name, count in counts.items():
         _check_int(name, count, 1)
     sides = tuple(size) if isinstance(size, tuple | list) else ()
@@ -156,13 +158,13 @@ def _check_args(
         and s % SIZE_MULTIPLE == 0
         for s in sides
     ):
-        raise ValueError(
+        raise DatasetError(
             f"size must be (height, width) with each side >= {MIN_SIZE} and a multiple of "
             f"{SIZE_MULTIPLE}, got {size!r}"
         )
     _check_int("workers", workers, 1)
     if shift is not None and not isinstance(shift, ShiftParams):
-        raise ValueError(f"shift must be a ShiftParams or None, got {type(shift).__name__}")
+        raise DatasetError(f"shift must be a ShiftParams or None, got {type(shift).__name__}")
 
 
 def _manifest(
@@ -187,7 +189,7 @@ def _manifest(
 def _claim_output(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty ``out`` unless ``overwrite``; create its parent."""
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
-        raise FileExistsError(
+        raise OutputExistsError(
             f"output folder {out} exists and is not empty; pass --overwrite "
             "(overwrite=True) to replace it"
         )
@@ -320,7 +322,7 @@ def write_preview(root: str | Path, path: str | Path, n: int = 4) -> Path:
     for domain in DOMAINS:
         images = sorted((root / domain / "images" / "train").glob("*.png"))[:n]
         if not images:
-            raise FileNotFoundError(f"no {domain} train images under {root / domain / 'images'}")
+            raise MissingFileError(f"no {domain} train images under {root / domain / 'images'}")
         labels = [root / domain / "labels" / "train" / f.name for f in images]
         pairs[domain] = [
             (_read(f, "RGB"), _read(g, "L")) for f, g in zip(images, labels, strict=True)

@@ -1,9 +1,9 @@
 """Random geometry of one synthetic scene: the camera and the street's cross-section.
 
 The source domain's camera is fixed here; the target's follows :class:`ShiftParams`' geometry
-knobs (through :class:`~spcl.data.synthetic_style.Geometry`). The street is straight, with 2–4
-lanes, sidewalks and setbacks; :mod:`spcl.data.synthetic_scene` draws it and
-:mod:`spcl.data.synthetic_placement` puts objects along it.
+knobs (through :class:`~spcl.data.synthetic.style.Geometry`). The street is straight, with 2–4
+lanes, sidewalks and setbacks; :mod:`spcl.data.synthetic.scene` draws it and
+:mod:`spcl.data.synthetic.placement` puts objects along it.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spcl.data.synthetic_painter import Camera
-from spcl.data.synthetic_style import Geometry
+from spcl.data.synthetic.painter import Camera
+from spcl.data.synthetic.style import Geometry
 
 __all__ = ["CURB_WIDTH", "Street", "pick", "sample_camera", "sample_street"]
 

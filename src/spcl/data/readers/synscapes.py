@@ -21,9 +21,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from spcl.data.cityscapes import cityscapes_decoder, cityscapes_table
-from spcl.data.folder import SegmentationList, read_image
+from spcl.base import DatasetError
 from spcl.data.layout import DatasetFiles, MissingLabels, require_dir, scan_pairs
+from spcl.data.lists import SegmentationList, read_image
+from spcl.data.readers.cityscapes import cityscapes_decoder, cityscapes_table
 
 __all__ = [
     "SYNSCAPES_IMAGE_DIRS",
@@ -54,7 +55,7 @@ def fit_label(
     if label.shape[:2] == tuple(image_hw):
         return label
     if not same_aspect(image_hw, label.shape[:2]):
-        raise ValueError(
+        raise DatasetError(
             f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image {image_path} is "
             f"{image_hw[1]}x{image_hw[0]}: not the same aspect ratio"
         )
@@ -104,12 +105,12 @@ def scan_synscapes(
     if (root / SUBFOLDER).is_dir():
         root = root / SUBFOLDER
     if split not in SYNSCAPES_SPLITS:
-        raise ValueError(
+        raise DatasetError(
             f"Synscapes has the single split 'train' (all images), got {split!r}; "
             "pass list_file to use a subset"
         )
     if image_dir not in SYNSCAPES_IMAGE_DIRS:
-        raise ValueError(f"image_dir must be one of {SYNSCAPES_IMAGE_DIRS}, got {image_dir!r}")
+        raise DatasetError(f"image_dir must be one of {SYNSCAPES_IMAGE_DIRS}, got {image_dir!r}")
     images = require_dir(root / "img" / image_dir, "Synscapes image folder")
     labels = require_dir(root / "img" / "class", "Synscapes class folder") if with_labels else None
     files = scan_pairs(

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from spcl.base import IGNORE_INDEX, DatasetError, MissingFileError
 from spcl.data.label_decoder import LUT_SIZE, LabelDecoder, table_valid_ids
-from spcl.data.labels import CITYSCAPES, IGNORE_INDEX, ClassTable
+from spcl.data.labels import CITYSCAPES, ClassTable
 from spcl.data.layout import DatasetFiles, MissingLabels, require_dir, scan_pairs
 
 __all__ = ["CLASS_FILE", "load_class_table", "scan_folder"]
@@ -39,8 +40,8 @@ PALETTE_SEED = 0  # colours of classes beyond the Cityscapes palette's 19
 YAML_KEYS = ("names", "palette", "id_to_train", "ignore_index")
 
 
-def _yaml_error(path: Path, key: str, message: str) -> ValueError:
-    return ValueError(f"{path}: key {key!r}: {message}")
+def _yaml_error(path: Path, key: str, message: str) -> DatasetError:
+    return DatasetError(f"{path}: key {key!r}: {message}")
 
 
 def _read_palette(path: Path, raw: Any, count: int) -> tuple[tuple[int, int, int], ...]:
@@ -96,13 +97,13 @@ def load_class_table(yaml_path: str | Path) -> ClassTable:
     """
     path = Path(yaml_path)
     if not path.is_file():
-        raise FileNotFoundError(f"class table not found: {path} (see docs/datasets.md)")
+        raise MissingFileError(f"class table not found: {path} (see docs/datasets.md)")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        raise DatasetError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping with keys {list(YAML_KEYS)}")
+        raise DatasetError(f"{path}: expected a mapping with keys {list(YAML_KEYS)}")
     unknown = sorted(set(raw) - set(YAML_KEYS))
     if unknown:
         raise _yaml_error(path, unknown[0], f"unknown key; valid keys: {list(YAML_KEYS)}")

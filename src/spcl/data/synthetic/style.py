@@ -6,7 +6,7 @@ colour toward a duller, "realistic" one by ``ShiftParams.colour_blend`` and then
 cast shadows, a lighting gradient, a colour cast, blur, sensor noise and JPEG compression, each
 with its own strength. The geometry knobs (horizon, camera height, focal length, object size and
 density) turn the source camera and object statistics into the target's (:func:`domain_geometry`),
-which :mod:`spcl.data.synthetic_street` and :mod:`spcl.data.synthetic_placement` draw from.
+which :mod:`spcl.data.synthetic.street` and :mod:`spcl.data.synthetic.placement` draw from.
 Every knob is documented in ``docs/synthetic.md``.
 """
 
@@ -18,7 +18,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 from PIL import Image, ImageFilter
 
-from spcl.data.labels import CITYSCAPES, IGNORE_INDEX
+from spcl.base import IGNORE_INDEX
+from spcl.data.labels import CITYSCAPES
 
 __all__ = [
     "DEFAULT_PRESET",

@@ -27,10 +27,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from spcl.data.cityscapes import subset_names, subset_table
+from spcl.base import DatasetError
 from spcl.data.label_decoder import LabelDecoder
 from spcl.data.labels import ClassTable
 from spcl.data.layout import DatasetFiles, MissingLabels, require_dir, scan_pairs
+from spcl.data.readers.cityscapes import subset_names, subset_table
 
 __all__ = [
     "SYNTHIA_ID_OF",
@@ -73,7 +74,7 @@ SYNTHIA_ID_OF: dict[str, int] = {  # Cityscapes class name → SYNTHIA class id 
 def synthia_table(classes: int = 16) -> ClassTable:
     """SYNTHIA class ids → train ids of the 16- or 13-class subset (SYNTHIA_16/13_NAMES order)."""
     if classes not in SYNTHIA_CLASS_SUBSETS:
-        raise ValueError(f"SYNTHIA classes must be 16 or 13, got {classes!r}")
+        raise DatasetError(f"SYNTHIA classes must be 16 or 13, got {classes!r}")
     return subset_table(subset_names(classes), SYNTHIA_ID_OF)
 
 
@@ -86,12 +87,12 @@ def read_synthia_label(path: Path) -> np.ndarray:
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
-        raise ValueError(f"cannot read label {path}: {exc}") from exc
+        raise DatasetError(f"cannot read label {path}: {exc}") from exc
     label = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if label is None:
-        raise ValueError(f"cannot read label {path}: not a decodable (or a truncated) PNG")
+        raise DatasetError(f"cannot read label {path}: not a decodable (or a truncated) PNG")
     if label.ndim != 3 or label.shape[2] < CV2_RED + 1:
-        raise ValueError(
+        raise DatasetError(
             f"label {path} has shape {label.shape}: expected a 3-channel 16-bit SYNTHIA label "
             "PNG with the class id in the first channel"
         )
@@ -127,7 +128,7 @@ def scan_synthia(
     if (root / SUBFOLDER).is_dir():
         root = root / SUBFOLDER
     if split not in SYNTHIA_SPLITS:
-        raise ValueError(
+        raise DatasetError(
             f"SYNTHIA has the single split 'train' (all images), got {split!r}; "
             "pass list_file to use a subset"
         )

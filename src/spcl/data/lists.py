@@ -1,7 +1,8 @@
-"""Image (+ label) folders: the synthetic pair's layout and a user's own data.
+"""The Dataset class every reader builds (explicit image/label lists), and image/label decoding.
 
-Images and labels are matched by file stem (``a.jpg`` ↔ ``a.png``). Labels are single-channel PNGs
-of train ids (255 = ignore), or raw ids mapped through a lookup table. Every problem names the file.
+:class:`SegmentationList` holds paired image and label paths (made by the readers through
+:mod:`spcl.data.layout`); labels are single-channel PNGs of train ids (255 = ignore), or raw ids
+mapped through a decoder or lookup table. Every problem names the file.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from spcl.base import DatasetError
 from spcl.data.transforms import PairTransform
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_SUFFIXES",
-    "ImageLabelFolder",
     "SegmentationList",
     "read_image",
     "read_label",
@@ -39,7 +40,7 @@ def read_image(path: Path, mode: str = "RGB") -> np.ndarray:
             image.load()
             return np.array(image.convert(mode) if image.mode != mode else image)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+        raise DatasetError(f"cannot read image {path}: {exc}") from exc
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -61,10 +62,10 @@ def read_label(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             if image.mode not in ("L", "P"):
-                raise ValueError(f"label {path} has mode {image.mode}, expected 8-bit L or P")
+                raise DatasetError(f"label {path} has mode {image.mode}, expected 8-bit L or P")
             return np.array(image)  # writable: torch.from_numpy warns on read-only arrays
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read label {path}: {exc}") from exc
+        raise DatasetError(f"cannot read label {path}: {exc}") from exc
 
 
 class SegmentationList(Dataset):
@@ -99,9 +100,9 @@ class SegmentationList(Dataset):
         self.images = list(images)
         self.labels = list(labels) if labels is not None else []
         if not self.images:
-            raise ValueError("empty image list")
+            raise DatasetError("empty image list")
         if labels is not None and len(self.labels) != len(self.images):
-            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+            raise DatasetError(f"{len(self.images)} images but {len(self.labels)} labels")
         self.transform = transform
         self.id_lut = id_lut
         self.label_reader = label_reader
@@ -121,7 +122,7 @@ class SegmentationList(Dataset):
             return image, None
         label = self.label_reader(self.labels[index])
         if label.shape != image.shape[:2]:
-            raise ValueError(
+            raise DatasetError(
                 f"label {self.labels[index]} is {label.shape[1]}x{label.shape[0]} but image "
                 f"{self.images[index]} is {image.shape[1]}x{image.shape[0]}"
             )
@@ -143,39 +144,3 @@ class SegmentationList(Dataset):
         if label is not None:
             sample["label"] = torch.from_numpy(np.array(label)).long()  # a writable copy
         return sample
-
-
-class ImageLabelFolder(SegmentationList):
-    """Images in ``images_dir`` with optional same-stem ``.png`` labels in ``labels_dir``.
-
-    Raises:
-        FileNotFoundError: a folder is missing.
-        ValueError: no images, or images without labels (the first few are named).
-    """
-
-    def __init__(
-        self,
-        images_dir: str | Path,
-        labels_dir: str | Path | None = None,
-        transform: PairTransform | None = None,
-        id_lut: np.ndarray | None = None,
-    ) -> None:
-        images_dir = Path(images_dir)
-        if not images_dir.is_dir():
-            raise FileNotFoundError(f"image folder not found: {images_dir}")
-        images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
-        labels = None
-        if labels_dir is not None:
-            labels_dir = Path(labels_dir)
-            if not labels_dir.is_dir():
-                raise FileNotFoundError(f"label folder not found: {labels_dir}")
-            labels = [labels_dir / f"{p.stem}.png" for p in images]
-            missing = [p.name for p in labels if not p.is_file()]
-            if missing:
-                raise ValueError(
-                    f"{len(missing)} image(s) in {images_dir} have no label in {labels_dir}, "
-                    f"e.g. {', '.join(missing[:5])}"
-                )
-        super().__init__(images, labels, transform, id_lut)

@@ -1,9 +1,9 @@
-"""Finished pipeline stages across the runs of a bench: shared by hard link, and their seconds.
+"""Finished pipeline stages across an experiment's runs: shared by hard link, and their seconds.
 
-Before a bench run starts, every training stage that an earlier run of the same seed finished
-with the very fingerprint this run would compute is hard-linked into it, so the pipeline skips it
-(:func:`share_done_stages`). The seconds of a row count every stage its model needed, shared
-ones included (:func:`row_seconds`); the bench's total counts each stage once
+Before a run of the demo or the bench starts, every training stage that an earlier run of the same
+seed finished with the very fingerprint this run would compute is hard-linked into it, so the
+pipeline skips it (:func:`share_done_stages`). The seconds of a row count every stage its model
+needed, shared ones included (:func:`row_seconds`); the total counts each stage once
 (:func:`total_stage_seconds`).
 """
 
@@ -95,9 +95,9 @@ def row_seconds(run_dir: Path, stage: str) -> float:
 
 
 def total_stage_seconds(runs_dir: Path) -> float:
-    """The compute the whole bench needed: each stage once (shared ones are hard links)."""
+    """The compute all runs under ``runs_dir`` needed: each stage once (shared ones are links)."""
     seen: dict[tuple[int, int], float] = {}
-    for done in runs_dir.glob("seed*/*/*/done.json"):
+    for done in runs_dir.glob("**/done.json"):
         info = done.stat()
         seen[(info.st_dev, info.st_ino)] = float(json.loads(done.read_text())["seconds"])
     return round(sum(seen.values()), 1)

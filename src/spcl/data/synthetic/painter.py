@@ -4,7 +4,7 @@ A pinhole :class:`Camera` looks along +z over a flat road: a point ``x`` metres 
 metres ahead and ``y`` metres above the road lands at column ``vanish_x + focal * x / z`` and row
 ``horizon + focal * (height - y) / z``, so nearer things are bigger and lower in the image. A
 :class:`Painter` draws every PIL shape into three images at once: the label map, the flat colour
-image and a cast-shadow mask. The objects drawn with it are in :mod:`spcl.data.synthetic_shapes`.
+image and a cast-shadow mask. The objects drawn with it are in :mod:`spcl.data.synthetic.shapes`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from spcl.data.labels import CITYSCAPES, IGNORE_INDEX
+from spcl.base import IGNORE_INDEX
+from spcl.data.labels import CITYSCAPES
 
 __all__ = [
     "CLS",

@@ -1,6 +1,6 @@
 """Object shapes of the synthetic street scenes: trees, poles, people, two-wheelers, vehicles.
 
-The ``draw_*`` functions draw one object each with a :class:`~spcl.data.synthetic_painter.Painter`:
+The ``draw_*`` functions draw one object each with a :class:`~spcl.data.synthetic.painter.Painter`:
 trees, poles with lights and signs, people, riders on two-wheelers and vehicles. Flat objects
 facing the camera ("sprites") are given as (dx, dy) points in metres (people: in units of their
 height), dx to the right of the object's anchor on the road and dy up. Parts keep their object's
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spcl.data.synthetic_painter import CLS, MAX_VALUE, Camera, Painter, Point, Rgb, ground_quad
+from spcl.data.synthetic.painter import CLS, MAX_VALUE, Camera, Painter, Point, Rgb, ground_quad
 
 __all__ = [
     "VEHICLE_DIMS",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spcl.base import DatasetError
 from spcl.data.label_decoder import LabelDecoder
 from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES, ClassTable
 from spcl.data.layout import DatasetFiles, MissingLabels, require_dir, scan_pairs
@@ -50,7 +51,7 @@ _CITYSCAPES_ID_OF = {CITYSCAPES.names[t]: raw for raw, t in CITYSCAPES.id_to_tra
 def subset_names(classes: int) -> tuple[str, ...]:
     """The class names of a 19/16/13-class label space, in train-id order."""
     if classes not in CLASS_SUBSETS:
-        raise ValueError(f"classes must be one of {sorted(CLASS_SUBSETS)}, got {classes!r}")
+        raise DatasetError(f"classes must be one of {sorted(CLASS_SUBSETS)}, got {classes!r}")
     return CLASS_SUBSETS[classes]
 
 

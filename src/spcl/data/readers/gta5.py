@@ -8,8 +8,8 @@ Layout::
 The UDA literature trains on all 24,966 names (the reference's ``gta5_train_list.txt``), so the
 only split is ``train``; a list file selects a subset. Labels are read as raw palette indices
 (converting a palette PNG to grey would map ids through the colours) and mapped to Cityscapes
-train ids with :func:`~spcl.data.cityscapes.cityscapes_table` (ids 0..33; other values are an
-error). Known defect of the download: a few names are incomplete on disk (25 reported, e.g.
+train ids with :func:`~spcl.data.readers.cityscapes.cityscapes_table` (ids 0..33; other values
+are an error). Known defect of the download: a few names are incomplete on disk (25 reported, e.g.
 02154–02158, 04634–04637, 07115–07119, 09683–09688, 12050–12054; IAST-ECCV2020 issue #2). Images
 without a label are skipped with a warning that lists them (``missing_labels="skip"``); ``spcl
 data check gta5 ROOT`` lists them and any label without an image.
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spcl.data.cityscapes import cityscapes_decoder, cityscapes_table
+from spcl.base import DatasetError
 from spcl.data.layout import DatasetFiles, MissingLabels, require_dir, scan_pairs
+from spcl.data.readers.cityscapes import cityscapes_decoder, cityscapes_table
 
 __all__ = ["GTA5_NUM_IMAGES", "GTA5_SPLITS", "scan_gta5"]
 
@@ -55,7 +56,7 @@ def scan_gta5(
     """
     root = require_dir(Path(root), "GTA5 root")
     if split not in GTA5_SPLITS:
-        raise ValueError(
+        raise DatasetError(
             f"GTA5 has the single split 'train' (all images), got {split!r}; "
             "pass list_file to use a subset"
         )

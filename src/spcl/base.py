@@ -1,0 +1,99 @@
+"""The leaf every layer may import: shared constants, the user-error classes, atomic file writes.
+
+Nothing here imports torch or any other part of spcl, so ``method/``, ``models/``, ``data/``, the
+engine and the command line can all depend on it without an import cycle.
+
+Errors: :class:`UserError` is bad input the user can fix (a config key, a dataset on disk, a
+checkpoint file, an argument); the command line prints its message in one line and exits with
+status 2. Every other exception is a bug: the command line shows its traceback and exits with 1.
+
+Files: :func:`atomic_file` writes to a temporary file beside the destination and renames it into
+place only when the write succeeded, so a crash or a full disk never leaves a half-written file
+under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "IGNORE_INDEX",
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "MissingFileError",
+    "OutputExistsError",
+    "UnknownNameError",
+    "UsageError",
+    "UserError",
+    "atomic_file",
+    "atomic_write_bytes",
+]
+
+IGNORE_INDEX = 255  # label value that losses, metrics and pseudo-labels skip
+
+
+class UserError(Exception):
+    """Bad input the user can fix; the message names the culprit (key, file, value)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration problem; the message names the key and its origin (file or override)."""
+
+
+class DatasetError(UserError, ValueError):
+    """A dataset on disk does not have the expected layout or content; the message names it."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint or model file is missing, unsafe or does not fit; the message names it."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named (in a config, an argument or a list) does not exist."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """A command would overwrite files the user has not allowed it to replace."""
+
+
+class UsageError(UserError, ValueError):
+    """Command-line arguments that do not go together, or a file that would be overwritten."""
+
+
+class UnknownNameError(UserError, KeyError):
+    """A name that is not in a registry (model, dataset kind, stage); the message lists them."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success it is synced and renamed to ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_file(path, "wb") as handle:
+        handle.write(data)

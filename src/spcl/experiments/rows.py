@@ -1,0 +1,237 @@
+"""The runs and rows that ``spcl demo`` and ``spcl bench`` train and report, in one table.
+
+A :class:`Run` is one pipeline run per seed: a variant of the base config (overrides) and the
+stages it needs. A :class:`Row` is one line of a report: the model of one stage of one run (the
+evaluation stage's ``metrics.json`` for it, :func:`spcl.pipeline.metrics_path`). The demo shows
+:data:`DEMO_ROWS`; the bench shows :data:`BENCH_ROWS` and the ablations asked for
+(:data:`ABLATIONS`, each a variant of the ``spcl`` run). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from spcl.base import ConfigError
+from spcl.config_schema import Config
+from spcl.pipeline import STAGE_NAMES
+
+__all__ = [
+    "ABLATIONS",
+    "BENCH_ROWS",
+    "CONTROL_ROW",
+    "DEMO_ROWS",
+    "HIGH_ROW",
+    "LOW_ROW",
+    "METHOD_ROW",
+    "QUICK_OVERRIDES",
+    "ROWS",
+    "Row",
+    "Run",
+    "ablation_rows",
+    "runs_for",
+    "yaml_value",
+]
+
+# A CI-sized variant: tiny images, model and schedule; numbers mean nothing, the plumbing is real.
+QUICK_OVERRIDES = (
+    "data.synthetic.n_train=16",
+    "data.synthetic.n_val=6",
+    "data.synthetic.size=[64, 128]",
+    "data.num_workers=0",
+    "model.width=8",
+    "warmup.optim.max_iter=6",
+    "warmup.optim.stop_iter=6",
+    "warmup.optim.batch_size=4",
+    "adapt.optim.max_iter=4",
+    "adapt.optim.stop_iter=4",
+    "adapt.optim.batch_size=2",
+    "self_train.optim.max_iter=4",
+    "self_train.optim.stop_iter=4",
+    "self_train.optim.batch_size=4",
+    "self_train.crop=[64, 128]",
+    "run.log_every=2",
+    "run.ckpt_every=2",
+)
+METHOD_ROW, CONTROL_ROW = "spcl", "self_training_control"  # every row is compared to these two
+LOW_ROW, HIGH_ROW = "source_only", "oracle"  # the ends of the gap that rows close
+RowKind = Literal["baseline", "control", "method", "bound", "ablation"]
+
+WARMUP_ONLY = ("warmup", "evaluate")
+THROUGH_ADAPT = ("warmup", "prototypes", "pseudo_labels", "adapt", "evaluate")
+NO_ADVERSARIAL = ("warmup.adversarial=false",)
+# what the runs named "spcl…" claim: adversarial warm-up, both contrastive terms, no target CE
+SPCL_PINS = (
+    "warmup.adversarial=true",
+    "adapt.contrast_source=true",
+    "adapt.contrast_target=true",
+    "adapt.target_ce=0",
+)
+CONTROL_OVERRIDES = (
+    "adapt.contrast_source=false",
+    "adapt.contrast_target=false",
+    "adapt.lambda_cl=0",
+    "adapt.target_ce=1",
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pipeline run per seed: its stages and its overrides of the base config."""
+
+    name: str
+    stages: tuple[str, ...]
+    overrides: tuple[str, ...]
+
+    def all_overrides(self, base: Sequence[str], run_dir: Path) -> list[str]:
+        """Base overrides, then this run's own (later ones win), its stages and folder."""
+        stages = "[" + ", ".join(self.stages) + "]"
+        return [
+            *base,
+            *self.overrides,
+            f"run.stages={stages}",
+            f"run.out={yaml_value(str(run_dir))}",
+        ]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a report: the model of ``stage`` in the run ``run``."""
+
+    name: str
+    title: str
+    run: str
+    stage: str
+    kind: RowKind  # colours the plots
+
+
+ROWS: dict[str, Row] = {
+    row.name: row
+    for row in (
+        Row(LOW_ROW, "source only (no adversarial term)", LOW_ROW, "warmup", "baseline"),
+        Row("source_only_adabn", "source only + AdaBN (target BN statistics)",
+            "source_only_adabn", "warmup", "control"),
+        Row("adversarial_warmup", "adversarial warm-up (output space)", "spcl", "warmup",
+            "baseline"),
+        Row(CONTROL_ROW, "self-training control (source + target CE, no contrast)", CONTROL_ROW,
+            "adapt", "control"),
+        Row("spcl_source_only_contrast", "SPCL, contrast on source pixels only",
+            "spcl_source_only_contrast", "adapt", "method"),
+        Row("spcl_target_only_contrast", "SPCL, contrast on target pixels only",
+            "spcl_target_only_contrast", "adapt", "method"),
+        Row(METHOD_ROW, "SPCL adaptation (contrast on source and target)", "spcl", "adapt",
+            "method"),
+        Row("spcl_self_training", "SPCL + self-training (all stages)", "spcl", "self_train",
+            "method"),
+        Row(HIGH_ROW, "oracle (warm-up on target labels)", HIGH_ROW, "warmup", "bound"),
+    )
+}  # fmt: skip
+DEMO_ROWS = (LOW_ROW, "adversarial_warmup", METHOD_ROW, "spcl_self_training", HIGH_ROW)
+BENCH_ROWS = tuple(ROWS)
+
+# ablation name → (title, overrides of the spcl run); "bn" and "adabn_labels" flip the config
+ABLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "tau": ("SPCL, temperature 0.1 (reference: cosine / 100)", ("adapt.temperature=0.1",)),
+    "alpha": ("SPCL, prototype EMA α = 0.9 (slow; reference 0.1)", ("adapt.momentum=0.9",)),
+    "absent": ("SPCL, absent classes keep their prototype", ("adapt.absent_policy=keep",)),
+    "cap": ("SPCL, threshold = pure median (cap 1.0)", ("pseudo_labels.cap=1.0",)),
+    "lambda": ("SPCL, λ_cl = 0.1", ("adapt.lambda_cl=0.1",)),
+    "tau_lambda": (
+        "SPCL, temperature 0.1 and λ_cl = 0.1",
+        ("adapt.temperature=0.1", "adapt.lambda_cl=0.1"),
+    ),
+    "st_contrast": (  # does the contrast add anything to plain self-training?
+        "self-training control + contrast (temperature 0.1, λ_cl = 0.1)",
+        ("adapt.target_ce=1", "adapt.temperature=0.1", "adapt.lambda_cl=0.1"),
+    ),
+    "bn": ("SPCL, BatchNorm {state} in adaptation only (model.freeze_bn flipped)", ()),
+    "adabn_labels": ("SPCL, pseudo-labels {state} AdaBN (pseudo_labels.adabn flipped)", ()),
+}
+
+
+def yaml_value(value: Any) -> str:
+    """An override value that YAML reads back unchanged (JSON is YAML)."""
+    return json.dumps(value)
+
+
+def oracle_source(base: Config) -> tuple[str, ...]:
+    """Overrides that make the source the target training split, with its labels.
+
+    Overrides merge into mappings, so reader options only the source sets are reset to the target
+    reader's defaults.
+
+    Raises:
+        ConfigError: the source sets a reader option that the target's reader does not take.
+    """
+    from spcl.data.registry import dataset_options  # the readers: imported when a bench runs
+
+    target = dataclasses.asdict(base.data.target)
+    options = dict(target.pop("options", {}))
+    leftover = [k for k in base.data.source.options if k not in options]
+    if leftover:
+        defaults = dataset_options(base.data.target.kind)
+        unknown = [k for k in leftover if k not in defaults]
+        if unknown:
+            raise ConfigError(
+                f"oracle row: data.source.options {unknown} mean nothing to the target reader "
+                f"'{base.data.target.kind}' (its options: {list(defaults)}); move them to a "
+                f"source-only config"
+            )
+        options |= {k: defaults[k] for k in leftover}
+    overrides = [f"data.source.{key}={yaml_value(value)}" for key, value in target.items()]
+    if options or leftover:
+        overrides.append(f"data.source.options={yaml_value(options)}")
+    return tuple(overrides)
+
+
+def _ablation(name: str, base: Config) -> tuple[str, tuple[str, ...]]:
+    title, overrides = ABLATIONS[name]
+    if name == "bn":  # the reference freezes BN, the demo trains it: adaptation gets the other
+        frozen = not base.model.freeze_bn
+        title = title.format(state="frozen" if frozen else "trainable")
+        overrides = (f"adapt.freeze_bn={yaml_value(frozen)}",)
+    if name == "adabn_labels":  # the demo re-estimates BN before pseudo-labels, the reference not
+        adabn = not base.pseudo_labels.adabn
+        title = title.format(state="after" if adabn else "without")
+        overrides = (f"pseudo_labels.adabn={yaml_value(adabn)}",)
+    return title, overrides
+
+
+def _runs(base: Config) -> dict[str, Run]:
+    """Every run a row of :data:`ROWS` needs, by name, in the order they should run."""
+    runs = (
+        Run(LOW_ROW, WARMUP_ONLY, NO_ADVERSARIAL),
+        Run("source_only_adabn", WARMUP_ONLY, (*NO_ADVERSARIAL, "evaluate.adabn=true")),
+        Run(METHOD_ROW, STAGE_NAMES, SPCL_PINS),
+        Run(CONTROL_ROW, THROUGH_ADAPT, (*SPCL_PINS, *CONTROL_OVERRIDES)),
+        Run("spcl_source_only_contrast", THROUGH_ADAPT,
+            (*SPCL_PINS, "adapt.contrast_target=false")),
+        Run("spcl_target_only_contrast", THROUGH_ADAPT,
+            (*SPCL_PINS, "adapt.contrast_source=false")),
+        Run(HIGH_ROW, WARMUP_ONLY, (*NO_ADVERSARIAL, *oracle_source(base))),
+    )  # fmt: skip
+    return {run.name: run for run in runs}
+
+
+def ablation_rows(names: Sequence[str], base: Config) -> tuple[list[Row], list[Run]]:
+    """The rows and runs of the ablations ``names`` (variants of the ``spcl`` run)."""
+    rows, runs = [], []
+    for name in names:
+        title, overrides = _ablation(name, base)
+        runs.append(Run(f"ablate_{name}", THROUGH_ADAPT, (*SPCL_PINS, *overrides)))
+        rows.append(Row(f"ablate_{name}", title, f"ablate_{name}", "adapt", "ablation"))
+    return rows, runs
+
+
+def runs_for(rows: Sequence[Row], base: Config, extra: Sequence[Run] = ()) -> list[Run]:
+    """The runs that ``rows`` need, in the table's order (extra runs, e.g. ablations, last)."""
+    needed = {row.run for row in rows}
+    table = _runs(base) | {run.name: run for run in extra}
+    unknown = sorted(needed - set(table))
+    if unknown:
+        raise KeyError(f"rows need runs {unknown} that no table defines")
+    return [run for name, run in table.items() if name in needed]
