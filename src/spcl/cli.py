@@ -127,6 +127,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             gt_format=args.gt_format,
             classes=args.classes,
             on_error=args.on_error,
+            strict=args.strict,
         )
     else:
         if not (args.model and args.config):
@@ -330,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gt-format", choices=("trainIds", "labelIds"), default="labelIds")
     ev.add_argument("--classes", type=int, choices=(19, 16, 13), default=19)
     ev.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    ev.add_argument("--strict", action="store_true", help="predictions without GT are an error")
     ev.add_argument("--json", metavar="FILE", help="write every score as JSON")
     ev.add_argument("--csv", metavar="FILE", help="write every number as CSV")
     ev.add_argument("--confusion", metavar="PNG", help="write the confusion matrix picture")
