@@ -190,6 +190,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         save_confidence=args.uncertainty is not None,
         uncertainty=args.uncertainty or "confidence",
         on_error=args.on_error,
+        overwrite=args.overwrite,
     )
     print(f"wrote {len(written)} files under {args.out}")
     return 0
@@ -346,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     pr.add_argument("--uncertainty", choices=("confidence", "entropy"), help="also write this map")
     pr.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_test_time_flags(pr)
     pr.set_defaults(handler=_cmd_predict)
 
