@@ -14,6 +14,7 @@ from PIL import Image
 
 from spcl.data import png_decode
 from spcl.data.folder import read_label
+from spcl.data.label_decoder import read_id_label
 from spcl.data.png_decode import PNG_SIGNATURE, decode_id_png, pair_histogram
 
 ADAM7 = (
@@ -160,3 +161,22 @@ def test_pair_histogram_counts_every_pair(monkeypatch: pytest.MonkeyPatch) -> No
     np.testing.assert_array_equal(pair_histogram(rows, cols), expected)
     with pytest.raises(ValueError, match="uint8"):
         pair_histogram(rows.astype(np.uint16), cols)
+
+
+def test_dataset_label_reader_shares_the_decoder(tmp_path: Path) -> None:
+    ids = every_byte((9, 31), seed=6)
+    colours = Image.fromarray(ids, "P")  # GTA5's labels are palette PNGs
+    colours.putpalette([v for i in range(256) for v in (i // 2, 255 - i, 99)])
+    colours.save(tmp_path / "gta.png")
+    np.testing.assert_array_equal(read_id_label(tmp_path / "gta.png"), ids)
+    deep = ids.astype(np.uint16) * 257
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    got = read_id_label(tmp_path / "deep.png")
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, deep)
+    Image.fromarray(np.stack([ids] * 3, -1)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match=r"label .*rgb\.png has mode RGB"):
+        read_id_label(tmp_path / "rgb.png")
+    (tmp_path / "cut.png").write_bytes(hand_png(ids)[:70])
+    with pytest.raises(ValueError, match=r"cannot read label .*cut\.png"):
+        read_id_label(tmp_path / "cut.png")
