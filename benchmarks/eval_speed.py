@@ -18,7 +18,11 @@ one untimed warm-up run, so the files are in the page cache for every tool):
   it is built (``CSUPPORT`` is printed).
 
 The two in-process processes also report the time of the call alone, after imports ("eval"
-column). Both tools must agree on the mIoU (checked, printed).
+column), and the CPU seconds of each process are shown beside the wall clock (on a shared machine
+the CPU ratio is the steadier figure). Both tools must agree on the mIoU (checked, printed).
+
+``--decoders`` first prints the CPU milliseconds per file of each PNG decoder on these files
+(PIL as cityscapesscripts uses it, OpenCV, and spcl's :func:`~spcl.data.png_decode.decode_id_png`).
 
 Run: ``PYTHONPATH=src python benchmarks/eval_speed.py [--images 12] [--repeats 3] [--workers N]``.
 """
@@ -27,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from spcl.data.labels import CITYSCAPES
+from spcl.data.png_decode import decode_id_png
 
 HEIGHT, WIDTH = 1024, 2048  # Cityscapes frames
 CITY = "frankfurt"
@@ -49,6 +56,7 @@ OBJECTS = 60  # rectangles and ellipses per scene
 PRED_ERRORS = 40  # wrong blobs per prediction
 PRED_SHIFT = 6  # prediction boundaries shifted by up to this many pixels
 EGO_ROWS, ROI_COLS = 120, 8  # ignored border sizes
+DECODE_ROUNDS = 3  # decoder timing: best of this many passes over the files
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 SPCL_IN_PROCESS = """
@@ -138,27 +146,71 @@ def write_pairs(root: Path, count: int, seed: int = 0) -> dict[str, Path]:
     return folders
 
 
-def timed(command: list[str]) -> tuple[float, str]:
-    """Wall seconds of one process (start-up included) and its stdout; raises if it fails."""
+def timed(command: list[str]) -> tuple[float, float, str]:
+    """Wall and CPU seconds of one process (start-up included), its stdout; raises if it fails."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
     }
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
-    return wall, done.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, done.stdout
 
 
-def best_of(command: list[str], repeats: int) -> tuple[float, dict]:
-    """Best wall time of ``repeats`` runs after a warm-up, and the JSON its best run printed."""
+def best_of(command: list[str], repeats: int) -> tuple[float, float, dict]:
+    """Best wall time of ``repeats`` runs after a warm-up, its CPU time and the JSON it printed."""
     timed(command)  # warm-up: page cache, .pyc files
     runs = [timed(command) for _ in range(repeats)]
-    wall, out = min(runs, key=lambda run: run[0])
+    wall, cpu, out = min(runs, key=lambda run: run[0])
     last = out.strip().splitlines()[-1] if out.strip() else ""
-    return wall, json.loads(last) if last.startswith("{") else {}
+    return wall, cpu, json.loads(last) if last.startswith("{") else {}
+
+
+def time_decoders(files: list[Path]) -> None:
+    """CPU ms per file of each decoder on ``files`` (best of a few passes), one line each."""
+
+    def pil_array(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            return np.array(image)  # as cityscapesscripts reads its files
+
+    decoders = {
+        "PIL Image.open + np.array": pil_array,
+        "cv2.imread IMREAD_UNCHANGED": lambda path: cv2.imread(str(path), cv2.IMREAD_UNCHANGED),
+        "spcl decode_id_png": lambda path: decode_id_png(path.read_bytes()),
+    }
+    reference = [pil_array(path) for path in files]
+    for name, decode in decoders.items():
+        best = math.inf
+        for _ in range(DECODE_ROUNDS):
+            start = time.process_time()
+            decoded = [decode(path) for path in files]
+            best = min(best, time.process_time() - start)
+        same = all(np.array_equal(a, b) for a, b in zip(decoded, reference, strict=True))
+        print(f"{name:<30}{1000 * best / len(files):>7.2f} ms/file  same values as PIL: {same}")
+
+
+def print_table(rows: dict[str, tuple[float, float, dict]], images: int) -> None:
+    """One line per tool: wall (start-up included), CPU, imports, evaluation call, speed-up."""
+    official_wall, official_cpu, _ = rows["cityscapesscripts"]
+    header = (
+        f"{'tool':<27}{'total s':>9}{'CPU s':>8}{'imports s':>11}{'eval s':>9}{'ms/img':>8}"
+        f"{'speed-up':>10}{'CPU ratio':>11}"
+    )
+    print(header + "\n" + "-" * len(header))
+    for name, (wall, cpu, info) in rows.items():
+        imports = f"{info['imports']:.3f}" if info else "-"
+        evaluation = f"{info['eval']:.3f}" if info else "-"
+        per_image = f"{1000 * info['eval'] / images:.1f}" if info else "-"
+        print(
+            f"{name:<27}{wall:>9.3f}{cpu:>8.3f}{imports:>11}{evaluation:>9}{per_image:>8}"
+            f"{official_wall / wall:>9.2f}x{official_cpu / cpu:>10.2f}x"
+        )
 
 
 def main() -> None:
@@ -166,11 +218,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=12, help="pairs at 1024x2048 (12)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per tool, best kept")
     parser.add_argument("--workers", type=int, default=0, help="evaluate_folders threads (0: auto)")
+    parser.add_argument("--decoders", action="store_true", help="also time the PNG decoders")
     args = parser.parse_args()
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="eval_speed_") as tmp:
         folders = write_pairs(Path(tmp), args.images)
         gt, train_ids, label_ids = (str(folders[k]) for k in ("gt", "trainIds", "labelIds"))
+        if args.decoders:
+            time_decoders(sorted(Path(gt).rglob("*.png")) + sorted(Path(train_ids).glob("*.png")))
         load = os.getloadavg()[0]
         cli = [py, "-m", "spcl", "evaluate", "--pred-dir", train_ids, "--gt-dir", gt]
         rows = {
@@ -181,33 +236,18 @@ def main() -> None:
             "spcl CLI (python -m spcl)": best_of(cli, args.repeats),
         }
         load_after = os.getloadavg()[0]
-    official = rows["cityscapesscripts"][0]
     print(
         f"{args.images} pairs at {HEIGHT}x{WIDTH}, best of {args.repeats}; CPUs "
         f"{len(os.sched_getaffinity(0))}, load average {load:.2f} -> {load_after:.2f}; "
-        f"cityscapesscripts CSUPPORT={rows['cityscapesscripts'][1]['csupport']}"
+        f"cityscapesscripts CSUPPORT={rows['cityscapesscripts'][2]['csupport']}"
     )
-    header = (
-        f"{'tool':<27}{'total s':>9}{'imports s':>11}{'eval s':>9}{'ms/img':>9}{'speed-up':>10}"
-    )
-    print(header + "\n" + "-" * len(header))
-    for name, (wall, info) in rows.items():
-        imports = f"{info['imports']:.3f}" if info else "-"
-        evaluation = f"{info['eval']:.3f}" if info else "-"
-        per_image = f"{1000 * info['eval'] / args.images:.1f}" if info else "-"
-        print(
-            f"{name:<27}{wall:>9.3f}{imports:>11}{evaluation:>9}{per_image:>9}"
-            f"{official / wall:>9.2f}x"
-        )
-    spcl_miou, cs_miou = (
-        rows["spcl evaluate_folders"][1]["miou"],
-        rows["cityscapesscripts"][1]["miou"],
-    )
-    print(f"mIoU: spcl {spcl_miou:.10f}, cityscapesscripts {cs_miou:.10f}")
-    if abs(spcl_miou - cs_miou) > 1e-9:
+    print_table(rows, args.images)
+    spcl, official = rows["spcl evaluate_folders"][2], rows["cityscapesscripts"][2]
+    print(f"mIoU: spcl {spcl['miou']:.10f}, cityscapesscripts {official['miou']:.10f}")
+    if abs(spcl["miou"] - official["miou"]) > 1e-9:
         raise SystemExit("the two tools disagree on the mIoU")
-    eval_ratio = rows["cityscapesscripts"][1]["eval"] / rows["spcl evaluate_folders"][1]["eval"]
-    print(f"evaluation alone (after imports): spcl is {eval_ratio:.2f}x faster")
+    ratio = official["eval"] / spcl["eval"]
+    print(f"evaluation call alone (after imports): spcl {ratio:.2f}x faster")
 
 
 if __name__ == "__main__":
