@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -226,3 +227,73 @@ def test_predictions_score_the_same_from_train_ids_and_label_ids(tmp_path: Path)
     )
     assert report["num_images"] == 2 and by_train.confusion.sum() > 0
     np.testing.assert_array_equal(by_train.confusion, by_label.confusion)
+
+
+def test_existing_outputs_are_refused_listing_them_unless_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_image(tmp_path / "in" / "a.png", (12, 16), 20)
+    first = model_file(tmp_path / "m0.pth", CITYSCAPES.names, seed=0)
+    predict_paths(first, [str(tmp_path / "in")], tmp_path / "out", progress=False)
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*.png")}
+    assert len(before) == 4
+    write_image(tmp_path / "in" / "b.png", (12, 16), 21)  # new image: its outputs are free
+    (tmp_path / "out" / "notes.txt").write_text("mine")  # other files never block
+    second = model_file(tmp_path / "m1.pth", CITYSCAPES.names, seed=1)
+    with pytest.raises(FileExistsError, match=r"4 output file\(s\) .*color/a\.png.*overwrite"):
+        predict_paths(second, [str(tmp_path / "in")], tmp_path / "out", progress=False)
+    after = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*.png")}
+    assert after == before  # nothing written, not even b's outputs
+    written = predict_paths(
+        second, [str(tmp_path / "in")], tmp_path / "out", overwrite=True, progress=False
+    )
+    assert len(written) == 8 and (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    model, _ = load_model_file(second)
+    image = read(tmp_path / "in" / "a.png")
+    expected = predict_probs(model, to_tensor(image)[None], image.shape[:2])[0].argmax(0)
+    np.testing.assert_array_equal(read(tmp_path / "out" / "trainIds" / "a.png"), expected.numpy())
+    from spcl.cli import main
+
+    argv = ["predict", str(second), str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    argv += ["--device", "cpu"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "spcl: error: 8 output file(s)" in err and "--overwrite" in err
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_a_crash_while_writing_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_image(tmp_path / "x.png", (12, 16), 22)
+    path = model_file(tmp_path / "model.pth", CITYSCAPES.names)
+    predict_paths(path, [str(tmp_path / "x.png")], tmp_path / "out", progress=False)
+    old = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*.png")}
+    original_save = Image.Image.save
+    calls = []
+
+    def crash_midway(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        """Write half of the PNG to the destination, then fail (on the third file)."""
+        calls.append(fp)
+        if len(calls) < 3:
+            return original_save(self, fp, *args, **kwargs)
+        encoded = io.BytesIO()
+        original_save(self, encoded, *args, **kwargs)
+        half = encoded.getvalue()[: len(encoded.getvalue()) // 2]
+        if isinstance(fp, (str, Path)):
+            Path(fp).write_bytes(half)
+        else:
+            fp.write(half)
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(Image.Image, "save", crash_midway)
+    with pytest.raises(OSError, match="simulated"):
+        predict_paths(path, [str(tmp_path / "x.png")], tmp_path / "out", overwrite=True)
+    monkeypatch.undo()
+    files = sorted((tmp_path / "out").rglob("*"))
+    assert [p for p in files if p.is_file()] == sorted(old)  # no temporary file left
+    assert read(tmp_path / "out" / "trainIds" / "x.png").shape == (12, 16)  # whole files only
+    assert (tmp_path / "out" / "trainIds" / "x.png").read_bytes() == old[
+        tmp_path / "out" / "trainIds" / "x.png"
+    ]  # same model: same bytes

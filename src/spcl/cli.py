@@ -130,7 +130,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from spcl.evaluation.plots import plot_confusion
     from spcl.evaluation.reports import default_subsets, write_csv, write_json
 
     report: dict = {}
@@ -146,6 +145,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             gt_format=args.gt_format,
             classes=args.classes,
             on_error=args.on_error,
+            strict=args.strict,
         )
     else:
         if not (args.model and args.config):
@@ -159,6 +159,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         write_csv(scores, args.csv, unlabelled=report.get("unlabelled_predictions"))
         print(f"wrote {args.csv}")
     if args.confusion:
+        from spcl.evaluation.plots import plot_confusion  # matplotlib: only for the picture
+
         plot_confusion(scores, args.confusion)
         print(f"wrote {args.confusion}")
     return 0
@@ -210,6 +212,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         save_confidence=args.uncertainty is not None,
         uncertainty=args.uncertainty or "confidence",
         on_error=args.on_error,
+        overwrite=args.overwrite,
     )
     print(f"wrote {len(written)} files under {args.out}")
     return 0
@@ -353,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gt-format", choices=("trainIds", "labelIds"), default="labelIds")
     ev.add_argument("--classes", type=int, choices=(19, 16, 13), default=19)
     ev.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    ev.add_argument("--strict", action="store_true", help="predictions without GT are an error")
     ev.add_argument("--json", metavar="FILE", help="write every score as JSON")
     ev.add_argument("--csv", metavar="FILE", help="write every number as CSV")
     ev.add_argument("--confusion", metavar="PNG", help="write the confusion matrix picture")
@@ -367,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     pr.add_argument("--uncertainty", choices=("confidence", "entropy"), help="also write this map")
     pr.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_test_time_flags(pr)
     pr.set_defaults(handler=_cmd_predict)
 

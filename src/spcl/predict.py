@@ -11,6 +11,12 @@ For every input image (files, folders searched recursively, or glob patterns) it
 - optionally ``confidence/<name>.png`` (max probability × 255) or ``entropy/<name>.png``
   (entropy / ln K × 255).
 
+Existing outputs are never replaced unless asked (``overwrite``, ``--overwrite``): before any image
+is predicted, every file the run would write is checked, and if any of them exists the run stops
+with an error listing them and writes nothing. Other files in ``out_dir`` are left alone. Every file
+is encoded in memory and written atomically (temporary file beside it, then renamed), so a crash
+never leaves a half-written PNG under an output name, and a replaced file is either old or new.
+
 Predictions have the image's own size: the image may be resized for the network (``size``, as
 evaluation does), and probabilities come back at full resolution from the one shared inference
 function (flip, scales, optional sliding window).
@@ -32,7 +38,13 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from spcl.base import DatasetError, MissingFileError, UsageError, atomic_write_bytes
+from spcl.base import (
+    DatasetError,
+    MissingFileError,
+    OutputExistsError,
+    UsageError,
+    atomic_write_bytes,
+)
 from spcl.data.labels import ClassTable, class_table_for
 from spcl.data.lists import IMAGE_SUFFIXES, read_image, to_tensor
 from spcl.data.transforms import build_eval_transform
@@ -44,6 +56,8 @@ __all__ = [
     "OVERLAY_ALPHA",
     "Uncertainty",
     "collect_images",
+    "output_kinds",
+    "output_path",
     "predict_image",
     "predict_paths",
     "uncertainty_map",
@@ -55,6 +69,7 @@ Uncertainty = Literal["confidence", "entropy"]
 OVERLAY_ALPHA = 0.5  # weight of the colour mask in the overlay (the image gets 1 - alpha)
 MAX_UINT8 = 255
 GLOB_CHARS = ("*", "?", "[")
+SHOWN_EXISTING = 10  # how many existing output files the refusal lists
 
 
 def predict_paths(
@@ -71,6 +86,7 @@ def predict_paths(
     uncertainty: Uncertainty = "confidence",
     num_classes: int | None = None,
     on_error: Literal["fail", "skip"] = "fail",
+    overwrite: bool = False,
     progress: bool = True,
 ) -> list[Path]:
     """Predict every input image and write its masks; see the module docstring for the files.
@@ -91,6 +107,7 @@ def predict_paths(
         num_classes: when given, the model file must have this many classes.
         on_error: an unreadable image: ``"fail"`` raises, ``"skip"`` logs a warning naming it
             and goes on.
+        overwrite: replace output files that already exist (default: refuse, write nothing).
         progress: show a tqdm bar.
 
     Returns:
@@ -99,6 +116,8 @@ def predict_paths(
     Raises:
         FileNotFoundError: an input path (or a pattern's matches) does not exist.
         CheckpointError: the model file does not fit its architecture or ``num_classes``.
+        FileExistsError: without ``overwrite``, files the run would write already exist (named;
+            nothing is written).
         ValueError: bad arguments, two inputs that would write the same file, or (``"fail"``)
             an unreadable image, named.
     """
@@ -112,6 +131,9 @@ def predict_paths(
         info["class_names"], info["arch"]["num_classes"], model_file, info["palette"]
     )
     out_dir = Path(out_dir)
+    kinds = output_kinds(table, uncertainty if save_confidence else None)
+    if not overwrite:
+        _refuse_existing(out_dir, [output_path(out_dir, k, n) for _, n in images for k in kinds])
     written: list[Path] = []
     for path, name in tqdm(images, desc="predict", unit="img", disable=not progress):
         try:
@@ -221,6 +243,32 @@ def uncertainty_map(probs: torch.Tensor, kind: Uncertainty) -> np.ndarray:
     return scaled.to(torch.uint8).cpu().numpy()
 
 
+def output_kinds(table: ClassTable, uncertainty: Uncertainty | None) -> tuple[str, ...]:
+    """The output folders written for each image, in writing order."""
+    kinds = ("color", "overlay", "trainIds")
+    if table.id_to_train:
+        kinds += ("labelIds",)
+    return kinds + ((uncertainty,) if uncertainty is not None else ())
+
+
+def output_path(out_dir: Path, kind: str, name: Path) -> Path:
+    """Where the ``kind`` output of image ``name`` (relative, without suffix) is written."""
+    return out_dir / kind / name.parent / f"{name.name}.png"
+
+
+def _refuse_existing(out_dir: Path, planned: list[Path]) -> None:
+    """FileExistsError listing the planned outputs that already exist, if any."""
+    existing = [p for p in planned if p.exists()]
+    if not existing:
+        return
+    shown = ", ".join(str(p.relative_to(out_dir)) for p in existing[:SHOWN_EXISTING])
+    more = f" and {len(existing) - SHOWN_EXISTING} more" if len(existing) > SHOWN_EXISTING else ""
+    raise OutputExistsError(
+        f"{len(existing)} output file(s) under {out_dir} already exist: {shown}{more}; nothing "
+        f"was written: pass overwrite=True (--overwrite) to replace them, or choose another --out"
+    )
+
+
 def _write_outputs(
     out_dir: Path,
     name: Path,
@@ -229,7 +277,7 @@ def _write_outputs(
     table: ClassTable,
     uncertainty: Uncertainty | None,
 ) -> list[Path]:
-    """Write the masks of one image; returns their paths."""
+    """Write the masks of one image, each encoded in memory and written atomically."""
     train_ids = probs.argmax(dim=0).to(torch.uint8).cpu().numpy()  # (H, W)
     colour = table.colorize(train_ids)  # (H, W, 3)
     blend = (1.0 - OVERLAY_ALPHA) * image.astype(np.float32) + OVERLAY_ALPHA * colour
@@ -243,10 +291,10 @@ def _write_outputs(
     if uncertainty is not None:
         outputs[uncertainty] = uncertainty_map(probs, uncertainty)
     written = []
-    for kind, array in outputs.items():
-        path = out_dir / kind / name.parent / f"{name.name}.png"
+    for kind in output_kinds(table, uncertainty):
+        path = output_path(out_dir, kind, name)
         buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="PNG")
-        atomic_write_bytes(path, buffer.getvalue())
+        Image.fromarray(outputs[kind]).save(buffer, format="PNG")
+        atomic_write_bytes(path, buffer.getvalue())  # temporary file + rename
         written.append(path)
     return written

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from spcl.base import DatasetError
 from spcl.data.labels import ClassTable
+from spcl.data.png_decode import decode_id_png
 
 __all__ = [
     "LUT_SIZE",
@@ -47,11 +48,20 @@ def describe_ids(ids: Sequence[int]) -> str:
 def read_id_label(path: Path) -> np.ndarray:
     """A single-channel label file (8/16-bit grey or palette indices) as stored, (H, W).
 
-    Palette PNGs (GTA5's labels) give their indices, never colours or grey levels.
+    Palette PNGs (GTA5's labels) give their indices, never colours or grey levels. 8/16-bit grey
+    and 8-bit palette PNGs are decoded by :func:`spcl.data.png_decode.decode_id_png` (OpenCV,
+    faster); other files by PIL, whose errors are reported.
 
     Raises:
         ValueError: unreadable, truncated or not single-channel (names the file).
     """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read label {path}: {exc}") from exc
+    ids = decode_id_png(data)
+    if ids is not None:
+        return ids
     try:
         with Image.open(path) as image:
             image.load()

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from spcl.base import DatasetError
+from spcl.data.png_decode import decode_id_png
 from spcl.data.transforms import PairTransform
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision ImageNet normalisation (pretrained weights)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+LABEL_BIT_DEPTH = 8  # read_label reads 8-bit maps; 16-bit ones are refused (their mode named)
 
 
 def read_image(path: Path, mode: str = "RGB") -> np.ndarray:
@@ -57,7 +59,19 @@ def read_label(path: Path) -> np.ndarray:
     """An 8-bit single-channel label PNG (grey, or palette indices) as (H, W) uint8.
 
     Palette PNGs give their indices: converting them to grey would map ids through the colours.
+    Decoded by :func:`spcl.data.png_decode.decode_id_png` (OpenCV, faster); other files go through
+    PIL, whose errors are reported.
+
+    Raises:
+        ValueError: unreadable file, or not an 8-bit L or P image (the message names the file).
     """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read label {path}: {exc}") from exc
+    ids = decode_id_png(data, bit_depths=(LABEL_BIT_DEPTH,))
+    if ids is not None:
+        return ids  # writable
     try:
         with Image.open(path) as image:
             image.load()

@@ -19,7 +19,7 @@ import numpy as np
 
 from spcl.base import atomic_write_bytes
 from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
-from spcl.evaluation.metrics import SegmentationScores
+from spcl.evaluation.scores import SegmentationScores
 
 __all__ = [
     "default_subsets",

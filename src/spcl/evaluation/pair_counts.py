@@ -1,0 +1,203 @@
+"""Confusion counts of one prediction PNG against its ground truth, without torch.
+
+The unit of work of folder evaluation (:func:`spcl.evaluation.pred_folders.evaluate_folders`):
+decode both maps (:func:`spcl.data.png_decode.decode_id_png`, PIL for other files), check their
+sizes and ids, and count. For 8-bit maps (all Cityscapes files) counting is one joint histogram of
+the raw file values (:func:`spcl.data.png_decode.pair_histogram`), folded into the evaluated label
+space by the id lookup tables as a product with two one-hot matrices; the file values are never
+mapped pixel by pixel. Other maps (16-bit, PIL modes) are mapped through the tables first. Both give
+the same integer counts as mapping every pixel and counting with one bincount.
+
+The counts form a (K+1)×(K+1) matrix: rows are ground-truth classes (an extra empty row), columns
+predicted classes plus column K for predictions that name no evaluated class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spcl.base import IGNORE_INDEX, DatasetError
+from spcl.data.labels import CITYSCAPES
+from spcl.data.png_decode import BYTE_VALUES, decode_id_png, pair_histogram
+
+__all__ = ["IdTables", "id_tables", "pair_confusion", "read_id_map"]
+
+INVALID = -1  # lookup-table value of a file value that is not allowed
+
+
+@dataclass(frozen=True)
+class IdTables:
+    """File value → evaluated class lookup tables of one evaluation, and their one-hot forms.
+
+    Attributes:
+        num_classes: K, the evaluated classes.
+        gt_lut: ground-truth value → class 0..K-1, ``IGNORE_INDEX``, or ``INVALID``.
+        pred_lut: prediction value → class 0..K-1, K ("no class"), or ``INVALID``.
+        gt_onehot: (256, K+1) int64, row v = one-hot class of 8-bit ground-truth value v (zero
+            for ignored and invalid values).
+        pred_onehot: (256, K+1) int64, row v = one-hot class of 8-bit prediction value v.
+        gt_identity, pred_identity: the same for maps already mapped through the tables (value v
+            is class v; ground-truth 255 is ignored, prediction K is "no class").
+        pred_hint: what a valid prediction holds (for error messages).
+    """
+
+    num_classes: int
+    gt_lut: np.ndarray
+    pred_lut: np.ndarray
+    gt_onehot: np.ndarray
+    pred_onehot: np.ndarray
+    gt_identity: np.ndarray
+    pred_identity: np.ndarray
+    pred_hint: str
+
+
+def id_tables(pred_format: str, gt_format: str, names: Sequence[str]) -> IdTables:
+    """The lookup tables for file formats ``"trainIds"``/``"labelIds"`` and evaluated ``names``."""
+    k = len(names)
+    gt_lut, pred_lut = _gt_lut(gt_format, names), _pred_lut(pred_format, names)
+    identity = np.arange(BYTE_VALUES)
+    hint = (
+        f"train ids must be 0..{k - 1} or {IGNORE_INDEX}"
+        if pred_format == "trainIds"
+        else "check the format and classes arguments"
+    )
+    return IdTables(
+        num_classes=k,
+        gt_lut=gt_lut,
+        pred_lut=pred_lut,
+        gt_onehot=_onehot(gt_lut[:BYTE_VALUES], k),
+        pred_onehot=_onehot(pred_lut[:BYTE_VALUES], k),
+        gt_identity=_onehot(np.where(identity < k, identity, INVALID), k),
+        pred_identity=_onehot(identity, k),
+        pred_hint=hint,
+    )
+
+
+def _onehot(lut: np.ndarray, k: int) -> np.ndarray:
+    """(256, K+1) int64: row v has a 1 in column ``lut[v]`` when that is a class 0..K."""
+    onehot = np.zeros((lut.size, k + 1), dtype=np.int64)
+    counted = (lut >= 0) & (lut <= k)
+    onehot[np.flatnonzero(counted), lut[counted]] = 1
+    return onehot
+
+
+def _space_lut(names: Sequence[str]) -> np.ndarray:
+    """Cityscapes train id (0..255) → index in ``names``; ignore for classes not in ``names``."""
+    lut = np.full(IGNORE_INDEX + 1, IGNORE_INDEX, dtype=np.int64)
+    for train_id, name in enumerate(CITYSCAPES.names):
+        if name in names:
+            lut[train_id] = names.index(name)
+    return lut
+
+
+def _gt_lut(gt_format: str, names: Sequence[str]) -> np.ndarray:
+    """Ground-truth file value → evaluated class index or ignore (-1: an invalid value)."""
+    space = _space_lut(names)
+    if gt_format == "labelIds":
+        return space[CITYSCAPES.id_lut().astype(np.int64)]
+    lut = np.full(IGNORE_INDEX + 1, INVALID, dtype=np.int64)  # Cityscapes train ids: 0..18, 255
+    lut[: CITYSCAPES.num_classes] = space[: CITYSCAPES.num_classes]
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    return lut
+
+
+def _pred_lut(pred_format: str, names: Sequence[str]) -> np.ndarray:
+    """Prediction file value → evaluated class index, K for "no class" (-1: an invalid value)."""
+    k = len(names)
+    if pred_format == "labelIds":
+        space = _space_lut(names)[CITYSCAPES.id_lut().astype(np.int64)]
+        return np.where(space == IGNORE_INDEX, k, space)
+    lut = np.full(IGNORE_INDEX + 1, INVALID, dtype=np.int64)
+    lut[:k] = np.arange(k)
+    lut[IGNORE_INDEX] = k
+    return lut
+
+
+def read_id_map(path: Path) -> np.ndarray:
+    """A single-channel id PNG (8- or 16-bit, grey or palette indices) as an integer (H, W) array.
+
+    8/16-bit grey and 8-bit palette PNGs decode with OpenCV as uint8/uint16 (palette indices, never
+    colours); other files through PIL (other integer types become int64).
+
+    Raises:
+        ValueError: unreadable file, or a colour image (the message names the file).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
+    ids = decode_id_png(data)
+    if ids is not None:
+        return ids
+    from PIL import Image, UnidentifiedImageError  # the rare path: importing PIL costs ~0.05 s
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode, ids = image.mode, np.asarray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
+    if ids.ndim != 2:
+        raise DatasetError(
+            f"{path} is a {mode} image with {ids.shape[-1]} channels; expected a single-channel "
+            f"PNG of class ids (colour masks cannot be scored)"
+        )
+    return ids if ids.dtype in (np.uint8, np.uint16) else ids.astype(np.int64)
+
+
+def pair_confusion(pred_path: Path, gt_path: Path, tables: IdTables) -> np.ndarray:
+    """The (K+1, K+1) int64 counts of one pair; ValueError naming both files on any problem.
+
+    Pixels of ignored ground truth are not counted; every id of both files must be valid (also
+    under ignored ground truth). The ground truth is checked first, then the prediction; an error
+    names the first invalid id in raster order.
+    """
+    pred, target = read_id_map(pred_path), read_id_map(gt_path)
+    if pred.shape != target.shape:
+        raise DatasetError(
+            f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but ground truth "
+            f"{gt_path} is {target.shape[1]}x{target.shape[0]} (width x height)"
+        )
+    gt_raw, pred_raw = target.dtype == np.uint8, pred.dtype == np.uint8
+    target8, gt_bad = (target, None) if gt_raw else _mapped(target, tables.gt_lut)
+    pred8, pred_bad = (pred, None) if pred_raw else _mapped(pred, tables.pred_lut)
+    hist = pair_histogram(target8, pred8)  # (256, 256): ground-truth value × prediction value
+    rows, cols = np.flatnonzero(hist.any(axis=1)), np.flatnonzero(hist.any(axis=0))
+    if gt_raw:
+        gt_bad = _first_invalid(rows, target, tables.gt_lut)
+    if pred_raw:
+        pred_bad = _first_invalid(cols, pred, tables.pred_lut)
+    for role, value, path, other, hint in (
+        ("ground truth", gt_bad, gt_path, pred_path, "check the format and classes arguments"),
+        ("prediction", pred_bad, pred_path, gt_path, tables.pred_hint),
+    ):
+        if value is not None:
+            raise DatasetError(
+                f"{role} {path} (paired with {other}) holds id {value}, which is not valid here: "
+                f"{hint}"
+            )
+    gt_onehot = tables.gt_onehot if gt_raw else tables.gt_identity
+    pred_onehot = tables.pred_onehot if pred_raw else tables.pred_identity
+    return gt_onehot[rows].T @ hist[np.ix_(rows, cols)] @ pred_onehot[cols]
+
+
+def _mapped(ids: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """``lut[ids]`` as uint8 (invalid pixels → 0) and the first invalid id in raster order."""
+    bad = (ids < 0) | (ids >= lut.size)
+    bad[~bad] = lut[ids[~bad]] < 0
+    first = int(ids[bad][0]) if bad.any() else None
+    mapped = np.zeros(ids.shape, dtype=np.uint8)
+    mapped[~bad] = lut[ids[~bad]]
+    return mapped, first
+
+
+def _first_invalid(present: np.ndarray, ids: np.ndarray, lut: np.ndarray) -> int | None:
+    """The first invalid id of 8-bit ``ids`` in raster order, given the values ``present``."""
+    invalid = lut[:BYTE_VALUES] < 0
+    if not invalid[present].any():
+        return None
+    return int(ids[invalid[ids]][0])

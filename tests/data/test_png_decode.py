@@ -1,0 +1,182 @@
+"""Tests of the fast id-PNG decoder: the same values as PIL (palette indices, 16-bit, interlaced),
+None for what it leaves to PIL, read_label's contract, and the joint histogram."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spcl.data import png_decode
+from spcl.data.label_decoder import read_id_label
+from spcl.data.lists import read_label
+from spcl.data.png_decode import PNG_SIGNATURE, decode_id_png, pair_histogram
+
+ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+GREY, PALETTE = 0, 3  # PNG colour types
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def hand_png(
+    ids: np.ndarray,
+    colour: int = GREY,
+    interlace: bool = False,
+    idat_parts: int = 1,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """A PNG written from the specification (filter 0 rows, zlib, CRCs), independent of PIL/cv2."""
+    height, width = ids.shape
+    depth = 16 if ids.dtype == np.uint16 else 8
+    rows = ids.astype(">u2" if depth == 16 else np.uint8)
+    passes = [rows[y::dy, x::dx] for x, y, dx, dy in ADAM7] if interlace else [rows]
+    raw = b"".join(b"\x00" + r.tobytes() for p in passes if p.size for r in p)
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, int(interlace))
+    data = zlib.compress(raw)
+    step = -(-len(data) // idat_parts)
+    idats = [chunk(b"IDAT", data[i : i + step]) for i in range(0, len(data), step)]
+    palette = chunk(b"PLTE", bytes(range(256)) * 3) if colour == PALETTE else b""
+    extras = b"".join(chunk(kind, body) for kind, body in extra)
+    return (
+        PNG_SIGNATURE
+        + chunk(b"IHDR", header)
+        + palette
+        + extras
+        + b"".join(idats)
+        + chunk(b"IEND", b"")
+    )
+
+
+def pil_values(data: bytes) -> tuple[str, np.ndarray]:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.mode, np.asarray(image)
+
+
+def pil_png(image: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def every_byte(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """uint8 map holding each of 0..255 at least once, the rest random."""
+    ids = np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+    ids.flat[:256] = np.arange(256)
+    return ids
+
+
+@pytest.mark.parametrize("interlace", [False, True])
+@pytest.mark.parametrize("colour", [GREY, PALETTE])
+def test_hand_written_pngs_decode_to_their_stored_ids(colour: int, interlace: bool) -> None:
+    ids = every_byte((29, 43), seed=colour + interlace)
+    transparency = (b"tRNS", bytes(range(256)) if colour == PALETTE else b"\x00\x05")
+    data = hand_png(ids, colour, interlace, idat_parts=3, extra=((b"gAMA", b"\x00\x00\xb1\x8f"),))
+    with_trns = hand_png(ids, colour, interlace, extra=(transparency,))
+    for png in (data, with_trns):
+        got = decode_id_png(png)
+        assert got is not None and got.dtype == np.uint8 and got.flags.writeable
+        np.testing.assert_array_equal(got, ids)  # palette: the indices, not colours
+        np.testing.assert_array_equal(got, pil_values(png)[1])
+
+
+def test_sixteen_bit_grey_keeps_its_values_and_can_be_refused() -> None:
+    ids = np.random.default_rng(1).integers(0, 65536, (17, 23)).astype(np.uint16)
+    ids.flat[:3] = (0, 255, 65535)
+    for png in (hand_png(ids), hand_png(ids, interlace=True), pil_png(Image.fromarray(ids))):
+        got = decode_id_png(png)
+        assert got is not None and got.dtype == np.uint16
+        np.testing.assert_array_equal(got, ids)
+        assert decode_id_png(png, bit_depths=(8,)) is None
+
+
+def test_what_it_leaves_to_pil_is_none() -> None:
+    ids = np.random.default_rng(2).integers(0, 4, (12, 20)).astype(np.uint8)
+    palette = Image.fromarray(ids, "P")
+    palette.putpalette([v for i in range(256) for v in (i, 255 - i, 7)])
+    good = hand_png(ids)
+    corrupt = bytearray(good)
+    corrupt[len(PNG_SIGNATURE) + 30] ^= 0xFF  # inside the IDAT data: its CRC no longer matches
+    left_to_pil = {
+        "1-bit grey": pil_png(Image.fromarray(ids > 1)),
+        "4-bit palette": pil_png(palette, bits=4),
+        "grey + alpha": pil_png(Image.fromarray(ids).convert("LA")),
+        "RGB": pil_png(Image.fromarray(np.stack([ids] * 3, axis=-1))),
+        "not a PNG": b"GIF89a" + bytes(40),
+        "truncated": good[: len(good) - 20],
+        "no IEND": good[: -len(chunk(b"IEND", b""))],
+        "bad CRC": bytes(corrupt),
+        "empty": b"",
+    }
+    for name, data in left_to_pil.items():
+        assert decode_id_png(data) is None, name
+    np.testing.assert_array_equal(decode_id_png(pil_png(palette)), ids)  # 8-bit palette: fast
+
+
+def test_read_label_contract(tmp_path: Path) -> None:
+    ids = every_byte((10, 30), seed=3)
+    colours = Image.fromarray(ids, "P")
+    colours.putpalette([v for i in range(256) for v in (255 - i, 0, i)])  # colour ≠ index
+    colours.save(tmp_path / "p.png")
+    label = read_label(tmp_path / "p.png")
+    assert label.dtype == np.uint8 and label.flags.writeable
+    np.testing.assert_array_equal(label, ids)
+    Image.fromarray(ids.astype(np.uint16) * 200).save(tmp_path / "deep.png")
+    with pytest.raises(ValueError, match=r"label .*deep\.png has mode I;16, expected 8-bit L or P"):
+        read_label(tmp_path / "deep.png")
+    Image.fromarray(np.stack([ids] * 3, -1)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match=r"rgb\.png has mode RGB"):
+        read_label(tmp_path / "rgb.png")
+    (tmp_path / "cut.png").write_bytes(hand_png(ids)[:60])
+    with pytest.raises(ValueError, match=r"cannot read label .*cut\.png"):
+        read_label(tmp_path / "cut.png")
+    with pytest.raises(ValueError, match=r"cannot read label .*absent\.png"):
+        read_label(tmp_path / "absent.png")
+
+
+def test_pair_histogram_counts_every_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    rows = every_byte((61, 97), seed=5)
+    cols = rng.integers(0, 256, rows.shape).astype(np.uint8)
+    expected = np.zeros((256, 256), dtype=np.int64)
+    for a, b in zip(rows.ravel().tolist(), cols.ravel().tolist(), strict=True):
+        expected[a, b] += 1
+    np.testing.assert_array_equal(pair_histogram(rows, cols), expected)
+    monkeypatch.setattr(png_decode, "FLOAT32_EXACT", 16)  # the bincount branch of huge maps
+    np.testing.assert_array_equal(pair_histogram(rows, cols), expected)
+    with pytest.raises(ValueError, match="uint8"):
+        pair_histogram(rows.astype(np.uint16), cols)
+
+
+def test_dataset_label_reader_shares_the_decoder(tmp_path: Path) -> None:
+    ids = every_byte((9, 31), seed=6)
+    colours = Image.fromarray(ids, "P")  # GTA5's labels are palette PNGs
+    colours.putpalette([v for i in range(256) for v in (i // 2, 255 - i, 99)])
+    colours.save(tmp_path / "gta.png")
+    np.testing.assert_array_equal(read_id_label(tmp_path / "gta.png"), ids)
+    deep = ids.astype(np.uint16) * 257
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    got = read_id_label(tmp_path / "deep.png")
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, deep)
+    Image.fromarray(np.stack([ids] * 3, -1)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match=r"label .*rgb\.png has mode RGB"):
+        read_id_label(tmp_path / "rgb.png")
+    (tmp_path / "cut.png").write_bytes(hand_png(ids)[:70])
+    with pytest.raises(ValueError, match=r"cannot read label .*cut\.png"):
+        read_id_label(tmp_path / "cut.png")
