@@ -29,7 +29,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -270,7 +269,9 @@ class MixVisionTransformer(nn.Module):
         super().__init__()
         self.spec = spec
         self.out_channels = tuple(spec.embed_dims)
-        rates = torch.linspace(0, drop_path_rate, sum(spec.depths)).tolist()
+        blocks_total = sum(spec.depths)
+        # torch.linspace(0, rate, n) as in the official code, in Python (works on the meta device)
+        rates = [drop_path_rate * i / max(blocks_total - 1, 1) for i in range(blocks_total)]
         previous, first = in_channels, 0
         for stage in range(NUM_STAGES):
             dim, depth = spec.embed_dims[stage], spec.depths[stage]
