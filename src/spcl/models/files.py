@@ -9,6 +9,7 @@ SePiCo is imported instead (:mod:`spcl.models.mmseg_import`), so published model
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,8 @@ from spcl.models.mit import DEFAULT_WIDTH
 from spcl.models.mmseg_import import import_mmseg_state, is_mmseg_checkpoint
 
 __all__ = ["load_model_file", "save_model_file"]
+
+logger = logging.getLogger(__name__)
 
 
 def save_model_file(
@@ -59,6 +62,10 @@ def _import_mmseg(
     """An mmseg checkpoint as ``(model, info)`` in the shape :func:`load_model_file` returns."""
     model, report = import_mmseg_state(state, role=role, source=path)
     layout = report.layout
+    logger.info(
+        "%s: imported the %s of an mmseg checkpoint: %s; unused keys: %s",
+        path, role, layout.description, report.unused_summary() or "none",
+    )  # fmt: skip
     arch = {
         "name": layout.name,
         "num_classes": layout.num_classes,
