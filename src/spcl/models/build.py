@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from spcl.engine.checkpoint import clean_state_dict, load_state
 from spcl.models.deeplab_v2 import DeepLabV2
 from spcl.models.discriminator import DISC_NDF, OutputDiscriminator
+from spcl.models.mit import DEFAULT_WIDTH as MIT_WIDTH
 from spcl.models.mit import MIT_VARIANTS, MixVisionTransformer, mit_variant_of
 from spcl.models.resnet import BN_EPS, DEFAULT_WIDTH, RESNET_DEPTHS, ResNet, freeze_batchnorm
 from spcl.models.segformer import SegFormerSegmenter, daformer_mit, segformer_mit
@@ -243,9 +244,9 @@ def build_model(
     if pretrained is not None:
         checkpoint = _resolve_checkpoint(pretrained)
         if isinstance(model, SegFormerSegmenter):
-            if width != DEFAULT_WIDTH:
+            if width != MIT_WIDTH:
                 raise ValueError(
-                    f"{name}: official MiT weights exist at width {DEFAULT_WIDTH} only, got "
+                    f"{name}: official MiT weights exist at width {MIT_WIDTH} only, got "
                     f"width={width} with pretrained={str(pretrained)!r}"
                 )
             load_mit_weights(model.backbone, checkpoint)
