@@ -36,6 +36,8 @@ class ModelConfig:
     pretrained: str | None = None  # local path (or URL) of torchvision ImageNet ResNet weights
     freeze_bn: bool = True  # reference: BatchNorm frozen in warm-up and adaptation
     frozen_bn_eps: float = 0.0  # reference quirk: frozen BN without eps during training
+    options: dict[str, Any] = field(default_factory=dict)  # constructor keywords of the model,
+    # e.g. {fusion: sepaspp, projection_dim: 512} for daformer_mit_b5 (spcl.models.build)
 
 
 @dataclass

@@ -19,6 +19,27 @@ from spcl.models.deeplab_v2 import DeepLabV2
 from spcl.models.resnet import FrozenBatchNorm2d, freeze_batchnorm, resnet18, resnet50
 
 NUM_CLASSES = 5
+# a 33×65 input, by hand: DeepLab-v2 at stride 8 (5×9); MiT models at stride 4: ⌊(n + 6 − 7)/4⌋ + 1
+OUT_SIZE = {"deeplabv2": (5, 9), "daformer": (9, 17), "segformer": (9, 17)}
+# feature channels at width 8: ResNet-18/34 8·8, ResNet-50/101 8·8·4; DAFormer 256·8/64;
+# SegFormer 256·8/64 (B0/B1) or 768·8/64 (B2-B5)
+FEATURES_AT_WIDTH_8 = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256}
+FEATURES_AT_WIDTH_8 |= {f"daformer_mit_b{i}": 32 for i in range(6)}
+FEATURES_AT_WIDTH_8 |= {f"segformer_mit_b{i}": 32 if i < 2 else 96 for i in range(6)}
+# stochastic depth may drop a block for both samples of the one step (no gradient): off here
+OPTIONS = {
+    "deeplabv2": {},
+    "daformer": {"drop_path_rate": 0.0},
+    "segformer": {"drop_path_rate": 0.0},
+}
+
+
+def _family(name: str) -> str:
+    return name.split("_", 1)[0]
+
+
+def _expected_features(name: str) -> int:
+    return FEATURES_AT_WIDTH_8[name.removeprefix("deeplabv2_")]
 
 
 def _backbone_keys(model: torch.nn.Module) -> set[str]:
@@ -32,13 +53,18 @@ def _backbone_keys(model: torch.nn.Module) -> set[str]:
 @pytest.mark.parametrize("name", sorted(MODEL_REGISTRY))
 def test_every_model_is_finite_and_fully_trained(name: str, freeze_bn: bool) -> None:
     torch.manual_seed(0)
-    model = build_model(name, NUM_CLASSES, width=8, freeze_bn=freeze_bn).train()
+    family = _family(name)
+    model = build_model(
+        name, NUM_CLASSES, width=8, freeze_bn=freeze_bn, options=OPTIONS[family]
+    ).train()
     x = torch.randn(2, 3, 33, 65)
     out = model(x)
-    assert out.logits.shape == (2, NUM_CLASSES, 5, 9)
-    assert out.features.shape == (2, model.backbone.out_channels, 5, 9)
+    size = OUT_SIZE[family]
+    assert out.logits.shape == (2, NUM_CLASSES, *size)
+    assert out.features.shape == (2, _expected_features(name), *size)
+    assert model.feature_channels == _expected_features(name)
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.features).all()
-    target = torch.randint(NUM_CLASSES, (2, 5, 9))
+    target = torch.randint(NUM_CLASSES, (2, *size))
     loss = F.cross_entropy(out.logits, target) + out.features.square().mean()
     loss.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -46,16 +72,23 @@ def test_every_model_is_finite_and_fully_trained(name: str, freeze_bn: bool) -> 
     for n, p in trainable:
         assert p.grad is not None, n
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
-    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    assert has_bn != freeze_bn
+    backbone_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    frozen = any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    if family == "deeplabv2":
+        assert backbone_bn != freeze_bn and frozen == freeze_bn
+    else:  # LayerNorm only in a MiT: freeze_bn changes nothing; the decoder's BN always trains
+        assert not backbone_bn and not frozen
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.decode_head.modules())
 
 
 def test_registry_names_and_depths() -> None:
     assert sorted(MODEL_REGISTRY) == [
+        *(f"daformer_mit_b{i}" for i in range(6)),
         "deeplabv2_resnet101",
         "deeplabv2_resnet18",
         "deeplabv2_resnet34",
         "deeplabv2_resnet50",
+        *(f"segformer_mit_b{i}" for i in range(6)),
     ]
     model = build_model("deeplabv2_resnet34", 19, width=8)
     assert isinstance(model, DeepLabV2)

@@ -1,18 +1,26 @@
-"""Model registry and constructors: name → DeepLab-v2 variant, ImageNet backbone loading.
+"""Model registry and constructors: name → segmenter, ImageNet backbone loading.
 
 ``build_model("deeplabv2_resnet101", 19, pretrained="resnet101-5d3b4d8f.pth", freeze_bn=True,
 bn_eps_frozen=0.0)`` builds SPCL's segmenter (arXiv 2111.12358, Sec. 4.1) as the reference trains
-it.
-Backbone checkpoints are torchvision-format ResNet state dicts read from a local file with
-``torch.load(weights_only=True)``; a URL is downloaded into the torch hub cache only when one is
-passed explicitly.
+it; ``build_model("daformer_mit_b5", 19, pretrained="mit_b5.pth")`` builds DAFormer's (MiT-B5 +
+sep-ASPP decoder, Hoyer et al. 2022), ``segformer_mit_bX`` SegFormer's (all-MLP decoder).
+Backbone checkpoints are torchvision-format ResNet state dicts, or the official SegFormer ImageNet
+files ``mit_bX.pth``, read from a local file with ``torch.load(weights_only=True)``; a URL is
+downloaded into the torch hub cache only when one is passed explicitly.
+
+``width`` is the ResNet base width, or for MiT models a channel scale (64 = published, see
+:mod:`spcl.models.mit`); ``freeze_bn`` freezes the *backbone's* BatchNorm, so it changes nothing
+in a MiT model (LayerNorm only in the encoder; the decoder's BatchNorm always trains, as in
+DAFormer). ``options`` are further constructor keywords (e.g. ``fusion``, ``projection_dim``).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -22,13 +30,17 @@ from spcl.base import CheckpointError, ConfigError, MissingFileError, UnknownNam
 from spcl.engine.checkpoint import clean_state_dict, load_state
 from spcl.models.deeplab_v2 import DeepLabV2
 from spcl.models.discriminator import DISC_NDF, OutputDiscriminator
+from spcl.models.mit import DEFAULT_WIDTH as MIT_WIDTH
+from spcl.models.mit import MIT_VARIANTS, MixVisionTransformer, mit_variant_of
 from spcl.models.resnet import BN_EPS, DEFAULT_WIDTH, RESNET_DEPTHS, ResNet, freeze_batchnorm
+from spcl.models.segformer import SegFormerSegmenter, daformer_mit, segformer_mit
 
 __all__ = [
     "MODEL_REGISTRY",
     "build_discriminator",
     "build_model",
     "load_backbone_weights",
+    "load_mit_weights",
 ]
 
 SEG_OUTPUT_STRIDE = 8  # DeepLab-v2's output stride (layer3/layer4 dilated)
@@ -36,6 +48,8 @@ BACKBONE_PREFIXES = ("backbone.",)  # a backbone saved inside a segmenter (DDP's
 CHECKPOINT_CONTAINER_KEYS = ("state_dict", "model")  # checkpoints that nest the weights one level
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BN step counters: absent or extra is harmless
 UNUSED_BACKBONE_PREFIXES = ("fc.",)  # ImageNet head: kept for strict loading, never run
+MIT_IMAGENET_HEAD = "head."  # official mit_bX.pth hold a 1000-class Linear: read, never built
+BUILD_ARGUMENTS = ("num_classes", "width")  # passed by build_model itself, not via options
 URL_SCHEMES = ("http", "https")
 
 
@@ -46,8 +60,10 @@ def _deeplabv2_resnet(depth: int, num_classes: int, width: int = DEFAULT_WIDTH) 
     return DeepLabV2(backbone, num_classes)
 
 
-MODEL_REGISTRY: dict[str, Callable[..., DeepLabV2]] = {
-    f"deeplabv2_resnet{depth}": partial(_deeplabv2_resnet, depth) for depth in RESNET_DEPTHS
+MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    **{f"deeplabv2_resnet{depth}": partial(_deeplabv2_resnet, depth) for depth in RESNET_DEPTHS},
+    **{f"daformer_mit_{variant}": partial(daformer_mit, variant) for variant in MIT_VARIANTS},
+    **{f"segformer_mit_{variant}": partial(segformer_mit, variant) for variant in MIT_VARIANTS},
 }
 
 
@@ -131,6 +147,63 @@ def _resolve_checkpoint(pretrained: str | Path) -> Path:
     return destination
 
 
+def load_mit_weights(encoder: MixVisionTransformer, path: str | Path) -> list[str]:
+    """Load an official SegFormer ImageNet file (``mit_b0.pth`` … ``mit_b5.pth``) strictly.
+
+    The file's keys must be exactly the encoder's (after stripping ``module.``/``backbone.`` and
+    unwrapping ``state_dict``/``model``), except the ImageNet classifier ``head.weight`` and
+    ``head.bias``, which the segmenter does not build: they are accepted and returned.
+
+    Args:
+        encoder: The MiT to fill (e.g. ``model.backbone``).
+        path: Local ``.pth`` file.
+
+    Returns:
+        The keys read but not used (the ImageNet classifier).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: A shape differs, or keys are missing or extra; the message names the keys and
+            the variant the file looks like.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"MiT checkpoint not found: {path}")
+    ckpt = _read_state_dict(path)
+    ignored = [k for k in ckpt if k.startswith(MIT_IMAGENET_HEAD)]
+    weights = {k: v for k, v in ckpt.items() if not k.startswith(MIT_IMAGENET_HEAD)}
+    own = encoder.state_dict()
+    looks = mit_variant_of(weights)
+    looks_like = f"the file looks like mit_{looks}" if looks else "the file matches no mit_bX"
+    wrong = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in weights.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if wrong or missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit this MiT ({looks_like}): shapes {wrong[:3]}, "
+            f"missing {missing[:3]} ({len(missing)}), unexpected {unexpected[:3]} "
+            f"({len(unexpected)}); pick the model of the file's variant at width 64"
+        )
+    encoder.load_state_dict(weights, strict=True)
+    return ignored
+
+
+def _construct(name: str, num_classes: int, width: int, options: Mapping[str, Any]) -> nn.Module:
+    """Call the registered constructor, refusing options it does not take (named)."""
+    constructor = MODEL_REGISTRY[name]
+    accepted = [p for p in inspect.signature(constructor).parameters if p not in BUILD_ARGUMENTS]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} has no option(s) {unknown}; its options: {accepted or 'none'}"
+        )
+    return constructor(num_classes, width=width, **options)
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -139,29 +212,47 @@ def build_model(
     pretrained: str | Path | None = None,
     freeze_bn: bool = False,
     bn_eps_frozen: float = BN_EPS,
-) -> DeepLabV2:
+    options: Mapping[str, Any] | None = None,
+) -> nn.Module:
     """Build a registered segmenter.
 
     Args:
-        name: A key of :data:`MODEL_REGISTRY`, e.g. ``"deeplabv2_resnet101"``.
+        name: A key of :data:`MODEL_REGISTRY`, e.g. ``"deeplabv2_resnet101"``,
+            ``"daformer_mit_b5"``.
         num_classes: Number of classes K.
-        width: Backbone base channels (64 = torchvision; smaller for CPU demos).
-        pretrained: Local torchvision ResNet checkpoint, or an http(s) URL downloaded into the torch
-            hub cache; ``None`` keeps the random init.
-        freeze_bn: Replace the backbone's BatchNorm by FrozenBatchNorm2d (after loading weights).
+        width: ResNet base channels (64 = torchvision; smaller for CPU demos); for MiT models the
+            channel scale (64 = published; other values cannot load official weights).
+        pretrained: Local torchvision ResNet checkpoint or official ``mit_bX.pth`` (for MiT
+            models), or an http(s) URL downloaded into the torch hub cache; ``None`` keeps the
+            random init.
+        freeze_bn: Replace the backbone's BatchNorm by FrozenBatchNorm2d (after loading weights);
+            a MiT backbone has none, so this changes nothing there.
         bn_eps_frozen: eps of the frozen layers; the reference trains with ``0.0``.
+        options: Further constructor keywords of the model (MiT models: ``fusion``,
+            ``decoder_channels``, ``projection_dim``, ``drop_path_rate``, ``dropout``).
 
     Returns:
-        The DeepLabV2 model, on the CPU.
+        The segmenter (DeepLabV2 or SegFormerSegmenter), on the CPU.
 
     Raises:
         KeyError: ``name`` is not registered (the message lists the valid names).
+        ValueError: an option the model does not take, a width it cannot have, or MiT weights
+            asked for at a width other than 64.
     """
     if name not in MODEL_REGISTRY:
         raise UnknownNameError(f"unknown model {name!r}; valid names: {sorted(MODEL_REGISTRY)}")
-    model = MODEL_REGISTRY[name](num_classes, width=width)
+    model = _construct(name, num_classes, width, dict(options or {}))
     if pretrained is not None:
-        load_backbone_weights(model.backbone, _resolve_checkpoint(pretrained), strict=True)
+        checkpoint = _resolve_checkpoint(pretrained)
+        if isinstance(model, SegFormerSegmenter):
+            if width != MIT_WIDTH:
+                raise ConfigError(
+                    f"{name}: official MiT weights exist at width {MIT_WIDTH} only, got "
+                    f"width={width} with pretrained={str(pretrained)!r}"
+                )
+            load_mit_weights(model.backbone, checkpoint)
+        else:
+            load_backbone_weights(model.backbone, checkpoint, strict=True)
     if freeze_bn:
         freeze_batchnorm(model.backbone, eps=bn_eps_frozen)
     return model

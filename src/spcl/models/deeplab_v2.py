@@ -88,7 +88,11 @@ class DeepLabV2(nn.Module):
         backbone: The feature extractor (the 1× learning-rate group).
         classifier: The ASPP head (the 10× learning-rate group).
         num_classes: K.
+        feature_channels: Channels of ``SegOutput.features`` (the backbone's output).
+        head_prefixes: State-dict prefixes of the head parameters (the 10× learning-rate group).
     """
+
+    head_prefixes: tuple[str, ...] = ("classifier.",)
 
     def __init__(
         self, backbone: ResNet, num_classes: int, dilations: tuple[int, ...] = ASPP_DILATIONS
@@ -97,6 +101,7 @@ class DeepLabV2(nn.Module):
         self.backbone = backbone
         self.classifier = ASPPClassifierV2(backbone.out_channels, num_classes, dilations)
         self.num_classes = num_classes
+        self.feature_channels = backbone.out_channels
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Backbone features ``f(x)``.

@@ -66,6 +66,7 @@ def build_segmenter(ctx: RunContext, *, freeze_bn: bool | None = None) -> nn.Mod
         pretrained=cfg.pretrained,
         freeze_bn=cfg.freeze_bn if freeze_bn is None else freeze_bn,
         bn_eps_frozen=cfg.frozen_bn_eps,
+        options=cfg.options,
     )
     trainable_bn = not (cfg.freeze_bn if freeze_bn is None else freeze_bn)
     if ctx.world > 1 and trainable_bn and ctx.device.type == "cuda":
@@ -141,6 +142,7 @@ def save_weights(ctx: RunContext, model: nn.Module, path: Path) -> Path:
             width=cfg.model.width,
             class_names=table.names,
             palette=table.palette,
+            options=cfg.model.options,
         )
     return path
 

@@ -1,0 +1,192 @@
+"""MiT encoder + DAFormer or SegFormer decoder, as one segmenter returning :class:`SegOutput`.
+
+DAFormer (Hoyer et al., CVPR 2022) and its successors MIC and SePiCo train a MiT-B5 encoder with
+the :class:`~spcl.models.segformer_heads.DAFormerHead`; SegFormer (Xie et al., NeurIPS 2021) uses
+the all-MLP head. Both predict at stride 4.
+
+**Which feature SPCL uses.** ``SegOutput.features`` is the decoder's fused map, the input of the
+classifier (after fusion and ReLU, before dropout): (B, 256, H/4, W/4) for DAFormer. This is the
+map whose linear read-out gives the logits, the same role the ResNet features play in DeepLab-v2
+(whose classifier reads them directly), so SPCL's prototypes, pseudo-labels and pixel-to-prototype
+contrast see the features the classifier separates. With ``projection_dim`` > 0 the features are
+instead SePiCo's L2-normalised projection of the concatenated encoder maps (Sec. 4.2 of SePiCo;
+the logits still come from the decoder), so a contrast on them does not reach the decoder, as in
+SePiCo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from spcl.models.deeplab_v2 import SegOutput
+from spcl.models.mit import DEFAULT_WIDTH, DROP_PATH_RATE, MIT_VARIANTS, MixVisionTransformer
+from spcl.models.segformer_heads import (
+    DAFORMER_CHANNELS,
+    DECODER_DROPOUT,
+    DAFormerHead,
+    Fusion,
+    ProjectionHead,
+    SegFormerHead,
+)
+
+__all__ = [
+    "SEGFORMER_CHANNELS",
+    "SEGMENTER_OUTPUT_STRIDE",
+    "SegFormerSegmenter",
+    "daformer_mit",
+    "segformer_mit",
+]
+
+SEGMENTER_OUTPUT_STRIDE = 4  # logits and features at the resolution of the first MiT stage
+# SegFormer's decoder embed_dim (NVlabs local_configs/segformer/B*/: 256 for B0/B1, 768 for B2-B5)
+SEGFORMER_CHANNELS = {"b0": 256, "b1": 256, "b2": 768, "b3": 768, "b4": 768, "b5": 768}
+
+Decoder = DAFormerHead | SegFormerHead
+
+
+class SegFormerSegmenter(nn.Module):
+    """A MiT encoder, a fusion decoder and optionally SePiCo's projection head.
+
+    Args:
+        backbone: The MiT encoder (four maps).
+        decode_head: A :class:`DAFormerHead` or :class:`SegFormerHead` on those maps.
+        num_classes: K (the decoder's classifier outputs).
+        projection: When given, ``SegOutput.features`` is its output instead of the fused map.
+
+    Attributes:
+        head_prefixes: State-dict prefixes of the head parameters (the 10× learning-rate group).
+        feature_channels: Channels of ``SegOutput.features``.
+    """
+
+    head_prefixes: tuple[str, ...] = ("decode_head.", "projection.")
+
+    def __init__(
+        self,
+        backbone: MixVisionTransformer,
+        decode_head: Decoder,
+        num_classes: int,
+        projection: ProjectionHead | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = decode_head
+        self.projection = projection
+        self.num_classes = num_classes
+        self.feature_channels = decode_head.channels if projection is None else projection.out_dim
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The decoder's fused map, the input of :meth:`forward_head`.
+
+        Shape:
+            - x: (B, 3, H, W).
+            - Output: (B, C, h, w) with h = ⌊(H − 1)/4⌋ + 1, w alike (stride 4).
+        """
+        return self.decode_head.fuse(self.backbone(x))
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Class logits from the fused map (dropout in training, then the 1×1 classifier).
+
+        Shape:
+            - features: (B, C, h, w); output: (B, K, h, w).
+        """
+        return self.decode_head.classify(features)
+
+    def forward(self, x: Tensor) -> SegOutput:
+        """Logits at stride 4 and the features SPCL uses (see the module docstring), in one pass.
+
+        Shape:
+            - x: (B, 3, H, W).
+            - Output: SegOutput(logits (B, K, h, w), features (B, feature_channels, h, w)).
+        """
+        maps = self.backbone(x)
+        fused = self.decode_head.fuse(maps)
+        features = fused if self.projection is None else self.projection(maps)
+        return SegOutput(logits=self.forward_head(fused), features=features)
+
+    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Trainable parameters split for the optimiser: (encoder, decoder + projection)."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        heads = [self.decode_head] + ([] if self.projection is None else [self.projection])
+        head = [p for module in heads for p in module.parameters() if p.requires_grad]
+        return backbone, head
+
+
+def _encoder(variant: str, width: int, drop_path_rate: float) -> MixVisionTransformer:
+    if variant not in MIT_VARIANTS:
+        raise KeyError(f"unknown MiT variant {variant!r}; valid: {sorted(MIT_VARIANTS)}")
+    return MixVisionTransformer(MIT_VARIANTS[variant].scaled(width), drop_path_rate=drop_path_rate)
+
+
+def _scaled_channels(channels: int, width: int) -> int:
+    """Decoder channels × width / 64 (the encoder's scaling), at least 1."""
+    return max(1, channels * width // DEFAULT_WIDTH)
+
+
+def _projection(maps: Sequence[int], projection_dim: int) -> ProjectionHead | None:
+    if projection_dim < 0:
+        raise ValueError(f"projection_dim must be 0 (off) or positive, got {projection_dim}")
+    return ProjectionHead(maps, projection_dim) if projection_dim else None
+
+
+def daformer_mit(
+    variant: str,
+    num_classes: int,
+    width: int = DEFAULT_WIDTH,
+    *,
+    fusion: Fusion = "sepaspp",
+    decoder_channels: int | None = None,
+    projection_dim: int = 0,
+    drop_path_rate: float = DROP_PATH_RATE,
+    dropout: float = DECODER_DROPOUT,
+) -> SegFormerSegmenter:
+    """DAFormer: MiT-``variant`` + :class:`DAFormerHead`.
+
+    Args:
+        variant: ``"b0"`` … ``"b5"``.
+        num_classes: K.
+        width: Channel scale, 64 = published (every encoder and decoder width × width / 64).
+        fusion: ``"sepaspp"`` (DAFormer), ``"aspp"`` or ``"conv1"`` (DAFormer Tab. 7 variants).
+        decoder_channels: Decoder width; default 256 × width / 64.
+        projection_dim: SePiCo projection dimension for the features (512 in SePiCo); 0 = off.
+        drop_path_rate: Encoder stochastic depth at the last block (0.1 published).
+        dropout: Dropout2d before the classifier (0.1 published).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    encoder = _encoder(variant, width, drop_path_rate)
+    channels = decoder_channels or _scaled_channels(DAFORMER_CHANNELS, width)
+    head = DAFormerHead(encoder.out_channels, num_classes, channels, fusion, dropout=dropout)
+    projection = _projection(encoder.out_channels, projection_dim)
+    return SegFormerSegmenter(encoder, head, num_classes, projection)
+
+
+def segformer_mit(
+    variant: str,
+    num_classes: int,
+    width: int = DEFAULT_WIDTH,
+    *,
+    decoder_channels: int | None = None,
+    projection_dim: int = 0,
+    drop_path_rate: float = DROP_PATH_RATE,
+    dropout: float = DECODER_DROPOUT,
+) -> SegFormerSegmenter:
+    """SegFormer: MiT-``variant`` + :class:`SegFormerHead`.
+
+    Args:
+        variant: ``"b0"`` … ``"b5"``.
+        num_classes: K.
+        width: Channel scale, 64 = published (every encoder and decoder width × width / 64).
+        decoder_channels: Embedding dimension; default :data:`SEGFORMER_CHANNELS` × width / 64.
+        projection_dim: SePiCo projection dimension for the features; 0 = off.
+        drop_path_rate: Encoder stochastic depth at the last block (0.1 published).
+        dropout: Dropout2d before the classifier (0.1 published).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    encoder = _encoder(variant, width, drop_path_rate)
+    channels = decoder_channels or _scaled_channels(SEGFORMER_CHANNELS[variant], width)
+    head = SegFormerHead(encoder.out_channels, num_classes, channels, dropout=dropout)
+    projection = _projection(encoder.out_channels, projection_dim)
+    return SegFormerSegmenter(encoder, head, num_classes, projection)
