@@ -196,3 +196,8 @@ def test_matches_kornia_058_when_available() -> None:
     big = torch.rand(1, 3, 512, 1024, generator=gen)
     expected = blur(big)
     torch.testing.assert_close(gaussian_blur(big, torch.tensor([0.9])), expected, atol=1e-6, rtol=0)
+
+
+def test_jitter_strength_beyond_kornias_hue_bound_is_refused() -> None:
+    with pytest.raises(ValueError, match="jitter_strength"):
+        sample_strong_augment(1, torch.Generator(), jitter_strength=0.6)

@@ -73,6 +73,7 @@ BLUR_KERNEL_FRACTION = 0.1  # kernel ≈ 10 % of the side, rounded down to odd
 HSV_EPS = 1e-6  # kornia rgb_to_hsv eps in S = Δ / (V + eps)
 NUM_JITTER_OPS = 4  # brightness, contrast, saturation, hue (kornia's order indices 0..3)
 HUE_SECTORS = 6
+MAX_JITTER_STRENGTH = 0.5  # kornia bounds the hue factor to [-0.5, 0.5]; one s for all four
 
 
 def rgb_to_hsv(rgb: Tensor, eps: float = HSV_EPS) -> Tensor:
@@ -152,8 +153,11 @@ def sample_strong_augment(
     gives the same augmentation whatever is applied. ``blur=False`` never blurs (DAFormer
     ``blur=False`` sets u_blur = 0).
     """
-    if jitter_strength < 0 or jitter_strength > 1:
-        raise ValueError(f"jitter_strength must lie in [0, 1], got {jitter_strength}")
+    if not 0.0 <= jitter_strength <= MAX_JITTER_STRENGTH:
+        raise ValueError(
+            f"jitter_strength must lie in [0, {MAX_JITTER_STRENGTH}] (kornia clamps the hue range "
+            f"to ±0.5 beyond), got {jitter_strength}"
+        )
     low, high = blur_sigma_range
     if not 0 < low <= high:
         raise ValueError(f"blur_sigma_range must be 0 < low ≤ high, got {blur_sigma_range}")
