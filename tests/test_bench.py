@@ -463,14 +463,14 @@ def test_quick_bench_writes_every_row_and_resumes(tmp_path: Path) -> None:
     assert "cl_src=" in (runs / "spcl" / "log.txt").read_text()
 
     # a bench killed during the control row: its adapt and evaluation never finished
-    for stage in ("04_adapt", "07_evaluate"):
+    for stage in ("04_adapt", "08_evaluate"):
         (runs / "self_training_control" / stage / "done.json").unlink()
     finished = {p: p.stat().st_mtime_ns for p in runs.glob("*/*/done.json")}
     again = bench.run_bench(tmp_path, [0], quick=True, overrides=extra, ablate=("tau",))
     rerun = [p for p in runs.glob("*/*/done.json") if finished.get(p) != p.stat().st_mtime_ns]
     assert sorted(str(p.relative_to(runs)) for p in rerun) == [
         "self_training_control/04_adapt/done.json",
-        "self_training_control/07_evaluate/done.json",
+        "self_training_control/08_evaluate/done.json",
     ]
     for name in names:
         if name != "self_training_control":

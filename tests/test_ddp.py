@@ -1,4 +1,4 @@
-"""torchrun with 2 CPU processes (gloo): the pipeline completes and the prototype banks agree."""
+"""torchrun, 2 CPU processes (gloo): the pipeline completes; prototype banks and teachers agree."""
 
 from __future__ import annotations
 
@@ -37,6 +37,12 @@ def test_two_cpu_ranks_share_prototypes_and_finish(tmp_path: Path) -> None:
         "run.device=cpu",
         "run.progress=false",
         "adapt.optim.batch_size=2",
+        "run.stages=[warmup, prototypes, pseudo_labels, adapt, pseudo_labels_2, self_train, "
+        "online, evaluate]",
+        "online.init=warmup",
+        "online.masking.enabled=true",
+        "online.contrast.source=true",
+        "online.contrast.target=true",
         f"run.out={out}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -44,7 +50,8 @@ def test_two_cpu_ranks_share_prototypes_and_finish(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     log = (out / "log.txt").read_text()
     assert "prototype banks of 2 ranks: max difference 0" in log
+    assert "teachers of 2 ranks: max difference 0" in log
     env_record = json.loads((out / "env.json").read_text())
     assert env_record["world_size"] == 2
-    summary = json.loads((out / "07_evaluate" / "summary.json").read_text())
-    assert set(summary) == {"warmup", "adapt", "self_train"}
+    summary = json.loads((out / "08_evaluate" / "summary.json").read_text())
+    assert set(summary) == {"warmup", "adapt", "self_train", "online"}

@@ -32,7 +32,7 @@ def test_quick_demo_writes_every_row(tmp_path: Path, capsys: pytest.CaptureFixtu
     pictures = ("per_class_iou.png", "per_class_iou_bars.png", "miou.png")
     for picture in (*pictures, "features_warmup.png", "features_adapt.png"):
         assert (tmp_path / picture).stat().st_size > 10_000, picture
-    evaluated = tmp_path / "runs" / "spcl" / "07_evaluate" / "self_train"
+    evaluated = tmp_path / "runs" / "spcl" / "08_evaluate" / "self_train"
     assert (evaluated / "panels.png").stat().st_size > 10_000
     assert len(json.loads((evaluated / "metrics.json").read_text())["confusion"]) == 19
     printed = capsys.readouterr().out
@@ -98,6 +98,6 @@ def test_kill_9_then_rerun_ends_with_identical_weights(tmp_path: Path) -> None:
         for key in a:
             assert torch.equal(a[key], b[key]), f"{stage}: {key} differs after resume"
     for stage in ("warmup", "adapt", "self_train"):
-        metrics_a = json.loads((straight / "07_evaluate" / stage / "metrics.json").read_text())
-        metrics_b = json.loads((killed / "07_evaluate" / stage / "metrics.json").read_text())
+        metrics_a = json.loads((straight / "08_evaluate" / stage / "metrics.json").read_text())
+        metrics_b = json.loads((killed / "08_evaluate" / stage / "metrics.json").read_text())
         assert metrics_a["miou"] == metrics_b["miou"]

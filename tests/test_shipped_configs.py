@@ -25,7 +25,11 @@ def test_the_four_configs_ship() -> None:
     }
 
 
-@pytest.mark.parametrize("name", [n for n in SHIPPED if n != "demo"])
+SPCL_REFERENCE = [n for n in SHIPPED if n != "demo" and not n.endswith(("_dlv2", "_mitb5"))]
+ONLINE_REFERENCE = [n for n in SHIPPED if n.endswith(("_dlv2", "_mitb5"))]
+
+
+@pytest.mark.parametrize("name", SPCL_REFERENCE)
 def test_reference_configs_keep_the_reference_recipe(name: str) -> None:
     config = load_config(name, ROOTS)
     assert config.model.name == "deeplabv2_resnet101" and config.model.freeze_bn
@@ -69,3 +73,26 @@ def test_other_kinds_go_through_the_registry_with_their_options(tmp_path: Path) 
     with pytest.raises(ValueError, match="unknown option"):
         bad = DomainConfig(kind="folder", root=str(tmp_path), options={"clases": 2})
         domain_dataset(bad, with_labels=True, train=False)
+
+
+@pytest.mark.parametrize("name", ONLINE_REFERENCE)
+def test_online_configs_keep_the_authors_recipe(name: str) -> None:
+    config = load_config(name, ROOTS)
+    online = config.online
+    assert config.run.stages == ["online", "evaluate"] and online.init == "pretrained"
+    assert online.optim.optimizer == "adamw" and online.optim.lr == 6e-5
+    assert (online.optim.warmup_iters, online.optim.max_iter, online.optim.batch_size) == (
+        1500,
+        40_000,
+        2,
+    )
+    assert (online.teacher.alpha, online.pseudo.threshold) == (0.999, 0.968)
+    assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == (15, 120)
+    assert online.mix.enabled and online.ce_over_all_pixels
+    assert config.data.source.sampling == "rare_class" and config.data.source.rcs_temperature == 0.01
+    assert online.masking.enabled == ("_mic_" in name)
+    assert (online.contrast.source and online.contrast.target) == ("_sepico_" in name)
+    assert (online.feature_distance.weight > 0) == ("_sepico_" not in name)
+    if name.startswith("synthia"):
+        assert config.data.num_classes == 16 and config.data.source.kind == "synthia"
+        assert online.feature_distance.classes == [6, 7, 10, 11, 12, 13, 14, 15]

@@ -23,6 +23,8 @@ from typing import IO
 
 __all__ = [
     "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "CheckpointError",
     "ConfigError",
     "DatasetError",
@@ -36,6 +38,8 @@ __all__ = [
 ]
 
 IGNORE_INDEX = 255  # label value that losses, metrics and pseudo-labels skip
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # input normalisation of torchvision's ImageNet weights
+IMAGENET_STD = (0.229, 0.224, 0.225)  # (images in [0, 1], RGB)
 
 
 class UserError(Exception):

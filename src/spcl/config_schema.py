@@ -17,12 +17,19 @@ __all__ = [
     "DataConfig",
     "DomainConfig",
     "EvalConfig",
+    "FeatureDistanceConfig",
+    "MaskingConfig",
+    "MixConfig",
     "ModelConfig",
+    "OnlineConfig",
+    "OnlineContrastConfig",
+    "OnlinePseudoConfig",
     "OptimConfig",
     "PseudoLabelConfig",
     "RunConfig",
     "SelfTrainConfig",
     "SynthConfig",
+    "TeacherConfig",
     "WarmupConfig",
 ]
 
@@ -48,8 +55,12 @@ class DomainConfig:
     size: list[int] = field(default_factory=list)  # resize to [H, W]; empty keeps the file size
     options: dict[str, Any] = field(default_factory=dict)  # reader options, e.g. {classes: 16},
     # {domain: target} for the synthetic pair (`spcl data check KIND ROOT` lists a kind's options)
-    sampling: Literal["uniform", "class_balanced"] = "uniform"  # reference: class_balanced source
-    class_index: str = ""  # class-balanced sampling cache; "" = beside the data (else run dir)
+    sampling: Literal["uniform", "class_balanced", "rare_class"] = "uniform"  # SPCL reference:
+    # class_balanced source; DAFormer: rare_class (RCS)
+    class_index: str = ""  # class-statistics cache of both; "" = beside the data (else run dir)
+    rcs_temperature: float = 0.01  # RCS: P(c) = softmax((1 − f_c) / T) (DAFormer class_temp 0.01)
+    rcs_min_pixels: int = 3000  # RCS: images with more pixels of c than this (DAFormer, 1914×1052
+    # GTA5 labels; scale it with the label area for smaller images)
 
 
 @dataclass
@@ -135,6 +146,102 @@ class SelfTrainConfig:
 
 
 @dataclass
+class TeacherConfig:
+    alpha: float = 0.999  # EMA α, α_t = min(1 − 1/(t+1), α) (DAFormer final configs `uda.alpha`;
+    # the DACS base config has 0.99)
+    ema_buffers: bool = False  # DAFormer: parameters only, BN statistics not averaged; True
+    # averages floating buffers too (VFM-UDA)
+
+
+@dataclass
+class OnlinePseudoConfig:
+    threshold: float = 0.968  # τ of the confidence weight (DAFormer `pseudo_threshold`)
+    weight: Literal["batch_quality", "sample_quality", "hard_threshold", "none"] = "batch_quality"
+    # batch_quality: DAFormer's one scalar per batch, the share of pixels with p ≥ τ;
+    # sample_quality: that share per image; hard_threshold: 1 where p ≥ τ else 0; none: 1
+    crop_top: int = 0  # rows of the pseudo-label weight zeroed at the top (DAFormer: 15 at 512 px)
+    crop_bottom: int = 0  # rows zeroed at the bottom: the ego car (DAFormer: 120 at 512 px)
+
+
+@dataclass
+class MixConfig:
+    enabled: bool = True  # cross-domain ClassMix (DACS; DAFormer `mix='class'`)
+    color_jitter: float = 0.2  # strength of the strong augmentation's jitter (DAFormer 0.2)
+    color_jitter_p: float = 0.8  # jitter applied when U(0,1) > 0.2 (DAFormer
+    # `color_jitter_probability=0.2` is that threshold)
+    blur: bool = True  # Gaussian blur with probability 0.5, σ ~ U(0.15, 1.15) (DAFormer blur=True)
+    exclude_ignore: bool = False  # the authors draw the pasted classes among the batch's label
+    # values including 255; True leaves 255 out
+
+
+@dataclass
+class MaskingConfig:
+    enabled: bool = False  # masked image consistency (MIC, `mask_mode='separatetrgaug'`)
+    block_size: int = 32  # pixels per mask block (MIC: 32 for 512×512 crops, 64 for HRDA)
+    ratio: float = 0.7  # share of blocks masked (MIC 0.7)
+    weight: float = 1.0  # λ of the masked loss (MIC `mask_lambda` 1)
+    color_aug: bool = True  # colour jitter and blur before masking ("aug" in MIC's mode)
+
+
+@dataclass
+class FeatureDistanceConfig:
+    weight: float = 0.005  # λ_FD (DAFormer `imnet_feature_dist_lambda`); used only when the
+    # model starts from ImageNet weights (model.pretrained set)
+    classes: list[int] = field(
+        default_factory=lambda: [6, 7, 11, 12, 13, 14, 15, 16, 17, 18]
+    )  # thing classes (DAFormer `imnet_feature_dist_classes`: Cityscapes train ids)
+    scale_min_ratio: float = 0.75  # downscaled label kept where ≥ 75% of its block agrees
+
+
+@dataclass
+class OnlineContrastConfig:
+    source: bool = False  # pixel-to-prototype contrast on source ground-truth pixels (SePiCo)
+    target: bool = False  # and on target pseudo-labelled pixels (pixels with weight > 0)
+    weight: float = 1.0  # λ of each term (SePiCo `loss_weight` 1.0)
+    temperature: float = 100.0  # logits = cosine / temperature (SePiCo `contrast_temp` 100, the
+    # SPCL reference's divisor too)
+    start_iter: int = 3000  # the terms start at this iteration (SePiCo
+    # `start_distribution_iter`); the prototypes are updated from the first
+    momentum: float = 0.1  # prototype EMA α from teacher features (SPCL's α; SePiCo keeps
+    # cumulative class means instead). The contrast works on the model's features, which are
+    # SePiCo's projection when the model has one (model.options.projection_dim: 512)
+
+
+@dataclass
+class OnlineConfig:
+    init: Literal["pretrained", "warmup"] = "pretrained"  # DAFormer starts from the ImageNet init
+    # (model.pretrained); "warmup" starts student and teacher from stage 1's model
+    hand_on: Literal["student", "teacher"] = "student"  # the model evaluated and handed on as
+    # model.pth (DAFormer evaluates the student; both are saved)
+    freeze_bn: bool | None = False  # DAFormer's DeepLab-v2 trains BatchNorm; None follows
+    # model.freeze_bn
+    source_temperature: float = 1.0  # DAFormer: a plain CE on source (SPCL's warm-up uses 1.8)
+    ce_over_all_pixels: bool = True  # DAFormer quirk: CE means over all B·H·W pixels, ignored ones
+    # counting 0; False means over the labelled pixels only
+    hflip: bool = True  # random horizontal flip of source and target crops (DAFormer p = 0.5)
+    crop: list[int] = field(default_factory=lambda: [512, 512])  # random [H, W] crop of source
+    # and target after the resize (DAFormer 512×512; its source crop also retries up to 10 times
+    # until no class covers 75%, not done here); empty: whole images
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    pseudo: OnlinePseudoConfig = field(default_factory=OnlinePseudoConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    feature_distance: FeatureDistanceConfig = field(default_factory=FeatureDistanceConfig)
+    contrast: OnlineContrastConfig = field(default_factory=OnlineContrastConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            optimizer="adam",
+            lr=6e-5,
+            weight_decay=0.01,
+            power=1.0,
+            max_iter=40_000,
+            stop_iter=40_000,
+            batch_size=2,
+        )
+    )  # DAFormer: 40k iterations of 2 source + 2 target crops, lr 6e-5, poly power 1
+
+
+@dataclass
 class EvalConfig:
     flip: bool = False  # average the softmax with the horizontally flipped image
     scales: list[float] = field(default_factory=lambda: [1.0])  # multi-scale test
@@ -166,7 +273,8 @@ class RunConfig:
             "self_train",
             "evaluate",
         ]
-    )  # the stages this run has, in pipeline order (see spcl.pipeline)
+    )  # the stages this run has, in pipeline order (see spcl.pipeline): the SPCL chain by
+    # default; the online recipe is [online, evaluate] (or [warmup, online, evaluate])
 
 
 @dataclass
@@ -177,5 +285,6 @@ class Config:
     pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -1,9 +1,11 @@
 """The SPCL recipe as an ordered list of stages, run into one resumable run directory.
 
     warmup → prototypes(warmup) → pseudo_labels(warmup) → adapt → pseudo_labels_2(adapt)
-           → self_train → evaluate
+           → self_train → online([warmup]) → evaluate
 
-Each stage writes one folder (``01_warmup/`` … ``07_evaluate/``). A stage is done when its folder
+``online`` is the EMA-teacher recipe (DAFormer/MIC/SePiCo), an alternative to the SPCL chain that
+starts from the ImageNet init or the warm-up. Each stage writes one folder (``01_warmup/`` …
+``08_evaluate/``). A stage is done when its folder
 holds ``done.json`` with the fingerprint of the config it ran with (the config sections it depends
 on plus the fingerprints of the stages it reads); a re-run skips done stages, re-runs a stage whose
 fingerprint changed (and so everything downstream), and lets a training stage interrupted half-way
@@ -50,6 +52,7 @@ __all__ = [
     "plan",
     "run_lock",
     "run_pipeline",
+    "stage_inputs",
 ]
 
 StageFn = Callable[["RunContext", Path, dict[str, Path]], Path]
@@ -133,17 +136,25 @@ STAGES: tuple[Stage, ...] = (
         lambda c, d, i: _stage("self_train").run(c, d, i["adapt"], i["pseudo_labels_2"]),
     ),
     Stage(
+        "online",
+        "07_online",
+        (*_COMMON, "online"),
+        ("warmup",),  # with online.init=warmup only
+        lambda c, d, i: _stage("online").run(c, d, i.get("warmup")),
+    ),
+    Stage(
         "evaluate",
-        "07_evaluate",
+        "08_evaluate",
         ("model", "data", "evaluate"),
-        ("warmup", "adapt", "self_train"),  # those of them that the run has
+        ("warmup", "adapt", "self_train", "online"),  # those of them that the run has
         _evaluate_all,
     ),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 STAGE_FOLDERS = {s.name: s.folder for s in STAGES}  # stage name → its folder in a run directory
-TRAINED_MODELS = ("warmup", "adapt", "self_train")  # stages whose output is a model
+TRAINED_MODELS = ("warmup", "adapt", "self_train", "online")  # stages whose output is a model
 EVALUATION = "evaluate"  # the stage that scores the trained models
+ONLINE = "online"  # the EMA-teacher stage, whose input depends on online.init
 MODEL_FILE, METRICS_FILE = "model.pth", "metrics.json"
 
 
@@ -177,16 +188,24 @@ def plan(config: Config) -> list[Stage]:
         raise ConfigError(f"run.stages: unknown stage(s) {unknown}; valid: {list(STAGE_NAMES)}")
     chosen = [s for s in STAGES if s.name in wanted]
     for stage in chosen:
-        needs = _needs(stage, wanted)
+        needs = stage_inputs(stage, config)
         missing = [n for n in needs if n not in wanted]
         if missing:
             raise ConfigError(f"run.stages: '{stage.name}' needs {missing}; add them to run.stages")
     return chosen
 
 
-def _needs(stage: Stage, wanted: list[str]) -> tuple[str, ...]:
+def stage_inputs(stage: Stage, config: Config) -> tuple[str, ...]:
+    """The stages whose outputs ``stage`` reads under ``config`` (its fingerprint's upstream).
+
+    The evaluation reads every trained model the run has (at least one); the online stage reads
+    the warm-up only when it starts from it (``online.init: warmup``).
+    """
     if stage.name == EVALUATION:
+        wanted = config.run.stages
         return tuple(n for n in stage.needs if n in wanted) or ("warmup",)
+    if stage.name == ONLINE:
+        return stage.needs if config.online.init == "warmup" else ()
     return stage.needs
 
 
@@ -307,7 +326,7 @@ def run_pipeline(
     last = names.index(only) if only is not None else len(names) - 1
     for stage in stages[: last + 1]:
         rerun = rerun or stage.name == start_from
-        needs = _needs(stage, names)
+        needs = stage_inputs(stage, ctx.config)
         upstream = {n: prints[n] for n in needs if n in prints}
         if len(upstream) < len(needs):
             missing = [n for n in needs if n not in prints]

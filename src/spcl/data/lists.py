@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from spcl.base import DatasetError
+from spcl.base import IMAGENET_MEAN, IMAGENET_STD, DatasetError
 from spcl.data.png_decode import decode_id_png
 from spcl.data.transforms import PairTransform
 
@@ -30,8 +30,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision ImageNet normalisation (pretrained weights)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 LABEL_BIT_DEPTH = 8  # read_label reads 8-bit maps; 16-bit ones are refused (their mode named)
 
 

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from spcl.base import ConfigError
 
 __all__ = [
+    "all_reduce_mean_buffers_",
     "all_reduce_sum_",
     "barrier",
     "init_distributed",
@@ -91,6 +92,21 @@ def max_difference_across_ranks(tensor: torch.Tensor) -> float:
     difference = (tensor.detach() - reference).abs().max().reshape(1)
     dist.all_reduce(difference, op=dist.ReduceOp.MAX)
     return float(difference)
+
+
+def all_reduce_mean_buffers_(module: torch.nn.Module) -> torch.nn.Module:
+    """Average the floating-point buffers of ``module`` over ranks in place (no-op on one process).
+
+    An EMA teacher in train-mode BatchNorm updates its running statistics from each rank's own
+    batches; averaging them keeps every rank's teacher identical.
+    """
+    if is_distributed():
+        world = dist.get_world_size()
+        for buffer in module.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                buffer.div_(world)
+    return module
 
 
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,7 @@ KIND_COLOURS = {
     "baseline": "#9e9e9e",
     "control": "#e69f00",
     "method": "#0072b2",
+    "online": "#d55e00",
     "bound": "#009e73",
     "ablation": "#cc79a7",
 }

@@ -28,6 +28,8 @@ __all__ = [
     "HIGH_ROW",
     "LOW_ROW",
     "METHOD_ROW",
+    "ONLINE_ROW",
+    "ONLINE_VARIANTS",
     "QUICK_OVERRIDES",
     "ROWS",
     "Row",
@@ -54,12 +56,16 @@ QUICK_OVERRIDES = (
     "self_train.optim.stop_iter=4",
     "self_train.optim.batch_size=4",
     "self_train.crop=[64, 128]",
+    "online.optim.max_iter=4",
+    "online.optim.stop_iter=4",
+    "online.optim.batch_size=2",
+    "online.contrast.start_iter=2",
     "run.log_every=2",
     "run.ckpt_every=2",
 )
 METHOD_ROW, CONTROL_ROW = "spcl", "self_training_control"  # every row is compared to these two
 LOW_ROW, HIGH_ROW = "source_only", "oracle"  # the ends of the gap that rows close
-RowKind = Literal["baseline", "control", "method", "bound", "ablation"]
+RowKind = Literal["baseline", "control", "method", "online", "bound", "ablation"]
 
 WARMUP_ONLY = ("warmup", "evaluate")
 THROUGH_ADAPT = ("warmup", "prototypes", "pseudo_labels", "adapt", "evaluate")
@@ -77,6 +83,43 @@ CONTROL_OVERRIDES = (
     "adapt.lambda_cl=0",
     "adapt.target_ce=1",
 )
+ONLINE_ROW = "online"  # the online recipe's control: the rows below add or remove one ingredient
+# what the online control claims: EMA teacher, ClassMix, the config's pseudo-label weight, no MIC,
+# no contrast
+ONLINE_PINS = (
+    "online.mix.enabled=true",
+    "online.masking.enabled=false",
+    "online.contrast.source=false",
+    "online.contrast.target=false",
+)
+ONLINE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    ONLINE_ROW: ("online: EMA teacher + ClassMix + confidence weight (no MIC, no contrast)", ()),
+    "online_mic": ("online + masked image consistency (MIC)", ("online.masking.enabled=true",)),
+    "online_contrast_source": (
+        "online + prototype contrast on source pixels",
+        ("online.contrast.source=true",),
+    ),
+    "online_contrast_target": (
+        "online + prototype contrast on target pseudo-labels",
+        ("online.contrast.target=true",),
+    ),
+    "online_contrast": (
+        "online + prototype contrast on source and target (SePiCo-style)",
+        ("online.contrast.source=true", "online.contrast.target=true"),
+    ),
+    "online_no_mix": (
+        "online without mixing (EMA-teacher self-training on target crops)",
+        ("online.mix.enabled=false",),
+    ),
+    "online_no_weight": (
+        "online, mixing without the teacher's confidence weight (weight 1)",
+        ("online.pseudo.weight=none",),
+    ),
+    "online_no_ema": (
+        "online without the EMA (α = 0: the student labels itself)",
+        ("online.teacher.alpha=0",),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -127,6 +170,8 @@ ROWS: dict[str, Row] = {
             "method"),
         Row("spcl_self_training", "SPCL + self-training (all stages)", "spcl", "self_train",
             "method"),
+        *(Row(name, title, name, "online", "online" if name == ONLINE_ROW else "ablation")
+          for name, (title, _) in ONLINE_VARIANTS.items()),
         Row(HIGH_ROW, "oracle (warm-up on target labels)", HIGH_ROW, "warmup", "bound"),
     )
 }  # fmt: skip
@@ -201,8 +246,19 @@ def _ablation(name: str, base: Config) -> tuple[str, tuple[str, ...]]:
     return title, overrides
 
 
+def _online_stages(base: Config) -> tuple[str, ...]:
+    """The online runs' stages: from the (shared) source-only warm-up, or from the ImageNet init."""
+    return (
+        ("warmup", "online", "evaluate") if base.online.init == "warmup" else ("online", "evaluate")
+    )
+
+
 def _runs(base: Config) -> dict[str, Run]:
     """Every run a row of :data:`ROWS` needs, by name, in the order they should run."""
+    online = tuple(
+        Run(name, _online_stages(base), (*NO_ADVERSARIAL, *ONLINE_PINS, *overrides))
+        for name, (_, overrides) in ONLINE_VARIANTS.items()
+    )
     runs = (
         Run(LOW_ROW, WARMUP_ONLY, NO_ADVERSARIAL),
         Run("source_only_adabn", WARMUP_ONLY, (*NO_ADVERSARIAL, "evaluate.adabn=true")),
@@ -212,6 +268,7 @@ def _runs(base: Config) -> dict[str, Run]:
             (*SPCL_PINS, "adapt.contrast_target=false")),
         Run("spcl_target_only_contrast", THROUGH_ADAPT,
             (*SPCL_PINS, "adapt.contrast_source=false")),
+        *online,
         Run(HIGH_ROW, WARMUP_ONLY, (*NO_ADVERSARIAL, *oracle_source(base))),
     )  # fmt: skip
     return {run.name: run for run in runs}

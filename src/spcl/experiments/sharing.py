@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spcl.config_schema import Config
-from spcl.pipeline import STAGES, fingerprint, plan
+from spcl.pipeline import STAGES, fingerprint, plan, stage_inputs
 
 __all__ = ["row_seconds", "share_done_stages", "stage_fingerprints", "total_stage_seconds"]
 
@@ -45,7 +45,8 @@ def stage_fingerprints(config: Config) -> dict[str, str]:
     prints: dict[str, str] = {}
     for stage in plan(config):
         if stage.name != "evaluate":
-            prints[stage.name] = fingerprint(stage, config, {n: prints[n] for n in stage.needs})
+            needs = stage_inputs(stage, config)
+            prints[stage.name] = fingerprint(stage, config, {n: prints[n] for n in needs})
     return prints
 
 
@@ -79,15 +80,17 @@ def share_done_stages(config: Config, run_dir: Path, donors: Sequence[Path]) -> 
 def row_seconds(run_dir: Path, stage: str) -> float:
     """Wall seconds of every stage a row's model needed (``done.json``), e.g. warm-up → adapt.
 
-    Shared stages count with the time their donor spent: the cost of the row from scratch.
+    The chain follows the inputs each ``done.json`` records; shared stages count with the time
+    their donor spent: the cost of the row from scratch.
     """
     by_name = {s.name: s for s in STAGES}
     chain: set[str] = set()
     todo = [stage]
-    while todo:  # the stage and, transitively, every stage it reads
+    while todo:  # the stage and, transitively, every stage it read
         name = todo.pop()
         chain.add(name)
-        todo += [n for n in by_name[name].needs if n not in chain]
+        done = json.loads((run_dir / by_name[name].folder / "done.json").read_text())
+        todo += [n for n in done.get("inputs", {}) if n not in chain]
     return sum(
         float(json.loads((run_dir / by_name[n].folder / "done.json").read_text())["seconds"])
         for n in chain

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from spcl.data.labels import IGNORE_INDEX
+from spcl.base import IGNORE_INDEX
 
 __all__ = [
     "CITYSCAPES_THING_CLASSES",

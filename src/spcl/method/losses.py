@@ -7,6 +7,7 @@ and divides them by 1.8 before the softmax cross-entropy, in the warm-up and in 
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -17,15 +18,18 @@ __all__ = ["SOURCE_LOGIT_TEMPERATURE", "tempered_cross_entropy", "upsample_logit
 SOURCE_LOGIT_TEMPERATURE = 1.8  # the reference's divisor of the source logits ("div(1.8)")
 
 
-def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize with ``align_corners=True``, as the reference upsamples logits.
+def upsample_logits(
+    logits: Tensor, size: tuple[int, int] | torch.Size, align_corners: bool = True
+) -> Tensor:
+    """Bilinear resize; ``align_corners=True`` as the SPCL reference upsamples logits (mmseg's
+    DAFormer/MIC/SePiCo resize with ``align_corners=False``).
 
     Shape:
         logits: (B, K, h, w) → (B, K, H, W) with ``(H, W) = size``.
     """
     if tuple(logits.shape[2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 def tempered_cross_entropy(

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spcl.data.folder import IMAGENET_MEAN, IMAGENET_STD
+from spcl.base import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "BLUR_KERNEL_FRACTION",
@@ -282,7 +282,7 @@ def apply_strong_augment(
 
     Args:
         images: normalised images ``(x/255 − mean) / std`` (mean/std in [0, 1] units, as
-            ``spcl.data.folder.to_tensor``; DAFormer's 0–255 mean/std give the same [0, 1]).
+            ``spcl.data.lists.to_tensor``; DAFormer's 0–255 mean/std give the same [0, 1]).
         params: from :func:`sample_strong_augment` with ``batch = images.shape[0]``.
         mean: per-channel normalisation mean, [0, 1] units.
         std: per-channel normalisation std, [0, 1] units.

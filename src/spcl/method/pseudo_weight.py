@@ -23,7 +23,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from spcl.data.labels import IGNORE_INDEX
+from spcl.base import IGNORE_INDEX
 
 __all__ = [
     "PL_CROP_BOTTOM_ROWS",

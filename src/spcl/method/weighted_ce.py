@@ -19,7 +19,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor
 
-from spcl.data.labels import IGNORE_INDEX
+from spcl.base import IGNORE_INDEX
 
 __all__ = ["CrossEntropyReduction", "pixel_weighted_cross_entropy"]
 

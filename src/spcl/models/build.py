@@ -17,7 +17,7 @@ DAFormer). ``options`` are further constructor keywords (e.g. ``fusion``, ``proj
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from spcl.base import CheckpointError, ConfigError, MissingFileError, UnknownNameError
 from spcl.engine.checkpoint import clean_state_dict, load_state
-from spcl.models.deeplab_v2 import DeepLabV2
+from spcl.models.deeplab_v2 import ASPP_DILATIONS, DeepLabV2
 from spcl.models.discriminator import DISC_NDF, OutputDiscriminator
 from spcl.models.mit import DEFAULT_WIDTH as MIT_WIDTH
 from spcl.models.mit import MIT_VARIANTS, MixVisionTransformer, mit_variant_of
@@ -53,11 +53,21 @@ BUILD_ARGUMENTS = ("num_classes", "width")  # passed by build_model itself, not 
 URL_SCHEMES = ("http", "https")
 
 
-def _deeplabv2_resnet(depth: int, num_classes: int, width: int = DEFAULT_WIDTH) -> DeepLabV2:
-    """DeepLab-v2 on a ResNet of ``depth`` at output stride 8."""
+def _deeplabv2_resnet(
+    depth: int,
+    num_classes: int,
+    width: int = DEFAULT_WIDTH,
+    projection_dim: int = 0,
+    dilations: Sequence[int] = ASPP_DILATIONS,
+) -> DeepLabV2:
+    """DeepLab-v2 on a ResNet of ``depth`` at output stride 8 (+ SePiCo's projection head).
+
+    ``dilations``: the ASPP rates; DAFormer/MIC/SePiCo's ``dlv2red`` sums only (6, 12), as
+    AdaptSegNet's and DACS's classifier returns after two branches.
+    """
     block, layers = RESNET_DEPTHS[depth]
     backbone = ResNet(block, layers, width=width, output_stride=SEG_OUTPUT_STRIDE)
-    return DeepLabV2(backbone, num_classes)
+    return DeepLabV2(backbone, num_classes, tuple(dilations), projection_dim=projection_dim)
 
 
 MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from spcl.models.projection import ProjectionHead
 from spcl.models.resnet import ResNet
 
 __all__ = ["ASPP_DILATIONS", "ASPP_INIT_STD", "ASPPClassifierV2", "DeepLabV2", "SegOutput"]
@@ -83,6 +84,10 @@ class DeepLabV2(nn.Module):
         backbone: Feature extractor with an ``out_channels`` attribute and ``forward_features``.
         num_classes: Number of classes K.
         dilations: ASPP atrous rates.
+        projection_dim: > 0 adds SePiCo's projection head (:class:`ProjectionHead`, 2048 → 2048
+            → this size for ResNet-101): ``SegOutput.features`` is then the L2-normalised
+            projection of the backbone features (what prototypes and the contrast use), and the
+            logits still come from the backbone features; 0 (SPCL) returns those features.
 
     Attributes:
         backbone: The feature extractor (the 1× learning-rate group).
@@ -92,16 +97,25 @@ class DeepLabV2(nn.Module):
         head_prefixes: State-dict prefixes of the head parameters (the 10× learning-rate group).
     """
 
-    head_prefixes: tuple[str, ...] = ("classifier.",)
+    head_prefixes: tuple[str, ...] = ("classifier.", "projection.")
 
     def __init__(
-        self, backbone: ResNet, num_classes: int, dilations: tuple[int, ...] = ASPP_DILATIONS
+        self,
+        backbone: ResNet,
+        num_classes: int,
+        dilations: tuple[int, ...] = ASPP_DILATIONS,
+        projection_dim: int = 0,
     ) -> None:
         super().__init__()
+        if projection_dim < 0:
+            raise ValueError(f"projection_dim must be 0 (off) or positive, got {projection_dim}")
         self.backbone = backbone
         self.classifier = ASPPClassifierV2(backbone.out_channels, num_classes, dilations)
+        self.projection = (
+            ProjectionHead(backbone.out_channels, projection_dim) if projection_dim else None
+        )
         self.num_classes = num_classes
-        self.feature_channels = backbone.out_channels
+        self.feature_channels = projection_dim or backbone.out_channels
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Backbone features ``f(x)``.
@@ -129,7 +143,10 @@ class DeepLabV2(nn.Module):
             - Output: SegOutput(logits (B, K, h, w), features (B, C, h, w)).
         """
         features = self.forward_features(x)
-        return SegOutput(logits=self.forward_head(features), features=features)
+        logits = self.forward_head(features)
+        if self.projection is not None:
+            features = self.projection(features)
+        return SegOutput(logits=logits, features=features)
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """Trainable parameters split for the optimiser: (backbone, head).
@@ -139,4 +156,6 @@ class DeepLabV2(nn.Module):
         """
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         head = [p for p in self.classifier.parameters() if p.requires_grad]
+        if self.projection is not None:  # SePiCo's auxiliary head: the head's lr
+            head += [p for p in self.projection.parameters() if p.requires_grad]
         return backbone, head

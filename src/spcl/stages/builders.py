@@ -20,9 +20,11 @@ from spcl.context import RunContext
 from spcl.data.labels import ClassTable
 from spcl.data.lists import SegmentationList
 from spcl.data.loaders import InfiniteLoader, build_eval_loader
+from spcl.data.rare_class import RareClassOrder
 from spcl.data.registry import build_dataset, scan_dataset
 from spcl.data.sampling import (
     ClassBalancedOrder,
+    EpochOrder,
     default_class_index_path,
     load_or_build_class_index,
 )
@@ -234,13 +236,15 @@ def domain_dataset(
 
 def source_order(
     ctx: RunContext, domain: DomainConfig, dataset: SegmentationList, salt: int
-) -> ClassBalancedOrder | None:
-    """Class-balanced epoch order for a source stream when ``domain.sampling`` asks for it.
+) -> EpochOrder | None:
+    """The source stream's epoch order when ``domain.sampling`` asks for one.
 
-    The class → images index is built once (rank 0), cached at ``domain.class_index`` or beside
-    the data (the run directory when the data folder is read-only), and read by every rank.
+    ``class_balanced``: the SPCL reference's scheme; ``rare_class``: DAFormer's rare-class
+    sampling (``rcs_temperature``, ``rcs_min_pixels``). Both read the class → images index,
+    built once (rank 0), cached at ``domain.class_index`` or beside the data (the run directory
+    when the data folder is read-only), and read by every rank.
     """
-    if domain.sampling != "class_balanced":
+    if domain.sampling == "uniform":
         return None
     k = ctx.config.data.num_classes
     path = Path(domain.class_index) if domain.class_index else None
@@ -252,7 +256,12 @@ def source_order(
         load_or_build_class_index(dataset, k, path, progress=ctx.config.run.progress)
     barrier()
     index = load_or_build_class_index(dataset, k, path)
-    return ClassBalancedOrder(index, seed=ctx.config.run.seed * 1000 + salt)
+    seed = ctx.config.run.seed * 1000 + salt
+    if domain.sampling == "rare_class":
+        return RareClassOrder(
+            index, seed, domain.rcs_temperature, domain.rcs_min_pixels, empty_pools="drop"
+        )
+    return ClassBalancedOrder(index, seed=seed)
 
 
 def pseudo_labelled_dataset(
@@ -302,7 +311,7 @@ def train_loader(
     dataset: SegmentationList,
     batch_size: int,
     salt: int,
-    order: ClassBalancedOrder | None = None,
+    order: EpochOrder | None = None,
 ) -> InfiniteLoader:
     """A resumable batch stream seeded from the run seed and a per-stream ``salt``."""
     return InfiniteLoader(

@@ -1,4 +1,4 @@
-"""Stage 7 (``07_evaluate``), evaluation: mIoU of each trained model on the labelled target split.
+"""Stage 8 (``08_evaluate``), evaluation: mIoU of each trained model on the labelled target split.
 
 Images get the test-time resize; logits are upsampled to the full-resolution label; one
 confusion matrix (all-reduced under torchrun) gives per-class IoU/accuracy, mIoU and, for a 19-class

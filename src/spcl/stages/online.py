@@ -1,0 +1,150 @@
+"""Stage 7 (``07_online``), online adaptation: a student and its EMA teacher, on the one loop.
+
+The recipe of DAFormer (Hoyer et al., CVPR 2022) with the ingredients of DACS, MIC and SePiCo,
+each a switch of the ``online`` config section (../shared/RECIPES.md §1–§4):
+
+- the student trains on source crops (CE) and on target crops labelled by the teacher;
+- the teacher is the exponential moving average of the student, updated by an after-step hook of
+  the loop (``α_t = min(1 − 1/(t+1), α)``), and is part of every checkpoint;
+- pseudo-labels come from the teacher on the clean target image, weighted by DAFormer's
+  confidence weight (the share of pixels above τ);
+- cross-domain ClassMix pastes half of the source classes onto the target image (image, label and
+  weight mixed), then colour jitter and blur (DACS's strong augmentation);
+- masked image consistency (MIC): the student also sees a block-masked target image and learns
+  the teacher's pseudo-labels;
+- the ImageNet feature distance on thing classes, when the model starts from ImageNet weights;
+- SPCL's pixel-to-prototype contrast on source ground truth and target pseudo-labels, with
+  prototypes from teacher features (in SePiCo's projection space when the model has one:
+  ``model.options.projection_dim``).
+
+The step itself is :func:`spcl.stages.online_step.online_step`. Writes ``student.pth``,
+``teacher.pth`` and ``model.pth``, the one of them evaluated and handed on (``online.hand_on``:
+the student, as DAFormer evaluates it, or the teacher).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from torch import nn
+
+from spcl.base import IMAGENET_MEAN, IMAGENET_STD, ConfigError
+from spcl.context import RunContext
+from spcl.engine.distributed import all_reduce_mean_buffers_, max_difference_across_ranks
+from spcl.engine.loop import train_loop
+from spcl.method.ema import disable_teacher_dropout, init_teacher, update_teacher
+from spcl.method.prototypes import PrototypeBank
+from spcl.stages.builders import (
+    build_segmenter,
+    domain_dataset,
+    load_weights,
+    loop_config,
+    optimizer_and_schedule,
+    save_weights,
+    source_stream,
+    train_loader,
+    wrap_ddp,
+)
+from spcl.stages.online_step import OnlineParts, SeededGenerator, online_step, online_weights
+
+__all__ = ["run"]
+
+SOURCE_STREAM, TARGET_STREAM = 31, 32  # loader seed salts
+AUGMENT_SALT = 33  # seed salt of the mixing/masking/augmentation generator
+MODEL = "model.pth"  # the handed-on model (a copy of student.pth or teacher.pth)
+
+
+def _teacher(student: nn.Module) -> nn.Module:
+    """The EMA teacher: a copy of the student (its BatchNorm statistics included), frozen."""
+    teacher = copy.deepcopy(student)
+    init_teacher(teacher, student)
+    return teacher
+
+
+def _models(ctx: RunContext, warmup: Path | None) -> tuple[nn.Module, nn.Module, nn.Module | None]:
+    """Student, teacher (a copy) and, for the feature distance, the frozen ImageNet model."""
+    cfg, model_cfg = ctx.config.online, ctx.config.model
+    if cfg.init == "warmup":
+        if warmup is None:
+            raise ConfigError("online.init=warmup needs the warmup stage in run.stages")
+        student = load_weights(build_segmenter(ctx, freeze_bn=cfg.freeze_bn), warmup)
+    else:
+        student = build_segmenter(ctx, freeze_bn=cfg.freeze_bn)
+    imnet = None
+    if model_cfg.pretrained and cfg.feature_distance.weight > 0:
+        imnet = build_segmenter(ctx, freeze_bn=cfg.freeze_bn).eval()  # the ImageNet init
+        imnet.requires_grad_(False)
+    return student, _teacher(student), imnet
+
+
+def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
+    """Adapt online from the ImageNet init or the warm-up at ``warmup``; returns ``model.pth``."""
+    cfg, data = ctx.config.online, ctx.config.data
+    student, teacher, imnet = _models(ctx, warmup)
+    net = wrap_ddp(ctx, student)
+    optimizer, schedule = optimizer_and_schedule(student, cfg.optim)
+    augment = {"hflip": cfg.hflip, "crop": cfg.crop}  # no photometric change: the step's own
+    source = source_stream(ctx, cfg.optim.batch_size, SOURCE_STREAM, **augment)
+    target = train_loader(
+        ctx,
+        domain_dataset(data.target, with_labels=False, train=True, **augment),
+        cfg.optim.batch_size,
+        TARGET_STREAM,
+    )
+    bank = None
+    if cfg.contrast.source or cfg.contrast.target:
+        dim = student.feature_channels  # the projection's size when the model has one
+        bank = PrototypeBank(data.num_classes, dim, cfg.contrast.momentum, "keep").to(ctx.device)
+    generator = SeededGenerator(ctx.config.run.seed * 1000 + AUGMENT_SALT + ctx.rank)
+    parts = OnlineParts(
+        cfg=cfg,
+        num_classes=data.num_classes,
+        student=net,
+        teacher=teacher,
+        device=ctx.device,
+        generator=generator,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+        imnet=imnet,
+        bank=bank,
+        schedule=schedule,
+    )
+
+    def ema_step(done: int) -> None:  # the loop's after-step hook
+        update_teacher(
+            teacher, student, done, cfg.teacher.alpha, include_buffers=cfg.teacher.ema_buffers
+        )
+        all_reduce_mean_buffers_(teacher)  # BN statistics of each rank's target batches
+
+    state: dict = {
+        "model": student,
+        "teacher": teacher,
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "source": source,
+        "target": target,
+        "generator": generator,
+    }
+    state |= {"bank": bank} if bank is not None else {}
+    student.train()
+    teacher.train()  # DAFormer: the teacher keeps train-mode BatchNorm, its dropout is off
+    disable_teacher_dropout(teacher)
+    train_loop(
+        lambda: online_step(parts, next(source), next(target)),
+        weights=online_weights(cfg, feature_distance=imnet is not None),
+        state=state,
+        optimizers=[optimizer],
+        schedulers=[schedule],
+        config=loop_config(ctx, cfg.optim, out_dir, "online"),
+        tracker=ctx.tracker,
+        after_step=[ema_step],
+    )
+    if ctx.world > 1:
+        spread = max(max_difference_across_ranks(p.detach()) for p in teacher.parameters())
+        ctx.tracker.info(f"[online] teachers of {ctx.world} ranks: max difference {spread:g}")
+        if spread != 0.0:
+            raise RuntimeError(f"EMA teachers diverged across ranks (max difference {spread})")
+    save_weights(ctx, teacher, out_dir / "teacher.pth")
+    save_weights(ctx, student, out_dir / "student.pth")
+    return save_weights(ctx, teacher if cfg.hand_on == "teacher" else student, out_dir / MODEL)

@@ -1,0 +1,228 @@
+"""The online adaptation step (stage ``online``): every loss term of one DAFormer-style iteration.
+
+Per iteration (../shared/RECIPES.md §1.3, §2.2, §4.1), with S the student, T its EMA teacher:
+
+1. ``seg``: S on the source crop, CE against its labels.
+2. ``fd``: the ImageNet feature distance on thing-class pixels (only with an ImageNet init).
+3. T on the clean target crop (no gradient): pseudo-labels ŷ and their weight W (DAFormer's
+   share of confident pixels, or per pixel, or 1), zeroed in the PL-crop rows.
+4. ``mix``: ClassMix of source onto target (image, label, weight), strong augmentation, S's
+   weighted CE; without mixing (``online.mix.enabled=false``) ``tgt``: S's weighted CE on the
+   strongly augmented target crop against ŷ.
+5. ``mask`` (MIC): S on the colour-augmented, block-masked target crop against ŷ with W.
+6. ``cl_src``/``cl_tgt``: pixel-to-prototype contrast (SPCL's loss) of S's features (or their
+   projection) on source ground truth and on target pseudo-labels (W > 0), against prototypes
+   kept from T's features on the source crop; zero before ``online.contrast.start_iter``.
+
+The loop weighs the terms (:func:`online_weights`), steps the optimiser, then updates T (the
+stage's after-step hook).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from spcl.config_schema import OnlineConfig
+from spcl.engine.distributed import all_reduce_sum_
+from spcl.method.contrastive import pixel_prototype_loss
+from spcl.method.feature_distance import thing_feature_distance
+from spcl.method.losses import upsample_logits
+from spcl.method.masking import block_mask
+from spcl.method.mixing import class_mix_masks, mix_batch
+from spcl.method.photometric import strong_augment
+from spcl.method.prototypes import PrototypeBank, class_feature_sums, downsample_labels
+from spcl.method.pseudo_weight import (
+    crop_pseudo_weight,
+    pseudo_labels_with_ignore,
+    teacher_pseudo_labels,
+)
+from spcl.method.weighted_ce import pixel_weighted_cross_entropy
+
+__all__ = ["OnlineParts", "SeededGenerator", "online_step", "online_weights"]
+
+Batch = dict[str, Tensor]
+
+
+class SeededGenerator:
+    """A CPU ``torch.Generator`` for mixing, masking and augmentation draws, checkpointable."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["state"])
+
+
+@dataclass
+class OnlineParts:
+    """What the online step works with."""
+
+    cfg: OnlineConfig
+    num_classes: int
+    student: nn.Module  # DDP-wrapped under torchrun
+    teacher: nn.Module  # EMA of the student, train-mode BatchNorm, no gradient
+    device: torch.device
+    generator: SeededGenerator
+    image_mean: Sequence[float]  # the input normalisation, undone for colour jitter
+    image_std: Sequence[float]
+    schedule: Any  # the lr schedule: its last_epoch is the iteration
+    imnet: nn.Module | None = None  # frozen ImageNet model (feature distance)
+    bank: PrototypeBank | None = None  # class prototypes from teacher features (contrast)
+
+
+MMSEG_ALIGN_CORNERS = False  # DAFormer/MIC/SePiCo resize logits with align_corners=False
+
+
+def _ce(parts: OnlineParts, logits: Tensor, labels: Tensor, weight: Tensor | None) -> Tensor:
+    """Pixel-weighted CE at label size, DAFormer's reduction unless switched off."""
+    up = upsample_logits(logits, labels.shape[-2:], align_corners=MMSEG_ALIGN_CORNERS)
+    if weight is None and parts.cfg.source_temperature != 1.0:
+        up = up / parts.cfg.source_temperature
+    reduction = "all_pixels" if parts.cfg.ce_over_all_pixels else "valid_pixels"
+    return pixel_weighted_cross_entropy(up, labels, weight, reduction=reduction)
+
+
+def _augment(parts: OnlineParts, images: Tensor) -> Tensor:
+    """DACS's strong augmentation (colour jitter, blur) of normalised images."""
+    mix = parts.cfg.mix
+    return strong_augment(
+        images,
+        parts.generator.generator,
+        parts.image_mean,
+        parts.image_std,
+        jitter_strength=mix.color_jitter,
+        jitter_skip_probability=1.0 - mix.color_jitter_p,
+        blur=mix.blur,
+    )
+
+
+@torch.no_grad()
+def _pseudo_labels(parts: OnlineParts, tgt_images: Tensor) -> tuple[Tensor, Tensor]:
+    """The teacher's pseudo-labels ŷ and their weights W on the clean target batch."""
+    cfg = parts.cfg.pseudo
+    logits = parts.teacher(tgt_images).logits
+    logits = upsample_logits(logits, tgt_images.shape[-2:], align_corners=MMSEG_ALIGN_CORNERS)
+    mode = "batch_quality" if cfg.weight == "none" else cfg.weight
+    pseudo = teacher_pseudo_labels(logits, cfg.threshold, weight_mode=mode)
+    weight = torch.ones_like(pseudo.weight) if cfg.weight == "none" else pseudo.weight
+    return pseudo.labels, crop_pseudo_weight(weight, cfg.crop_top, cfg.crop_bottom)
+
+
+@torch.no_grad()
+def _update_prototypes(parts: OnlineParts, src_images: Tensor, src_labels: Tensor) -> Tensor:
+    """One EMA step of the bank from the teacher's source features; returns the prototypes."""
+    assert parts.bank is not None
+    feats = parts.teacher(src_images).features
+    labels = downsample_labels(src_labels, feats.shape[-2:])
+    sums, counts = class_feature_sums(feats.float(), labels, parts.num_classes)
+    parts.bank.update_from_sums(all_reduce_sum_(sums), all_reduce_sum_(counts))
+    return parts.bank.prototypes.detach()
+
+
+def _contrast_terms(
+    parts: OnlineParts,
+    src: tuple[Tensor, Tensor, Tensor],
+    tgt_features: Tensor | None,
+    pseudo: tuple[Tensor, Tensor],
+) -> dict[str, Tensor]:
+    """``cl_src`` and ``cl_tgt``: 0 (no graph) before the start iteration."""
+    cfg = parts.cfg.contrast
+    src_images, src_labels, src_features = src
+    protos = _update_prototypes(parts, src_images, src_labels)
+    started = parts.schedule.last_epoch >= cfg.start_iter
+    terms: dict[str, Tensor] = {}
+    if cfg.source:
+        feats = src_features
+        labels = downsample_labels(src_labels, feats.shape[-2:])
+        terms["cl_src"] = (
+            pixel_prototype_loss(feats, labels, protos, cfg.temperature)
+            if started
+            else feats.new_zeros(())
+        )
+    if cfg.target and tgt_features is not None:
+        kept = pseudo_labels_with_ignore(*pseudo)
+        feats = tgt_features
+        small = downsample_labels(kept, feats.shape[-2:])
+        terms["cl_tgt"] = (
+            pixel_prototype_loss(feats, small, protos, cfg.temperature)
+            if started
+            else feats.new_zeros(())
+        )
+    return terms
+
+
+def online_step(parts: OnlineParts, src: Batch, tgt: Batch) -> dict[str, Tensor]:
+    """One online adaptation step's loss terms (the function the stage binds)."""
+    cfg, dev = parts.cfg, parts.device
+    src_images = src["image"].to(dev, non_blocking=True)
+    src_labels = src["label"].to(dev, non_blocking=True)
+    tgt_images = tgt["image"].to(dev, non_blocking=True)
+    src_out = parts.student(src_images)
+    terms = {"seg": _ce(parts, src_out.logits, src_labels, None)}
+    if parts.imnet is not None:
+        with torch.no_grad():
+            imnet_features = parts.imnet(src_images).features
+        terms["fd"] = thing_feature_distance(
+            src_out.features,
+            imnet_features,
+            src_labels,
+            parts.num_classes,
+            cfg.feature_distance.classes,
+            min_ratio=cfg.feature_distance.scale_min_ratio,
+        )
+    pseudo, weight = _pseudo_labels(parts, tgt_images)
+    tgt_features = None
+    if cfg.mix.enabled:
+        masks = class_mix_masks(
+            src_labels,
+            parts.num_classes,
+            parts.generator.generator,
+            exclude_ignore=cfg.mix.exclude_ignore,
+        )
+        mixed = mix_batch(masks.mask, src_images, tgt_images, src_labels, pseudo, weight)
+        out = parts.student(_augment(parts, mixed.image))
+        terms["mix"] = _ce(parts, out.logits, mixed.labels, mixed.weight)
+    else:  # the EMA teacher without mixing: self-training on the augmented target crop
+        out = parts.student(_augment(parts, tgt_images))
+        terms["tgt"] = _ce(parts, out.logits, pseudo, weight)
+        tgt_features = out.features
+    if cfg.masking.enabled:
+        images = _augment(parts, tgt_images) if cfg.masking.color_aug else tgt_images
+        b, _, h, w = images.shape
+        mask = block_mask(
+            (b, h, w),
+            parts.generator.generator,
+            block_size=cfg.masking.block_size,
+            ratio=cfg.masking.ratio,
+            device=dev,
+        )
+        masked = parts.student(images * mask)
+        terms["mask"] = _ce(parts, masked.logits, pseudo, weight)
+    if parts.bank is not None:
+        if cfg.contrast.target and tgt_features is None:
+            tgt_features = parts.student(_augment(parts, tgt_images)).features
+        src_part = (src_images, src_labels, src_out.features)
+        terms |= _contrast_terms(parts, src_part, tgt_features, (pseudo, weight))
+    return terms
+
+
+def online_weights(cfg: OnlineConfig, *, feature_distance: bool) -> dict[str, float]:
+    """The total loss: source CE + target term (mixed or not) + MIC + FD + contrast, as set."""
+    weights = {"seg": 1.0, ("mix" if cfg.mix.enabled else "tgt"): 1.0}
+    if cfg.masking.enabled:
+        weights["mask"] = cfg.masking.weight
+    if feature_distance:
+        weights["fd"] = cfg.feature_distance.weight
+    if cfg.contrast.source:
+        weights["cl_src"] = cfg.contrast.weight
+    if cfg.contrast.target:
+        weights["cl_tgt"] = cfg.contrast.weight
+    return weights

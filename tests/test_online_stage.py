@@ -1,0 +1,194 @@
+"""The online stage: which terms each switch computes, the EMA teacher after a step, the contrast
+start, and kill -9 + resume with the teacher bit-identical (slow)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from spcl.config import load_config
+from spcl.context import open_run
+from spcl.data.synthetic import generate_pair
+from spcl.engine.loop import weighted_total
+from spcl.experiments.rows import QUICK_OVERRIDES
+from spcl.pipeline import run_pipeline
+from spcl.stages import online
+from tiny import TINY
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny pair and a finished 2-step source-only warm-up."""
+    root = tmp_path_factory.mktemp("online")
+    data = generate_pair(
+        root / "data", seed=4, n_train=4, n_val=2, size=(64, 128), preview=False, progress=False
+    )
+    roots = [f"data.{d}.root={data}" for d in ("source", "target", "target_val")]
+    overrides = [*TINY, *roots, "warmup.adversarial=false", "online.init=warmup"]
+    overrides += ["online.optim.batch_size=2"]
+    config = load_config("demo", [*overrides, "run.stages=[warmup]", f"run.out={root / 'w'}"])
+    with open_run(config) as ctx:
+        outputs = run_pipeline(ctx)
+    return {"data": data, "overrides": overrides, "warmup": outputs["warmup"]}
+
+
+def _steps(warm: dict, tmp_path: Path, monkeypatch, steps: int, *overrides: str) -> dict:
+    """Run the online stage with a loop that takes ``steps`` plain steps and records them."""
+    got: dict[str, Any] = {"terms": []}
+
+    def loop(step, *, weights, state, optimizers, schedulers, config, tracker, after_step) -> int:
+        got["weights"] = dict(weights)
+        got["teacher_0"] = copy.deepcopy(state["teacher"].state_dict())
+        for done in range(1, steps + 1):
+            for opt in optimizers:
+                opt.zero_grad()
+            terms = dict(step())
+            weighted_total(terms, weights).backward()
+            for opt in optimizers:
+                opt.step()
+            for schedule in schedulers:
+                schedule.step()
+            got["student"] = copy.deepcopy(state["model"].state_dict())
+            for hook in after_step:
+                hook(done)
+            got["terms"].append({k: float(v.detach()) for k, v in terms.items()})
+        got["teacher"] = state["teacher"].state_dict()
+        return config.stop_iter
+
+    monkeypatch.setattr(online, "train_loop", loop)
+    config = load_config("demo", [*warm["overrides"], *overrides, f"run.out={tmp_path}"])
+    with open_run(config) as ctx:
+        online.run(ctx, tmp_path / "07_online", warm["warmup"])
+    return got
+
+
+@pytest.mark.parametrize(
+    ("overrides", "terms"),
+    [
+        ((), {"seg", "mix"}),
+        (("online.mix.enabled=false",), {"seg", "tgt"}),
+        (("online.masking.enabled=true",), {"seg", "mix", "mask"}),
+        (
+            ("online.contrast.source=true", "online.contrast.target=true"),
+            {"seg", "mix", "cl_src", "cl_tgt"},
+        ),
+        (("online.contrast.target=true", "online.mix.enabled=false"), {"seg", "tgt", "cl_tgt"}),
+    ],
+)
+def test_each_switch_computes_its_terms(
+    warm, tmp_path: Path, monkeypatch, overrides: tuple[str, ...], terms: set[str]
+) -> None:
+    got = _steps(warm, tmp_path, monkeypatch, 1, *overrides, "online.contrast.start_iter=0")
+    assert set(got["terms"][0]) == terms == set(got["weights"])
+    assert all(torch.isfinite(torch.tensor(v)) for v in got["terms"][0].values())
+
+
+def test_teacher_is_the_ema_of_the_student_after_each_step(
+    warm, tmp_path: Path, monkeypatch
+) -> None:
+    got = _steps(warm, tmp_path, monkeypatch, 1, "online.teacher.alpha=0.99")
+    # after step 1: α_1 = min(1 − 1/2, 0.99) = 0.5, so θ_T = (θ_T0 + θ_S1) / 2 for parameters;
+    # DAFormer leaves buffers (BatchNorm statistics) out of the average
+    params = {name for name, _ in _model(warm).named_parameters()}
+    for key, value in got["teacher"].items():
+        if key in params:
+            expected = 0.5 * got["teacher_0"][key] + 0.5 * got["student"][key]
+            torch.testing.assert_close(value, expected, rtol=0, atol=1e-7)
+    assert any(
+        not torch.equal(got["teacher"][k], got["student"][k]) for k in params
+    )  # the teacher is not the student
+
+
+def _model(warm: dict) -> torch.nn.Module:
+    from spcl.models.files import load_model_file
+
+    return load_model_file(warm["warmup"])[0]
+
+
+def test_contrast_terms_are_zero_before_the_start_iteration(
+    warm, tmp_path: Path, monkeypatch
+) -> None:
+    both = ("online.contrast.source=true", "online.contrast.target=true")
+    # weight 1 everywhere: a 2-step warm-up is confident nowhere, and with DAFormer's quality
+    # weight q = 0 no target pixel would take part
+    both += ("online.pseudo.weight=none",)
+    got = _steps(warm, tmp_path, monkeypatch, 3, *both, "online.contrast.start_iter=2")
+    values = [(t["cl_src"], t["cl_tgt"]) for t in got["terms"]]
+    assert values[0] == values[1] == (0.0, 0.0)  # schedule iterations 0 and 1
+    assert all(v > 0 for v in values[2])  # from iteration 2: ≈ ln K at the reference scale
+
+
+def test_no_weight_and_no_ema_switches_reach_the_step(warm, tmp_path: Path, monkeypatch) -> None:
+    got = _steps(
+        warm, tmp_path, monkeypatch, 1, "online.pseudo.weight=none", "online.teacher.alpha=0"
+    )
+    for key, value in got["teacher"].items():  # α = 0: the teacher is the student
+        if value.is_floating_point() and "running" not in key:
+            torch.testing.assert_close(value, got["student"][key], rtol=0, atol=0)
+
+
+def _command(data: Path, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "spcl",
+        "run",
+        "demo",
+        *QUICK_OVERRIDES,
+        *(f"data.{d}.root={data}" for d in ("source", "target", "target_val")),
+        "run.stages=[warmup, online, evaluate]",
+        "warmup.adversarial=false",
+        "online.init=warmup",
+        "online.masking.enabled=true",
+        "online.contrast.source=true",
+        "online.contrast.target=true",
+        "online.optim.max_iter=12",
+        "online.optim.stop_iter=12",
+        "run.deterministic=true",
+        "run.progress=false",
+        "run.ckpt_every=1",
+        f"run.out={out}",
+    ]
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_online_stage_then_rerun_is_bit_identical(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    generate_pair(data, seed=5, n_train=16, n_val=6, size=(64, 128), preview=False, progress=False)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_command(data, straight), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _command(data, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    checkpoint = killed / "07_online" / "checkpoint.pth"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if torch.load(checkpoint, weights_only=True)["_loop"]["iteration"] >= 5:
+                break
+        except (FileNotFoundError, RuntimeError, EOFError):
+            pass
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "07_online" / "done.json").exists()
+    subprocess.run(_command(data, killed), check=True, env=env, capture_output=True)
+    assert "[online] resumed from" in (killed / "log.txt").read_text()
+    for name in ("model.pth", "teacher.pth"):
+        a = torch.load(straight / "07_online" / name, weights_only=True)["model"]
+        b = torch.load(killed / "07_online" / name, weights_only=True)["model"]
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}: {key} differs after resume"
