@@ -19,6 +19,23 @@ from spcl.models.deeplab_v2 import DeepLabV2
 from spcl.models.resnet import FrozenBatchNorm2d, freeze_batchnorm, resnet18, resnet50
 
 NUM_CLASSES = 5
+# a 33×65 input, by hand: DeepLab-v2 at stride 8 → 5×9; DINOv2 resizes to ⌊33/14⌋·14 × ⌊65/14⌋·14
+# = 28×56 → 2×4 tokens → ×4 in the head → 8×16
+OUT_SIZE = {"deeplabv2": (5, 9), "dinov2": (8, 16)}
+# feature channels at width 8: ResNet-18/34 8·8, ResNet-50/101 8·8·4; DINOv2 heads·8/4 (the head's
+# last map has D/4 channels, D = heads × width)
+DINOV2_HEADS = {"vits14": 6, "vitb14": 12, "vitl14": 16, "vitg14": 24}
+FEATURES_AT_WIDTH_8 = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256}
+FEATURES_AT_WIDTH_8 |= {f"dinov2_{v}": h * 8 // 4 for v, h in DINOV2_HEADS.items()}
+FEATURES_AT_WIDTH_8 |= {f"dinov2_{v}_reg": h * 8 // 4 for v, h in DINOV2_HEADS.items()}
+
+
+def _family(name: str) -> str:
+    return name.split("_", 1)[0]
+
+
+def _expected_features(name: str) -> int:
+    return FEATURES_AT_WIDTH_8[name.removeprefix("deeplabv2_")]
 
 
 def _backbone_keys(model: torch.nn.Module) -> set[str]:
@@ -32,13 +49,15 @@ def _backbone_keys(model: torch.nn.Module) -> set[str]:
 @pytest.mark.parametrize("name", sorted(MODEL_REGISTRY))
 def test_every_model_is_finite_and_fully_trained(name: str, freeze_bn: bool) -> None:
     torch.manual_seed(0)
+    family = _family(name)
     model = build_model(name, NUM_CLASSES, width=8, freeze_bn=freeze_bn).train()
     x = torch.randn(2, 3, 33, 65)
     out = model(x)
-    assert out.logits.shape == (2, NUM_CLASSES, 5, 9)
-    assert out.features.shape == (2, model.backbone.out_channels, 5, 9)
+    size = OUT_SIZE[family]
+    assert out.logits.shape == (2, NUM_CLASSES, *size)
+    assert out.features.shape == (2, _expected_features(name), *size)
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.features).all()
-    target = torch.randint(NUM_CLASSES, (2, 5, 9))
+    target = torch.randint(NUM_CLASSES, size=(2, *size))
     loss = F.cross_entropy(out.logits, target) + out.features.square().mean()
     loss.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -47,7 +66,23 @@ def test_every_model_is_finite_and_fully_trained(name: str, freeze_bn: bool) -> 
         assert p.grad is not None, n
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
     has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    assert has_bn != freeze_bn
+    frozen = any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    if family == "deeplabv2":
+        assert has_bn != freeze_bn and frozen == freeze_bn
+    else:  # LayerNorm only in a ViT and its head: freeze_bn has nothing to freeze
+        assert not has_bn and not frozen
+        assert any(isinstance(m, torch.nn.LayerNorm) for m in model.decode_head.modules())
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_REGISTRY))
+def test_head_prefixes_name_the_head_of_param_groups(name: str) -> None:
+    model = build_model(name, NUM_CLASSES, width=8)
+    backbone, head = model.param_groups()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    by_prefix = [p for n, p in named if n.startswith(model.head_prefixes)]
+    rest = [p for n, p in named if not n.startswith(model.head_prefixes)]
+    assert [id(p) for p in by_prefix] == [id(p) for p in head]
+    assert [id(p) for p in rest] == [id(p) for p in backbone]
 
 
 def test_registry_names_and_depths() -> None:
@@ -56,6 +91,7 @@ def test_registry_names_and_depths() -> None:
         "deeplabv2_resnet18",
         "deeplabv2_resnet34",
         "deeplabv2_resnet50",
+        *(f"dinov2_vit{s}14{r}" for s in "bgls" for r in ("", "_reg")),
     ]
     model = build_model("deeplabv2_resnet34", 19, width=8)
     assert isinstance(model, DeepLabV2)

@@ -1,18 +1,27 @@
-"""Model registry and constructors: name → DeepLab-v2 variant, ImageNet backbone loading.
+"""Model registry and constructors: name → segmenter, ImageNet backbone loading.
 
 ``build_model("deeplabv2_resnet101", 19, pretrained="resnet101-5d3b4d8f.pth", freeze_bn=True,
 bn_eps_frozen=0.0)`` builds SPCL's segmenter (arXiv 2111.12358, Sec. 4.1) as the reference trains
-it.
-Backbone checkpoints are torchvision-format ResNet state dicts read from a local file with
-``torch.load(weights_only=True)``; a URL is downloaded into the torch hub cache only when one is
-passed explicitly.
+it; ``build_model("dinov2_vitb14", 19, pretrained="dinov2_vitb14_pretrain.pth")`` builds a DINOv2
+ViT-B/14 with VFM-UDA's lightweight head (:mod:`spcl.models.vit_seg`), ``dinov2_<v>_reg`` the
+register variants.
+Backbone checkpoints are torchvision-format ResNet state dicts, or the official DINOv2 files, read
+from a local file with ``torch.load(weights_only=True)``; a URL is downloaded into the torch hub
+cache only when one is passed explicitly.
+
+``width`` is the ResNet base width, or for DINOv2 models a channel scale at fixed head counts (the
+head dimension; 64 = published, the only width official weights load at). ``freeze_bn`` freezes
+the backbone's BatchNorm, so it changes nothing in a ViT (LayerNorm only). ``options`` are further
+constructor keywords (DINOv2: ``feature_blocks``, ``freeze_backbone``, ``input_scale``).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -23,12 +32,15 @@ from spcl.engine.checkpoint import clean_state_dict, load_state
 from spcl.models.deeplab_v2 import DeepLabV2
 from spcl.models.discriminator import DISC_NDF, OutputDiscriminator
 from spcl.models.resnet import BN_EPS, DEFAULT_WIDTH, RESNET_DEPTHS, ResNet, freeze_batchnorm
+from spcl.models.vit import DINOV2_VARIANTS, DINOv2Encoder
+from spcl.models.vit_seg import ViTSegmenter, dinov2_segmenter
 
 __all__ = [
     "MODEL_REGISTRY",
     "build_discriminator",
     "build_model",
     "load_backbone_weights",
+    "load_dinov2_weights",
 ]
 
 SEG_OUTPUT_STRIDE = 8  # DeepLab-v2's output stride (layer3/layer4 dilated)
@@ -37,6 +49,8 @@ CHECKPOINT_CONTAINER_KEYS = ("state_dict", "model")  # checkpoints that nest the
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BN step counters: absent or extra is harmless
 UNUSED_BACKBONE_PREFIXES = ("fc.",)  # ImageNet head: kept for strict loading, never run
 URL_SCHEMES = ("http", "https")
+BUILD_ARGUMENTS = ("num_classes", "width")  # passed by build_model itself, not via options
+SHOWN_KEYS = 5  # keys named in a checkpoint error
 
 
 def _deeplabv2_resnet(depth: int, num_classes: int, width: int = DEFAULT_WIDTH) -> DeepLabV2:
@@ -46,8 +60,13 @@ def _deeplabv2_resnet(depth: int, num_classes: int, width: int = DEFAULT_WIDTH) 
     return DeepLabV2(backbone, num_classes)
 
 
-MODEL_REGISTRY: dict[str, Callable[..., DeepLabV2]] = {
-    f"deeplabv2_resnet{depth}": partial(_deeplabv2_resnet, depth) for depth in RESNET_DEPTHS
+MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    **{f"deeplabv2_resnet{depth}": partial(_deeplabv2_resnet, depth) for depth in RESNET_DEPTHS},
+    **{f"dinov2_{variant}": partial(dinov2_segmenter, variant) for variant in DINOV2_VARIANTS},
+    **{
+        f"dinov2_{variant}_reg": partial(dinov2_segmenter, variant, registers=True)
+        for variant in DINOV2_VARIANTS
+    },
 }
 
 
@@ -131,6 +150,74 @@ def _resolve_checkpoint(pretrained: str | Path) -> Path:
     return destination
 
 
+def _dinov2_file_shape(state: Mapping[str, Tensor]) -> str:
+    """What a DINOv2 state dict looks like: its embed dim, depth and registers (for errors)."""
+    dim = state["cls_token"].shape[-1] if "cls_token" in state else "?"
+    blocks = {k.split(".")[1] for k in state if k.startswith("blocks.") and k.count(".") > 1}
+    registers = tuple(state["register_tokens"].shape) if "register_tokens" in state else "none"
+    return f"embed dim {dim}, {len(blocks)} blocks, register_tokens {registers}"
+
+
+def load_dinov2_weights(encoder: DINOv2Encoder, path: str | Path) -> None:
+    """Load an official DINOv2 file (``dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth``) strictly.
+
+    The file's keys and shapes must equal the encoder's exactly, as the hub's
+    ``load_state_dict(strict=True)`` demands (after unwrapping a ``state_dict``/``model`` level
+    and stripping ``module.``/``backbone.``).
+
+    Args:
+        encoder: The DINOv2 trunk to fill (``model.backbone``).
+        path: Local ``.pth`` file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: A shape differs, or keys are missing or extra; the message names the
+            first keys that do not fit, the file's apparent shape and the encoder's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"DINOv2 checkpoint not found: {path}")
+    ckpt = _read_state_dict(path)
+    own = encoder.state_dict()
+    wrong = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in ckpt.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in ckpt]
+    unexpected = [k for k in ckpt if k not in own]
+    if wrong or missing or unexpected:
+        found = {"shape mismatch": wrong, "missing": missing, "unexpected": unexpected}
+        problems = [
+            f"{label} ({len(keys)}): {', '.join(keys[:SHOWN_KEYS])}"
+            for label, keys in found.items()
+            if keys
+        ]
+        raise CheckpointError(
+            f"{path} does not fit the DINOv2 encoder ({_dinov2_file_shape(own)}); the file has "
+            f"{_dinov2_file_shape(ckpt)}. {'; '.join(problems)}. Pick the registry name of the "
+            f"file's variant (dinov2_vit{{s,b,l,g}}14, *_reg for *_reg4 files) at width 64"
+        )
+    encoder.load_state_dict(ckpt, strict=True)
+
+
+def _construct(name: str, num_classes: int, width: int, options: Mapping[str, Any]) -> nn.Module:
+    """Call the registered constructor, refusing options it does not take (named)."""
+    constructor = MODEL_REGISTRY[name]
+    bound = getattr(constructor, "keywords", {})  # fixed by the registry entry (e.g. registers)
+    accepted = [
+        p
+        for p in inspect.signature(constructor).parameters
+        if p not in BUILD_ARGUMENTS and p not in bound
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} has no option(s) {unknown}; its options: {accepted or 'none'}"
+        )
+    return constructor(num_classes, width=width, **options)
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -139,29 +226,47 @@ def build_model(
     pretrained: str | Path | None = None,
     freeze_bn: bool = False,
     bn_eps_frozen: float = BN_EPS,
-) -> DeepLabV2:
+    options: Mapping[str, Any] | None = None,
+) -> nn.Module:
     """Build a registered segmenter.
 
     Args:
-        name: A key of :data:`MODEL_REGISTRY`, e.g. ``"deeplabv2_resnet101"``.
+        name: A key of :data:`MODEL_REGISTRY`, e.g. ``"deeplabv2_resnet101"``,
+            ``"dinov2_vitb14"``.
         num_classes: Number of classes K.
-        width: Backbone base channels (64 = torchvision; smaller for CPU demos).
-        pretrained: Local torchvision ResNet checkpoint, or an http(s) URL downloaded into the torch
-            hub cache; ``None`` keeps the random init.
-        freeze_bn: Replace the backbone's BatchNorm by FrozenBatchNorm2d (after loading weights).
+        width: ResNet base channels (64 = torchvision; smaller for CPU demos); for DINOv2 models
+            the head dimension (64 = published; other values cannot load official weights).
+        pretrained: Local torchvision ResNet checkpoint or official DINOv2 file (for DINOv2
+            models), or an http(s) URL downloaded into the torch hub cache; ``None`` keeps the
+            random init.
+        freeze_bn: Replace the backbone's BatchNorm by FrozenBatchNorm2d (after loading weights);
+            a ViT has none, so this changes nothing there.
         bn_eps_frozen: eps of the frozen layers; the reference trains with ``0.0``.
+        options: Further constructor keywords of the model (DINOv2: ``feature_blocks``,
+            ``freeze_backbone``, ``input_scale``).
 
     Returns:
-        The DeepLabV2 model, on the CPU.
+        The segmenter (DeepLabV2 or ViTSegmenter), on the CPU.
 
     Raises:
         KeyError: ``name`` is not registered (the message lists the valid names).
+        ConfigError: an option the model does not take, or DINOv2 weights asked for at a width
+            other than 64.
     """
     if name not in MODEL_REGISTRY:
         raise UnknownNameError(f"unknown model {name!r}; valid names: {sorted(MODEL_REGISTRY)}")
-    model = MODEL_REGISTRY[name](num_classes, width=width)
+    model = _construct(name, num_classes, width, dict(options or {}))
     if pretrained is not None:
-        load_backbone_weights(model.backbone, _resolve_checkpoint(pretrained), strict=True)
+        checkpoint = _resolve_checkpoint(pretrained)
+        if isinstance(model, ViTSegmenter):
+            if width != DEFAULT_WIDTH:
+                raise ConfigError(
+                    f"{name}: official DINOv2 weights exist at width {DEFAULT_WIDTH} only, got "
+                    f"width={width} with pretrained={str(pretrained)!r}"
+                )
+            load_dinov2_weights(model.backbone, checkpoint)
+        else:
+            load_backbone_weights(model.backbone, checkpoint, strict=True)
     if freeze_bn:
         freeze_batchnorm(model.backbone, eps=bn_eps_frozen)
     return model

@@ -88,7 +88,10 @@ class DeepLabV2(nn.Module):
         backbone: The feature extractor (the 1× learning-rate group).
         classifier: The ASPP head (the 10× learning-rate group).
         num_classes: K.
+        head_prefixes: State-dict prefixes of the head parameters (the 10× learning-rate group).
     """
+
+    head_prefixes: tuple[str, ...] = ("classifier.",)
 
     def __init__(
         self, backbone: ResNet, num_classes: int, dilations: tuple[int, ...] = ASPP_DILATIONS
