@@ -62,10 +62,10 @@ def _deeplabv2_resnet(depth: int, num_classes: int, width: int = DEFAULT_WIDTH) 
 
 MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{f"deeplabv2_resnet{depth}": partial(_deeplabv2_resnet, depth) for depth in RESNET_DEPTHS},
-    **{f"dinov2_{variant}": partial(dinov2_segmenter, variant) for variant in DINOV2_VARIANTS},
     **{
-        f"dinov2_{variant}_reg": partial(dinov2_segmenter, variant, registers=True)
+        f"dinov2_{variant}{suffix}": partial(dinov2_segmenter, variant, registers=bool(suffix))
         for variant in DINOV2_VARIANTS
+        for suffix in ("", "_reg")
     },
 }
 
