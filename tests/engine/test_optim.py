@@ -127,6 +127,26 @@ def test_norm_layers_are_found_by_type() -> None:
     assert got["classifier.conv2d_list.0.bias"] == (10.0, 0.5)
 
 
+class _PosBlockNet(nn.Module):
+    """A backbone with a PVT-style ``pos_block`` conv (DAFormer's custom key) and a head."""
+
+    head_prefixes = ("head.",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.ModuleDict({"pos_block": nn.Conv2d(2, 2, 3), "proj": nn.Conv2d(2, 2, 1)})
+        self.head = nn.Conv2d(2, 1, 1)
+
+
+def test_embedding_rule_matches_name_components() -> None:
+    model = _PosBlockNet()
+    got = _lr_wd_by_name(model, param_groups(model, lr=1.0, weight_decay=0.5, embed_decay_mult=0))
+    assert got["backbone.pos_block.weight"] == (1.0, 0.0)
+    assert got["backbone.pos_block.bias"] == (1.0, 0.0)
+    assert got["backbone.proj.weight"] == (1.0, 0.5)
+    assert got["head.weight"] == (10.0, 0.5)
+
+
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
 def test_reference_settings_train_bit_identically(kind: str) -> None:
     """The named groups with every multiplier at 1 = the reference's two-group optimiser."""

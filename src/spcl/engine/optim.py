@@ -38,8 +38,11 @@ OptimizerKind = Literal["sgd", "adam", "adamw"]
 ADAM_BETAS = (0.9, 0.999)  # torch default; DAFormer adamw.py betas=(0.9, 0.999)
 # mmcv DefaultOptimizerConstructor's is_norm: _BatchNorm, _InstanceNorm, GroupNorm, LayerNorm
 NORM_TYPES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
-# position embeddings and learned tokens of a ViT (DINOv2 names; DAFormer's key is pos_block)
-EMBED_PARAM_NAMES = ("pos_embed", "cls_token", "register_tokens", "mask_token", "pos_block")
+# name components of position embeddings and learned tokens: DINOv2's, and DAFormer's custom key
+# pos_block (a PVT-style positional conv; nothing in MiT matches it)
+EMBED_PARAM_NAMES = frozenset(
+    {"pos_embed", "cls_token", "register_tokens", "mask_token", "pos_block"}
+)
 DEFAULT_WARMUP_RATIO = 1e-6  # DAFormer poly10warm.py warmup_ratio
 
 
@@ -140,8 +143,8 @@ def param_groups(
       model.layer_id(name))`` (layer decay only on models with ``layer_id``; VFM-UDA++: blocks
       decay from the last one down, the stems most); weight decay × ``norm_decay_mult`` if it
       belongs to a normalisation layer (:data:`NORM_TYPES`, found by module type),
-      × ``embed_decay_mult`` if it is a position embedding or token (:data:`EMBED_PARAM_NAMES`),
-      × 1 otherwise.
+      × ``embed_decay_mult`` if a component of its name is a position embedding or token
+      (:data:`EMBED_PARAM_NAMES`), × 1 otherwise.
 
     Parameters with equal (lr, weight decay) share one group, in order of first appearance; with
     every multiplier 1 this is ``[backbone at lr, head at lr × head_lr_mult]`` in the order of
@@ -168,7 +171,7 @@ def param_groups(
             decay = 1.0
             if id(param) in norms:
                 decay = norm_decay_mult
-            elif name.rsplit(".", 1)[-1] in EMBED_PARAM_NAMES:
+            elif not EMBED_PARAM_NAMES.isdisjoint(name.split(".")):
                 decay = embed_decay_mult
             scale = _lr_scale(model, name, backbone_lr_mult, layer_decay)
             key = (lr * scale, weight_decay * decay)
