@@ -32,8 +32,10 @@ REQUIRED: str = "???"  # a value the user must set; loading fails naming the key
 @dataclass
 class ModelConfig:
     name: str = "deeplabv2_resnet101"  # registry name, see spcl.models.build
-    width: int = 64  # base channels of the ResNet (64 = torchvision; the CPU demo uses less)
-    pretrained: str | None = None  # local path (or URL) of torchvision ImageNet ResNet weights
+    width: int = 64  # base channels of the ResNet (64 = torchvision; the CPU demo uses less);
+    # for dinov2_* models the head dimension (64 = published, the only width weights load at)
+    pretrained: str | None = None  # local path (or URL) of torchvision ImageNet ResNet weights,
+    # or of an official DINOv2 file (dinov2_vitb14_pretrain.pth …) for dinov2_* models
     freeze_bn: bool = True  # reference: BatchNorm frozen in warm-up and adaptation
     frozen_bn_eps: float = 0.0  # reference quirk: frozen BN without eps during training
 
