@@ -39,16 +39,19 @@ MEM_CAP_SHARE = 0.6  # worker address-space cap: this share of MemAvailable at s
 # machine is shared: the rest stays for other processes)
 KIB, GIB = 2**10, 2**30
 RESNET_ROW = "deeplabv2_resnet101"
+OOM_MESSAGES = ("can't allocate memory", "out of memory")  # CPU allocator, CUDA
 
 
 def _rows(registry: dict) -> list[str]:
     """ResNet-101 DeepLab-v2, then every DINOv2 and MiT entry of the registry."""
+    from spcl.models.vit import DINOV2_VARIANTS
+
     names = sorted(registry)
-    return [
-        *(n for n in names if n == RESNET_ROW),
-        *(n for n in names if n.startswith("dinov2_")),
-        *(n for n in names if "mit" in n),
-    ]
+    # S, B, L, g (the variants' order), each without and with registers
+    variants = [f"dinov2_{v}{r}" for v in DINOV2_VARIANTS for r in ("", "_reg")]
+    order = {name: i for i, name in enumerate(variants)}
+    dinov2 = sorted((n for n in names if n.startswith("dinov2_")), key=lambda n: order.get(n, 99))
+    return [*(n for n in names if n == RESNET_ROW), *dinov2, *(n for n in names if "mit" in n)]
 
 
 def _mem_available() -> int:
@@ -94,16 +97,21 @@ def _worker(name: str, device: str, repeats: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
     step = _step_fn(model, x, labels)
     times = []
-    for i in range(repeats + 1):  # the first is the warm-up
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-            step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - start)
+    try:
+        for i in range(repeats + 1):  # the first is the warm-up
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+                step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - start)
+    except (MemoryError, RuntimeError) as err:  # CPU allocator failures are RuntimeErrors
+        if not isinstance(err, MemoryError) and not any(m in str(err) for m in OOM_MESSAGES):
+            raise
+        return {"params": params, "encoder": encoder, "error": "out of memory"}
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
@@ -129,7 +137,8 @@ def _run_row(name: str, device: str, repeats: int, mem_cap: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _table(results: dict[str, dict], device: str) -> str:
+def _table(results: dict[str, dict], device: str, cap: int = 0) -> str:
+    note = f" under the {cap / GIB:.1f} GiB cap" if cap else ""
     label = "CPU float32" if device == "cpu" else "CUDA bf16 + channels_last"
     mem = "peak RSS increase" if device == "cpu" else "peak allocated"
     lines = [
@@ -138,7 +147,9 @@ def _table(results: dict[str, dict], device: str) -> str:
     ]
     for name, r in results.items():
         if "error" in r:
-            lines.append(f"| `{name}` | | | not run: {r['error']} | |")
+            counts = (f"{r[k] / 1e6:.1f}" if k in r else "" for k in ("params", "encoder"))
+            why = r["error"] + (note if r["error"] == "out of memory" else "")
+            lines.append(f"| `{name}` | {' | '.join(counts)} | not run: {why} | |")
             continue
         lines.append(
             f"| `{name}` | {r['params'] / 1e6:.1f} | {r['encoder'] / 1e6:.1f} | "
@@ -174,7 +185,7 @@ def main() -> None:
     for name in names:
         cpu[name] = _run_row(name, "cpu", args.repeats or CPU_REPEATS, cap)
         print(f"  {name}: {cpu[name]}", file=sys.stderr, flush=True)
-    print(_table(cpu, "cpu"))
+    print(_table(cpu, "cpu", cap))
     if not torch.cuda.is_available():
         print("\nCUDA not available: GPU rows not run")
         return
