@@ -70,6 +70,19 @@ EXPECTED_DIFFERENCES = {  # run → what differs from the spcl run (besides run.
     "source_only": {"warmup.adversarial": False},
     "source_only_adabn": {"warmup.adversarial": False, "evaluate.adabn": True},
     "spcl": {},
+    # the online runs: from the source-only warm-up, each one switch away from the control
+    "online": {"warmup.adversarial": False},
+    "online_mic": {"warmup.adversarial": False, "online.masking.enabled": True},
+    "online_contrast_source": {"warmup.adversarial": False, "online.contrast.source": True},
+    "online_contrast_target": {"warmup.adversarial": False, "online.contrast.target": True},
+    "online_contrast": {
+        "warmup.adversarial": False,
+        "online.contrast.source": True,
+        "online.contrast.target": True,
+    },
+    "online_no_mix": {"warmup.adversarial": False, "online.mix.enabled": False},
+    "online_no_weight": {"warmup.adversarial": False, "online.pseudo.weight": "none"},
+    "online_no_ema": {"warmup.adversarial": False, "online.teacher.alpha": 0.0},
     "self_training_control": {
         "adapt.contrast_source": False,
         "adapt.contrast_target": False,

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from spcl.demo import ROWS
 
 from spcl.cli import main
+from spcl.experiments.rows import DEMO_ROWS
 from spcl.models.files import load_model_file
 from spcl.models.segformer import SegFormerSegmenter
 
@@ -20,9 +20,9 @@ def test_quick_demo_runs_with_daformer_mit_b0(tmp_path: Path) -> None:
     argv = ["demo", "--quick", "--out", str(tmp_path), "model.name=daformer_mit_b0"]
     assert main([*argv, "run.progress=false"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    for row in ROWS:
+    for row in DEMO_ROWS:
         assert 0.0 <= results[row]["miou"] <= 100.0, row
-    model, info = load_model_file(tmp_path / "runs" / "spcl" / "06_self_train" / "model.pth")
+    model, info = load_model_file(results["spcl_self_training"]["model"])
     assert isinstance(model, SegFormerSegmenter)
     assert (info["arch"]["name"], info["arch"]["width"]) == ("daformer_mit_b0", 8)
     assert model.backbone.out_channels == (4, 8, 20, 32)

@@ -89,7 +89,9 @@ def test_online_configs_keep_the_authors_recipe(name: str) -> None:
     assert (online.teacher.alpha, online.pseudo.threshold) == (0.999, 0.968)
     assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == (15, 120)
     assert online.mix.enabled and online.ce_over_all_pixels
-    assert config.data.source.sampling == "rare_class" and config.data.source.rcs_temperature == 0.01
+    assert (
+        config.data.source.sampling == "rare_class" and config.data.source.rcs_temperature == 0.01
+    )
     assert online.masking.enabled == ("_mic_" in name)
     assert (online.contrast.source and online.contrast.target) == ("_sepico_" in name)
     assert (online.feature_distance.weight > 0) == ("_sepico_" not in name)

@@ -39,8 +39,10 @@ REQUIRED: str = "???"  # a value the user must set; loading fails naming the key
 @dataclass
 class ModelConfig:
     name: str = "deeplabv2_resnet101"  # registry name, see spcl.models.build
-    width: int = 64  # base channels of the ResNet (64 = torchvision; the CPU demo uses less)
-    pretrained: str | None = None  # local path (or URL) of torchvision ImageNet ResNet weights
+    width: int = 64  # base channels of the ResNet (64 = torchvision; the CPU demo uses less);
+    # for dinov2_* models the head dimension (64 = published, the only width weights load at)
+    pretrained: str | None = None  # local path (or URL) of torchvision ImageNet ResNet weights,
+    # or of an official DINOv2 file (dinov2_vitb14_pretrain.pth …) for dinov2_* models
     freeze_bn: bool = True  # reference: BatchNorm frozen in warm-up and adaptation
     frozen_bn_eps: float = 0.0  # reference quirk: frozen BN without eps during training
     options: dict[str, Any] = field(default_factory=dict)  # constructor keywords of the model,
@@ -87,12 +89,28 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: Literal["sgd", "adam"] = "sgd"  # reference: SGD
-    lr: float = 2.5e-4  # backbone learning rate (reference warm-up and adaptation)
-    head_lr_mult: float = 10.0  # classifier lr = 10 × backbone lr (reference)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # reference: SGD; DAFormer, VFM-UDA: adamw
+    lr: float = 2.5e-4  # backbone learning rate (reference warm-up and adaptation; DAFormer 6e-5)
+    head_lr_mult: float = 10.0  # classifier lr = 10 × backbone lr (reference; DAFormer head
+    # lr_mult 10, configs/_base_/schedules/adamw.py)
     momentum: float = 0.9  # SGD momentum (reference)
-    weight_decay: float = 5e-4  # (reference)
-    power: float = 0.9  # poly schedule exponent (reference)
+    weight_decay: float = 5e-4  # (reference; DAFormer and VFM-UDA AdamW: 0.01)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/AdamW (torch
+    # default; DAFormer configs/_base_/schedules/adamw.py: (0.9, 0.999))
+    backbone_lr_mult: float = 1.0  # backbone lr = lr × this (VFM-UDA lr_multiplier 0.1 with the
+    # head at lr, training/uda_vit/uda_vit_generic.py; same as lr × 0.1, head_lr_mult × 10)
+    layer_decay: float = 1.0  # ViT lr × decay^(depth − layer id), from the last block down (VFM-UDA
+    # layerwise_lr_decay 1.0, uda_vit_generic.py; VFM-UDA++ 0.9, training/uda/uda.py)
+    norm_decay_mult: float = 1.0  # weight decay × this on backbone norm layers (DAFormer 0:
+    # paramwise_cfg custom_keys norm decay_mult 0, adamw.py; VFM-UDA 1)
+    embed_decay_mult: float = 1.0  # weight decay × this on position embeddings and tokens
+    # (DAFormer 0: custom_keys pos_block decay_mult 0, adamw.py; VFM-UDA 1)
+    power: float = 0.9  # poly schedule exponent (reference; DAFormer 1.0, poly10warm.py)
+    min_lr: float = 0.0  # poly floor, absolute for every group (DAFormer 0, poly10warm.py;
+    # its no-warm-up ablation poly10.py: 1e-4)
+    warmup_iters: int = 0  # linear warm-up iterations, 0 = none (reference; DAFormer 1500,
+    # configs/_base_/schedules/poly10warm.py; VFM-UDA 1500)
+    warmup_ratio: float = 1e-6  # warm-up starts at lr × this (DAFormer 1e-6, poly10warm.py)
     max_iter: int = 62_500  # poly decay horizon (reference MAX_ITER)
     stop_iter: int = 40_000  # training stops here, before the lr reaches 0 (reference STOP_ITER)
     batch_size: int = 4  # images per domain per step (reference: 4 source + 4 target over 4 GPUs)
@@ -230,15 +248,17 @@ class OnlineConfig:
     contrast: OnlineContrastConfig = field(default_factory=OnlineContrastConfig)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
-            optimizer="adam",
+            optimizer="adamw",
             lr=6e-5,
             weight_decay=0.01,
             power=1.0,
+            warmup_iters=1500,
             max_iter=40_000,
             stop_iter=40_000,
             batch_size=2,
         )
-    )  # DAFormer: 40k iterations of 2 source + 2 target crops, lr 6e-5, poly power 1
+    )  # DAFormer: AdamW lr 6e-5, wd 0.01, head ×10, 1500 warm-up iterations, poly power 1 over
+    # 40k iterations of 2 source + 2 target crops (schedules/adamw.py, poly10warm.py)
 
 
 @dataclass

@@ -20,17 +20,23 @@ from spcl.models.resnet import FrozenBatchNorm2d, freeze_batchnorm, resnet18, re
 
 NUM_CLASSES = 5
 # a 33×65 input, by hand: DeepLab-v2 at stride 8 (5×9); MiT models at stride 4: ⌊(n + 6 − 7)/4⌋ + 1
-OUT_SIZE = {"deeplabv2": (5, 9), "daformer": (9, 17), "segformer": (9, 17)}
+# (9×17); DINOv2 resizes to ⌊33/14⌋·14 × ⌊65/14⌋·14 = 28×56 → 2×4 tokens → ×4 in the head → 8×16
+OUT_SIZE = {"deeplabv2": (5, 9), "daformer": (9, 17), "segformer": (9, 17), "dinov2": (8, 16)}
 # feature channels at width 8: ResNet-18/34 8·8, ResNet-50/101 8·8·4; DAFormer 256·8/64;
-# SegFormer 256·8/64 (B0/B1) or 768·8/64 (B2-B5)
+# SegFormer 256·8/64 (B0/B1) or 768·8/64 (B2-B5); DINOv2 heads·8/4 (the head's last map has D/4
+# channels, D = heads × width)
+DINOV2_HEADS = {"vits14": 6, "vitb14": 12, "vitl14": 16, "vitg14": 24}
 FEATURES_AT_WIDTH_8 = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256}
 FEATURES_AT_WIDTH_8 |= {f"daformer_mit_b{i}": 32 for i in range(6)}
 FEATURES_AT_WIDTH_8 |= {f"segformer_mit_b{i}": 32 if i < 2 else 96 for i in range(6)}
+FEATURES_AT_WIDTH_8 |= {f"dinov2_{v}": h * 8 // 4 for v, h in DINOV2_HEADS.items()}
+FEATURES_AT_WIDTH_8 |= {f"dinov2_{v}_reg": h * 8 // 4 for v, h in DINOV2_HEADS.items()}
 # stochastic depth may drop a block for both samples of the one step (no gradient): off here
 OPTIONS = {
     "deeplabv2": {},
     "daformer": {"drop_path_rate": 0.0},
     "segformer": {"drop_path_rate": 0.0},
+    "dinov2": {},
 }
 
 
@@ -76,9 +82,23 @@ def test_every_model_is_finite_and_fully_trained(name: str, freeze_bn: bool) -> 
     frozen = any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     if family == "deeplabv2":
         assert backbone_bn != freeze_bn and frozen == freeze_bn
+    elif family == "dinov2":  # LayerNorm only in a ViT and its head: nothing to freeze
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) and not frozen
+        assert any(isinstance(m, torch.nn.LayerNorm) for m in model.decode_head.modules())
     else:  # LayerNorm only in a MiT: freeze_bn changes nothing; the decoder's BN always trains
         assert not backbone_bn and not frozen
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.decode_head.modules())
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_REGISTRY))
+def test_head_prefixes_name_the_head_of_param_groups(name: str) -> None:
+    model = build_model(name, NUM_CLASSES, width=8)
+    backbone, head = model.param_groups()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    by_prefix = [p for n, p in named if n.startswith(model.head_prefixes)]
+    rest = [p for n, p in named if not n.startswith(model.head_prefixes)]
+    assert [id(p) for p in by_prefix] == [id(p) for p in head]
+    assert [id(p) for p in rest] == [id(p) for p in backbone]
 
 
 def test_registry_names_and_depths() -> None:
@@ -88,6 +108,7 @@ def test_registry_names_and_depths() -> None:
         "deeplabv2_resnet18",
         "deeplabv2_resnet34",
         "deeplabv2_resnet50",
+        *(f"dinov2_vit{s}14{r}" for s in "bgls" for r in ("", "_reg")),
         *(f"segformer_mit_b{i}" for i in range(6)),
     ]
     model = build_model("deeplabv2_resnet34", 19, width=8)

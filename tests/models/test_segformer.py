@@ -201,7 +201,7 @@ def test_decoder_widths_and_options() -> None:
         build_model("daformer_mit_b0", 19, options={"fusoin": "aspp"})
     with pytest.raises(ValueError, match="unknown DAFormer fusion 'sep'"):
         build_model("daformer_mit_b0", 19, width=8, options={"fusion": "sep"})
-    assert DeepLabV2.head_prefixes == ("classifier.",)
+    assert DeepLabV2.head_prefixes == ("classifier.", "projection.")
     assert math.isclose(
         build_model("daformer_mit_b0", 2, width=8).backbone.block4[1].drop_path.p, 0.1
     )

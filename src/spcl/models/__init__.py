@@ -1,4 +1,4 @@
-"""Segmentation models: dilated ResNets, DeepLab-v2, MiT + DAFormer/SegFormer, the discriminator."""
+"""Segmentation models: dilated ResNets + DeepLab-v2, MiT + DAFormer/SegFormer, DINOv2 ViTs, D."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from spcl.models.build import (
     build_discriminator,
     build_model,
     load_backbone_weights,
+    load_dinov2_weights,
     load_mit_weights,
 )
 from spcl.models.deeplab_v2 import ASPPClassifierV2, DeepLabV2, SegOutput
@@ -24,25 +25,34 @@ from spcl.models.resnet import (
     resnet101,
 )
 from spcl.models.segformer import SegFormerSegmenter, daformer_mit, segformer_mit
+from spcl.models.vit import DINOV2_VARIANTS, DINOv2Encoder, dinov2_encoder
+from spcl.models.vit_seg import LightweightUpscaleHead, ViTSegmenter, dinov2_segmenter
 
 __all__ = [
+    "DINOV2_VARIANTS",
     "MIT_VARIANTS",
     "MODEL_REGISTRY",
     "ASPPClassifierV2",
     "BasicBlock",
     "Bottleneck",
+    "DINOv2Encoder",
     "DeepLabV2",
     "FrozenBatchNorm2d",
+    "LightweightUpscaleHead",
     "MixVisionTransformer",
     "OutputDiscriminator",
     "ResNet",
     "SegFormerSegmenter",
     "SegOutput",
+    "ViTSegmenter",
     "build_discriminator",
     "build_model",
     "daformer_mit",
+    "dinov2_encoder",
+    "dinov2_segmenter",
     "freeze_batchnorm",
     "load_backbone_weights",
+    "load_dinov2_weights",
     "load_mit_weights",
     "resnet18",
     "resnet34",

@@ -3,15 +3,19 @@
 ``build_model("deeplabv2_resnet101", 19, pretrained="resnet101-5d3b4d8f.pth", freeze_bn=True,
 bn_eps_frozen=0.0)`` builds SPCL's segmenter (arXiv 2111.12358, Sec. 4.1) as the reference trains
 it; ``build_model("daformer_mit_b5", 19, pretrained="mit_b5.pth")`` builds DAFormer's (MiT-B5 +
-sep-ASPP decoder, Hoyer et al. 2022), ``segformer_mit_bX`` SegFormer's (all-MLP decoder).
-Backbone checkpoints are torchvision-format ResNet state dicts, or the official SegFormer ImageNet
-files ``mit_bX.pth``, read from a local file with ``torch.load(weights_only=True)``; a URL is
-downloaded into the torch hub cache only when one is passed explicitly.
+sep-ASPP decoder, Hoyer et al. 2022), ``segformer_mit_bX`` SegFormer's (all-MLP decoder), and
+``build_model("dinov2_vitb14", 19, pretrained="dinov2_vitb14_pretrain.pth")`` a DINOv2 ViT-B/14
+with VFM-UDA's lightweight head (:mod:`spcl.models.vit_seg`; ``dinov2_<v>_reg`` with registers).
+Backbone checkpoints are torchvision-format ResNet state dicts, the official SegFormer ImageNet
+files ``mit_bX.pth`` or the official DINOv2 files, read from a local file with
+``torch.load(weights_only=True)``; a URL is downloaded into the torch hub cache only when one is
+passed explicitly.
 
-``width`` is the ResNet base width, or for MiT models a channel scale (64 = published, see
-:mod:`spcl.models.mit`); ``freeze_bn`` freezes the *backbone's* BatchNorm, so it changes nothing
-in a MiT model (LayerNorm only in the encoder; the decoder's BatchNorm always trains, as in
-DAFormer). ``options`` are further constructor keywords (e.g. ``fusion``, ``projection_dim``).
+``width`` is the ResNet base width, or for MiT and DINOv2 models a channel scale (64 = published,
+the only width official weights load at); ``freeze_bn`` freezes the *backbone's* BatchNorm, so it
+changes nothing in a MiT or ViT encoder (LayerNorm only; the decoders' BatchNorm always trains, as
+in DAFormer). ``options`` are further constructor keywords (e.g. ``fusion``, ``projection_dim``,
+``dilations``; DINOv2: ``feature_blocks``, ``freeze_backbone``, ``input_scale``).
 """
 
 from __future__ import annotations
@@ -34,12 +38,15 @@ from spcl.models.mit import DEFAULT_WIDTH as MIT_WIDTH
 from spcl.models.mit import MIT_VARIANTS, MixVisionTransformer, mit_variant_of
 from spcl.models.resnet import BN_EPS, DEFAULT_WIDTH, RESNET_DEPTHS, ResNet, freeze_batchnorm
 from spcl.models.segformer import SegFormerSegmenter, daformer_mit, segformer_mit
+from spcl.models.vit import DINOV2_VARIANTS, DINOv2Encoder
+from spcl.models.vit_seg import ViTSegmenter, dinov2_segmenter
 
 __all__ = [
     "MODEL_REGISTRY",
     "build_discriminator",
     "build_model",
     "load_backbone_weights",
+    "load_dinov2_weights",
     "load_mit_weights",
 ]
 
@@ -50,6 +57,7 @@ OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BN step counters: absent or extr
 UNUSED_BACKBONE_PREFIXES = ("fc.",)  # ImageNet head: kept for strict loading, never run
 MIT_IMAGENET_HEAD = "head."  # official mit_bX.pth hold a 1000-class Linear: read, never built
 BUILD_ARGUMENTS = ("num_classes", "width")  # passed by build_model itself, not via options
+SHOWN_KEYS = 5  # keys named in a checkpoint error
 URL_SCHEMES = ("http", "https")
 
 
@@ -74,6 +82,11 @@ MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{f"deeplabv2_resnet{depth}": partial(_deeplabv2_resnet, depth) for depth in RESNET_DEPTHS},
     **{f"daformer_mit_{variant}": partial(daformer_mit, variant) for variant in MIT_VARIANTS},
     **{f"segformer_mit_{variant}": partial(segformer_mit, variant) for variant in MIT_VARIANTS},
+    **{
+        f"dinov2_{variant}{suffix}": partial(dinov2_segmenter, variant, registers=bool(suffix))
+        for variant in DINOV2_VARIANTS
+        for suffix in ("", "_reg")
+    },
 }
 
 
@@ -202,10 +215,66 @@ def load_mit_weights(encoder: MixVisionTransformer, path: str | Path) -> list[st
     return ignored
 
 
+def _dinov2_file_shape(state: Mapping[str, Tensor]) -> str:
+    """What a DINOv2 state dict looks like: its embed dim, depth and registers (for errors)."""
+    dim = state["cls_token"].shape[-1] if "cls_token" in state else "?"
+    blocks = {k.split(".")[1] for k in state if k.startswith("blocks.") and k.count(".") > 1}
+    registers = tuple(state["register_tokens"].shape) if "register_tokens" in state else "none"
+    return f"embed dim {dim}, {len(blocks)} blocks, register_tokens {registers}"
+
+
+def load_dinov2_weights(encoder: DINOv2Encoder, path: str | Path) -> None:
+    """Load an official DINOv2 file (``dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth``) strictly.
+
+    The file's keys and shapes must equal the encoder's exactly, as the hub's
+    ``load_state_dict(strict=True)`` demands (after unwrapping a ``state_dict``/``model`` level
+    and stripping ``module.``/``backbone.``).
+
+    Args:
+        encoder: The DINOv2 trunk to fill (``model.backbone``).
+        path: Local ``.pth`` file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: A shape differs, or keys are missing or extra; the message names the
+            first keys that do not fit, the file's apparent shape and the encoder's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"DINOv2 checkpoint not found: {path}")
+    ckpt = _read_state_dict(path)
+    own = encoder.state_dict()
+    wrong = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in ckpt.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in ckpt]
+    unexpected = [k for k in ckpt if k not in own]
+    if wrong or missing or unexpected:
+        found = {"shape mismatch": wrong, "missing": missing, "unexpected": unexpected}
+        problems = [
+            f"{label} ({len(keys)}): {', '.join(keys[:SHOWN_KEYS])}"
+            for label, keys in found.items()
+            if keys
+        ]
+        raise CheckpointError(
+            f"{path} does not fit the DINOv2 encoder ({_dinov2_file_shape(own)}); the file has "
+            f"{_dinov2_file_shape(ckpt)}. {'; '.join(problems)}. Pick the registry name of the "
+            f"file's variant (dinov2_vit{{s,b,l,g}}14, *_reg for *_reg4 files) at width 64"
+        )
+    encoder.load_state_dict(ckpt, strict=True)
+
+
 def _construct(name: str, num_classes: int, width: int, options: Mapping[str, Any]) -> nn.Module:
     """Call the registered constructor, refusing options it does not take (named)."""
     constructor = MODEL_REGISTRY[name]
-    accepted = [p for p in inspect.signature(constructor).parameters if p not in BUILD_ARGUMENTS]
+    bound = getattr(constructor, "keywords", {})  # fixed by the registry entry (e.g. registers)
+    accepted = [
+        p
+        for p in inspect.signature(constructor).parameters
+        if p not in BUILD_ARGUMENTS and p not in bound
+    ]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(
@@ -254,7 +323,14 @@ def build_model(
     model = _construct(name, num_classes, width, dict(options or {}))
     if pretrained is not None:
         checkpoint = _resolve_checkpoint(pretrained)
-        if isinstance(model, SegFormerSegmenter):
+        if isinstance(model, ViTSegmenter):
+            if width != DEFAULT_WIDTH:
+                raise ConfigError(
+                    f"{name}: official DINOv2 weights exist at width {DEFAULT_WIDTH} only, got "
+                    f"width={width} with pretrained={str(pretrained)!r}"
+                )
+            load_dinov2_weights(model.backbone, checkpoint)
+        elif isinstance(model, SegFormerSegmenter):
             if width != MIT_WIDTH:
                 raise ConfigError(
                     f"{name}: official MiT weights exist at width {MIT_WIDTH} only, got "

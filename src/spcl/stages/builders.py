@@ -32,7 +32,7 @@ from spcl.data.transforms import build_eval_transform, build_train_transform
 from spcl.engine.checkpoint import clean_state_dict, load_state
 from spcl.engine.distributed import barrier
 from spcl.engine.loop import LoopConfig
-from spcl.engine.optim import build_optimizer, poly_scheduler
+from spcl.engine.optim import optimizer_from_groups, param_groups, poly_scheduler
 from spcl.models.build import build_model
 from spcl.models.deeplab_v2 import SegOutput
 from spcl.models.files import save_model_file
@@ -352,15 +352,36 @@ def eval_loader(ctx: RunContext, dataset: SegmentationList) -> torch.utils.data.
 def optimizer_and_schedule(
     model: nn.Module, optim: OptimConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """The stage optimiser (head at ``head_lr_mult`` × lr) and its poly schedule over max_iter."""
-    backbone, head = model.param_groups()
-    optimizer = build_optimizer(
-        backbone,
-        head,
+    """The stage optimiser (per-parameter groups, :func:`spcl.engine.optim.param_groups`) and its
+    poly schedule over max_iter (with warm-up and floor when configured).
+
+    With the reference settings (all multipliers 1, no warm-up) this is SGD/Adam with the backbone
+    at ``lr`` and the head at ``head_lr_mult`` × lr, as before.
+    """
+    groups = param_groups(
+        model,
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        head_lr_mult=optim.head_lr_mult,
+        backbone_lr_mult=optim.backbone_lr_mult,
+        layer_decay=optim.layer_decay,
+        norm_decay_mult=optim.norm_decay_mult,
+        embed_decay_mult=optim.embed_decay_mult,
+    )
+    optimizer = optimizer_from_groups(
+        groups,
         kind=optim.optimizer,
         lr=optim.lr,
-        head_lr_mult=optim.head_lr_mult,
         momentum=optim.momentum,
         weight_decay=optim.weight_decay,
+        betas=optim.betas,
     )
-    return optimizer, poly_scheduler(optimizer, optim.max_iter, optim.power)
+    schedule = poly_scheduler(
+        optimizer,
+        optim.max_iter,
+        optim.power,
+        min_lr=optim.min_lr,
+        warmup_iters=optim.warmup_iters,
+        warmup_ratio=optim.warmup_ratio,
+    )
+    return optimizer, schedule
