@@ -25,7 +25,8 @@ def test_the_four_configs_ship() -> None:
     }
 
 
-SPCL_REFERENCE = [n for n in SHIPPED if n != "demo" and not n.endswith(("_dlv2", "_mitb5"))]
+ONLINE_SUFFIXES = ("_dlv2", "_mitb5", "_vitb14", "_vitl14")
+SPCL_REFERENCE = [n for n in SHIPPED if n != "demo" and not n.endswith(ONLINE_SUFFIXES)]
 ONLINE_REFERENCE = [n for n in SHIPPED if n.endswith(("_dlv2", "_mitb5"))]
 
 
@@ -75,9 +76,12 @@ def test_other_kinds_go_through_the_registry_with_their_options(tmp_path: Path) 
         domain_dataset(bad, with_labels=True, train=False)
 
 
+WEIGHTS = ["model.pretrained=/weights/mit_b5.pth"]  # the MiT configs require the ImageNet file
+
+
 @pytest.mark.parametrize("name", ONLINE_REFERENCE)
 def test_online_configs_keep_the_authors_recipe(name: str) -> None:
-    config = load_config(name, ROOTS)
+    config = load_config(name, [*ROOTS, *WEIGHTS])
     online = config.online
     assert config.run.stages == ["online", "evaluate"] and online.init == "pretrained"
     assert online.optim.optimizer == "adamw" and online.optim.lr == 6e-5
@@ -98,3 +102,19 @@ def test_online_configs_keep_the_authors_recipe(name: str) -> None:
     if name.startswith("synthia"):
         assert config.data.num_classes == 16 and config.data.source.kind == "synthia"
         assert online.feature_distance.classes == [6, 7, 10, 11, 12, 13, 14, 15]
+
+    if name.endswith("_mitb5"):
+        assert config.model.name == "daformer_mit_b5" and config.model.width == 64
+        assert (config.online.optim.norm_decay_mult, config.online.optim.embed_decay_mult) == (0, 0)
+    else:
+        assert config.model.options["dilations"] in ([6, 12], [6, 12, 18, 24])
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if "_vfmuda_" in n])
+def test_vfmuda_configs_fine_tune_the_vit_at_a_tenth(name: str) -> None:
+    config = load_config(name, ROOTS)
+    online, optim = config.online, config.online.optim
+    assert config.model.name.startswith("dinov2_vit") and config.model.options["input_scale"] == 1.1
+    assert (optim.backbone_lr_mult, optim.head_lr_mult, optim.lr) == (0.1, 1.0, 0.000141)
+    assert online.teacher.ema_buffers and online.masking.enabled
+    assert online.feature_distance.weight == 0.0 and config.data.source.rcs_temperature == 0.05

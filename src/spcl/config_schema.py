@@ -237,6 +237,9 @@ class OnlineConfig:
     ce_over_all_pixels: bool = True  # DAFormer quirk: CE means over all B·H·W pixels, ignored ones
     # counting 0; False means over the labelled pixels only
     hflip: bool = True  # random horizontal flip of source and target crops (DAFormer p = 0.5)
+    source_sampling: Literal["data", "uniform", "class_balanced", "rare_class"] = "data"  # the
+    # source order of this stage: "data" follows data.source.sampling; rare_class is DAFormer's
+    # RCS (data.source.rcs_*), set here to keep a shared warm-up's sampling unchanged
     crop: list[int] = field(default_factory=lambda: [512, 512])  # random [H, W] crop of source
     # and target after the resize (DAFormer 512×512; its source crop also retries up to 10 times
     # until no class covers 75%, not done here); empty: whole images

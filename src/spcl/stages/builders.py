@@ -5,6 +5,7 @@ This is where the config stops: below it (models, data, method, engine) only key
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -326,9 +327,14 @@ def train_loader(
     )
 
 
-def source_stream(ctx: RunContext, batch_size: int, salt: int, **augment: Any) -> InfiniteLoader:
-    """The labelled source training stream (class-balanced when ``data.source.sampling`` asks)."""
+def source_stream(
+    ctx: RunContext, batch_size: int, salt: int, sampling: str = "data", **augment: Any
+) -> InfiniteLoader:
+    """The labelled source training stream, ordered as ``data.source.sampling`` asks, or as
+    ``sampling`` when it is not ``"data"`` (``uniform``, ``class_balanced``, ``rare_class``)."""
     domain = ctx.config.data.source
+    if sampling != "data":
+        domain = dataclasses.replace(domain, sampling=sampling)
     dataset = domain_dataset(domain, with_labels=True, train=True, **augment)
     return train_loader(ctx, dataset, batch_size, salt, source_order(ctx, domain, dataset, salt))
 

@@ -85,7 +85,9 @@ def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
     net = wrap_ddp(ctx, student)
     optimizer, schedule = optimizer_and_schedule(student, cfg.optim)
     augment = {"hflip": cfg.hflip, "crop": cfg.crop}  # no photometric change: the step's own
-    source = source_stream(ctx, cfg.optim.batch_size, SOURCE_STREAM, **augment)
+    source = source_stream(
+        ctx, cfg.optim.batch_size, SOURCE_STREAM, sampling=cfg.source_sampling, **augment
+    )
     target = train_loader(
         ctx,
         domain_dataset(data.target, with_labels=False, train=True, **augment),
