@@ -31,7 +31,7 @@ from pathlib import Path
 
 from spcl import __version__
 from spcl.base import UsageError, UserError
-from spcl.experiments.rows import ABLATIONS
+from spcl.experiments.rows import ABLATIONS, ROWS
 from spcl.pipeline import STAGE_NAMES as STAGE_CHOICES
 
 __all__ = ["build_parser", "main", "parse_ablations", "parse_seeds"]
@@ -61,6 +61,17 @@ def parse_ablations(text: str) -> tuple[str, ...]:
     if unknown:
         raise argparse.ArgumentTypeError(
             f"--ablate: unknown ablation(s) {unknown}; valid: {', '.join(ABLATIONS)} or all"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def parse_rows(text: str) -> tuple[str, ...]:
+    """``--rows source_only,online`` → row names; ArgumentTypeError listing the valid ones."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"--rows: unknown or no row(s) {unknown}; valid: {', '.join(ROWS)}"
         )
     return tuple(dict.fromkeys(names))
 
@@ -285,6 +296,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         config=args.config,
         overrides=tuple(args.overrides),
         ablate=args.ablate,
+        **({"rows": args.rows} if args.rows else {}),
     )
     return 0
 
@@ -327,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=(),
         metavar="NAMES",
         help="extra rows: tau,alpha,absent,cap,lambda,bn,adabn_labels or all",
+    )
+    bench.add_argument(
+        "--rows",
+        type=parse_rows,
+        metavar="NAMES",
+        help="comma list of rows to run and report (default: all; e.g. the demo's rows first)",
     )
     bench.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every row")
     bench.set_defaults(handler=_cmd_bench)

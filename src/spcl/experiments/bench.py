@@ -23,7 +23,7 @@ from spcl.base import UsageError
 from spcl.config import load_config
 from spcl.experiments.payload import Published, build_payload
 from spcl.experiments.report import format_summary, write_outputs
-from spcl.experiments.rows import ABLATIONS, BENCH_ROWS, QUICK_OVERRIDES
+from spcl.experiments.rows import ABLATIONS, BENCH_ROWS, QUICK_OVERRIDES, ROWS
 from spcl.experiments.runner import Layout, run_seed
 from spcl.experiments.sharing import total_stage_seconds
 
@@ -36,9 +36,10 @@ TITLE = "spcl bench: what each part of SPCL buys"
 
 def _bench_command(
     out: Path, seeds: Sequence[int], quick: bool, config: str, overrides: Sequence[str],
-    ablate: Sequence[str],
+    ablate: Sequence[str], rows: Sequence[str] = BENCH_ROWS,
 ) -> str:  # fmt: skip
     words = ["spcl", "bench", "--out", str(out), "--seeds", ",".join(map(str, seeds))]
+    words += ["--rows", ",".join(rows)] if tuple(rows) != BENCH_ROWS else []
     words += ["--quick"] if quick else []
     words += ["--config", config] if config != BENCH_CONFIG else []
     words += ["--ablate", ",".join(ablate)] if ablate else []
@@ -62,6 +63,7 @@ def run_bench(
     config: str = BENCH_CONFIG,
     overrides: Sequence[str] = (),
     ablate: Sequence[str] = (),
+    rows: Sequence[str] = BENCH_ROWS,
     published: Sequence[Published] = (),
     command: str | None = None,
 ) -> dict[str, Any]:
@@ -76,6 +78,8 @@ def run_bench(
         config: YAML file or shipped config name (``demo``, ``gta5_to_cityscapes``, ...).
         overrides: ``key=value`` applied to every row before the row's own switches.
         ablate: names from :data:`~spcl.experiments.rows.ABLATIONS` (variants of ``spcl``).
+        rows: names of :data:`~spcl.experiments.rows.ROWS` to run and report, in report order
+            (default all); e.g. the demo's rows first, the rest in a later call.
         published: other papers' numbers to print beside ours (benchmarks/real_benchmarks.py).
         command: the command line to record; None records the equivalent ``spcl bench`` one.
 
@@ -83,34 +87,38 @@ def run_bench(
         The content of ``results.json`` (:func:`spcl.experiments.payload.build_payload`).
 
     Raises:
-        UsageError: no seed, a repeated seed, or an unknown ablation.
+        UsageError: no seed, a repeated seed, an unknown ablation or row, or no row.
     """
-    out, seeds, ablate = Path(out), list(seeds), tuple(ablate)
+    out, seeds, ablate, rows = Path(out), list(seeds), tuple(ablate), tuple(rows)
     if not seeds or len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds must be distinct and at least one, got {seeds}")
     unknown = [a for a in ablate if a not in ABLATIONS]
     if unknown:
         raise UsageError(f"--ablate: unknown ablation(s) {unknown}; valid: {', '.join(ABLATIONS)}")
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown or not rows:
+        raise UsageError(f"--rows: unknown or no row(s) {unknown}; valid: {', '.join(ROWS)}")
     common = [*(QUICK_OVERRIDES if quick else ()), *overrides]
     layout = Layout(out, per_seed=True)
     begin = time.perf_counter()
-    per_seed, commands = {}, {}
+    per_seed, commands, specs = {}, {}, []
     for seed in seeds:
-        result = run_seed(layout, seed, config, common, BENCH_ROWS, ablate)
-        per_seed[seed], commands[seed], rows = result.rows, result.commands, result.specs
+        result = run_seed(layout, seed, config, common, rows, ablate)
+        per_seed[seed], commands[seed], specs = result.rows, result.commands, result.specs
     meta = {
         "seeds": seeds,
         "quick": quick,
         "config": config,
         "overrides": list(overrides),
         "ablate": list(ablate),
-        "command": command or _bench_command(out, seeds, quick, config, overrides, ablate),
+        "rows": list(rows),
+        "command": command or _bench_command(out, seeds, quick, config, overrides, ablate, rows),
         "run_commands": commands[seeds[0]],
         "seconds": round(time.perf_counter() - begin, 1),
         "stage_seconds": total_stage_seconds(out / "runs"),
         "machine": machine_info(config, common),
     }
-    payload = build_payload(rows, per_seed, meta, published=published)
+    payload = build_payload(specs, per_seed, meta, published=published)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 writes the report
         write_outputs(out, payload, title=TITLE)
         print(format_summary(payload))
