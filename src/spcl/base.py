@@ -9,7 +9,9 @@ status 2. Every other exception is a bug: the command line shows its traceback a
 
 Files: :func:`atomic_file` writes to a temporary file beside the destination and renames it into
 place only when the write succeeded, so a crash or a full disk never leaves a half-written file
-under the final name.
+under the final name. The file gets the mode an ordinary ``open()`` would give it (``0o666``
+less the process's umask), not the ``0o600`` of the temporary file, so colleagues sharing a server
+can read models, predictions and metrics as their umask allows (:func:`file_mode`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -35,11 +38,18 @@ __all__ = [
     "UserError",
     "atomic_file",
     "atomic_write_bytes",
+    "current_umask",
+    "dir_mode",
+    "file_mode",
 ]
 
 IGNORE_INDEX = 255  # label value that losses, metrics and pseudo-labels skip
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # input normalisation of torchvision's ImageNet weights
 IMAGENET_STD = (0.229, 0.224, 0.225)  # (images in [0, 1], RGB)
+FILE_BITS = 0o666  # what open() asks for; the umask removes bits from it
+DIR_BITS = 0o777  # what mkdir() asks for
+_PROC_STATUS = Path("/proc/self/status")  # Linux ≥ 4.7 shows the umask there ("Umask:\t0022")
+_UMASK_LOCK = threading.Lock()  # the fallback sets the umask for a moment: one thread at a time
 
 
 class UserError(Exception):
@@ -77,10 +87,35 @@ class UnknownNameError(UserError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system shows it (Linux)."""
+    try:
+        for line in _PROC_STATUS.read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore at once (os.umask has no read-only form)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open()``: ``0o666`` without the umask's bits."""
+    return FILE_BITS & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode a new folder gets from ``mkdir()``: ``0o777`` without the umask's bits."""
+    return DIR_BITS & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it is synced and renamed to ``path``.
 
+    The file gets the user's usual mode (:func:`file_mode`), not the temporary file's 0o600.
     On any exception the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
@@ -91,6 +126,7 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
