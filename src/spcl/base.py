@@ -7,6 +7,10 @@ Errors: :class:`UserError` is bad input the user can fix (a config key, a datase
 checkpoint file, an argument); the command line prints its message in one line and exits with
 status 2. Every other exception is a bug: the command line shows its traceback and exits with 1.
 
+YAML: :func:`load_yaml` is PyYAML's safe loader that also reads ``1e-4`` and ``5E3`` as numbers
+(YAML 1.1 wants ``1.0e-4``, so plain PyYAML returns the string ``'1e-4'``), for config files,
+``key=value`` overrides (lists included) and class tables alike.
+
 Files: :func:`atomic_file` writes to a temporary file beside the destination and renames it into
 place only when the write succeeded, so a crash or a full disk never leaves a half-written file
 under the final name. The file gets the mode an ordinary ``open()`` would give it (``0o666``
@@ -18,11 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import yaml
 
 __all__ = [
     "IGNORE_INDEX",
@@ -41,6 +48,7 @@ __all__ = [
     "current_umask",
     "dir_mode",
     "file_mode",
+    "load_yaml",
 ]
 
 IGNORE_INDEX = 255  # label value that losses, metrics and pseudo-labels skip
@@ -85,6 +93,23 @@ class UnknownNameError(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0]) if self.args else ""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float syntax added: ``1e-4``, ``-2E+3``, ``.5e1``."""
+
+
+_SCIENTIFIC = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC, list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text safely; numbers in scientific notation are floats (``1e-4`` → 0.0001).
+
+    Raises:
+        yaml.YAMLError: the text is not valid YAML.
+    """
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
 
 
 def current_umask() -> int:

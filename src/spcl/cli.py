@@ -248,8 +248,7 @@ def _add_test_time_flags(parser: argparse.ArgumentParser) -> None:
 def _cmd_data(args: argparse.Namespace) -> int:
     import json
 
-    import yaml
-
+    from spcl.base import load_yaml
     from spcl.data.doctor import check_dataset, dataset_stats
 
     options = {}
@@ -257,7 +256,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
         key, sep, value = text.partition("=")
         if not sep or not key:
             raise UsageError(f"--option expects key=value, got {text!r}")
-        options[key] = yaml.safe_load(value)
+        options[key] = load_yaml(value)
     common = {
         "with_labels": not args.no_labels,
         "progress": not args.json,
