@@ -5,7 +5,9 @@ engine and the command line can all depend on it without an import cycle.
 
 Errors: :class:`UserError` is bad input the user can fix (a config key, a dataset on disk, a
 checkpoint file, an argument); the command line prints its message in one line and exits with
-status 2. Every other exception is a bug: the command line shows its traceback and exits with 1.
+status 2. :class:`NonFiniteLossError` is a training run that diverged (a NaN or infinite loss):
+one line naming the stage, iteration and loss terms, exit status 1. Every other exception is a bug:
+the command line shows its traceback and exits with 1.
 
 YAML: :func:`load_yaml` is PyYAML's safe loader that also reads ``1e-4`` and ``5E3`` as numbers
 (YAML 1.1 wants ``1.0e-4``, so plain PyYAML returns the string ``'1e-4'``), for config files,
@@ -39,6 +41,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "MissingFileError",
+    "NonFiniteLossError",
     "OutputExistsError",
     "UnknownNameError",
     "UsageError",
@@ -86,6 +89,14 @@ class OutputExistsError(UserError, FileExistsError):
 
 class UsageError(UserError, ValueError):
     """Command-line arguments that do not go together, or a file that would be overwritten."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: a loss became NaN or infinite (names stage, iteration, every term).
+
+    Not bad input and not a bug: the learning rate or the data made the loss blow up. The last
+    checkpoint is left as it was, so a run can resume from it once the cause is fixed.
+    """
 
 
 class UnknownNameError(UserError, KeyError):

@@ -146,7 +146,7 @@ def scan_folder(
     image_dir = require_dir(images_root / split, f"split {split!r}", f"; splits found: {splits}")
     label_dir = None
     if with_labels:
-        hint = " (unlabelled images: with_labels=False)"
+        hint = " (images without labels: `spcl data check folder ROOT --no-labels`)"
         label_dir = require_dir(root / "labels" / split, "label folder", hint)
     table_path = Path(class_file) if class_file is not None else root / CLASS_FILE
     if with_labels or table_path.is_file():

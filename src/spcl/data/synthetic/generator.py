@@ -196,8 +196,7 @@ def _claim_output(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty ``out`` unless ``overwrite``; create its parent."""
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise OutputExistsError(
-            f"output folder {out} exists and is not empty; pass --overwrite "
-            "(overwrite=True) to replace it"
+            f"output folder {out} exists and is not empty; pass --overwrite to replace it"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
 
