@@ -250,7 +250,7 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
     from spcl.engine.distributed import resolve_device
     from spcl.engine.tracking import Tracker
     from spcl.models.files import load_model_file
-    from spcl.stages.builders import check_model_classes
+    from spcl.stages.class_sets import check_model_classes
     from spcl.stages.evaluate import evaluate_model
 
     overrides = list(args.overrides)

@@ -274,9 +274,9 @@ def prepare_data(ctx: RunContext) -> None:
     Raises:
         UnknownNameError: ``model.name`` is not a registered model.
         ConfigError: ``generate`` is set but the source is not of kind ``synthetic``, or two
-            sides name different classes (:func:`spcl.stages.builders.check_class_sets`).
+            sides name different classes (:func:`spcl.stages.class_sets.check_class_sets`).
     """
-    from spcl.stages.builders import check_class_sets, check_model_name  # imports torch
+    from spcl.stages.class_sets import check_class_sets, check_model_name  # imports torch
 
     check_model_name(ctx.config.model.name)
     _generate_data(ctx)

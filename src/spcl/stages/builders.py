@@ -1,6 +1,7 @@
 """Config → objects, for the stages: models, datasets, loaders, optimisers.
 
 This is where the config stops: below it (models, data, method, engine) only keyword arguments.
+The run's class table and its checks live in :mod:`spcl.stages.class_sets` (re-exported here).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from spcl.base import CheckpointError, ConfigError, MissingFileError, UnknownNameError
-from spcl.config_schema import DataConfig, DomainConfig, OptimConfig
+from spcl.base import CheckpointError, MissingFileError
+from spcl.config_schema import DomainConfig, OptimConfig
 from spcl.context import RunContext
-from spcl.data.labels import ClassTable
 from spcl.data.lists import SegmentationList
 from spcl.data.loaders import InfiniteLoader, build_eval_loader
 from spcl.data.rare_class import RareClassOrder
-from spcl.data.registry import build_dataset, scan_dataset
+from spcl.data.registry import build_dataset
 from spcl.data.sampling import (
     ClassBalancedOrder,
     EpochOrder,
@@ -34,9 +34,16 @@ from spcl.engine.checkpoint import clean_state_dict, load_state
 from spcl.engine.distributed import barrier
 from spcl.engine.loop import LoopConfig
 from spcl.engine.optim import optimizer_from_groups, param_groups, poly_scheduler
-from spcl.models.build import MODEL_REGISTRY, build_model
+from spcl.models.build import build_model
 from spcl.models.deeplab_v2 import SegOutput
 from spcl.models.files import save_model_file
+from spcl.stages.class_sets import (
+    check_class_sets,
+    check_model_classes,
+    check_model_name,
+    class_table,
+    run_class_table,
+)
 
 __all__ = [
     "PairOutput",
@@ -151,152 +158,6 @@ def save_weights(ctx: RunContext, model: nn.Module, path: Path) -> Path:
             options=cfg.model.options,
         )
     return path
-
-
-def _domain_table(domain: DomainConfig) -> ClassTable:
-    """The class table of a labelled domain's reader (e.g. a folder's classes.yaml)."""
-    files = scan_dataset(
-        domain.kind, domain.root, domain.split, with_labels=True, warn=False, **domain.options
-    )
-    return files.table
-
-
-def _describe(domain: DomainConfig) -> str:
-    where = f"{domain.kind} dataset at {domain.root} (split {domain.split})"
-    if domain.kind == "folder":
-        table = domain.options.get("class_file") or Path(domain.root) / "classes.yaml"
-        where += f", class table {table}"
-    return where
-
-
-def run_class_table(data: DataConfig) -> ClassTable:
-    """The run's classes: the source dataset's table, checked against the config and target val.
-
-    Raises:
-        ConfigError: ``data.num_classes`` differs from the source's class count, or the labelled
-            target split names other classes than the source (both sides are named).
-    """
-    table = _domain_table(data.source)
-    if table.num_classes != data.num_classes:
-        raise ConfigError(
-            f"data.num_classes is {data.num_classes} but the source ({_describe(data.source)}) "
-            f"has {table.num_classes} classes {list(table.names)}; set "
-            f"data.num_classes={table.num_classes}"
-        )
-    val = data.target_val
-    try:
-        val_table = _domain_table(val)
-    except MissingFileError:
-        return table  # no labelled target split on disk (yet): checked when it is evaluated
-    if val_table.names != table.names:
-        raise ConfigError(
-            f"the target val split ({_describe(val)}) has classes {list(val_table.names)} but "
-            f"the source ({_describe(data.source)}) has {list(table.names)}"
-        )
-    return table
-
-
-def _target_table(domain: DomainConfig) -> ClassTable | None:
-    """The class table the unlabelled target's reader knows (None: none, or not on disk yet)."""
-    try:
-        files = scan_dataset(
-            domain.kind, domain.root, domain.split, with_labels=False, warn=False, **domain.options
-        )
-    except MissingFileError:
-        return None
-    return files.table if files.table.names else None
-
-
-def _model_file_classes(path: str) -> tuple[int, list[str]] | None:
-    """(class count, names) of an spcl model file at ``path``; None for other files.
-
-    Reads the file memory-mapped (only the small header, not the weights); a file in the legacy
-    (non-zip) format, or an ImageNet checkpoint without ``arch``, gives None.
-    """
-    if "://" in path or not Path(path).is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, ValueError, EOFError):
-        return None
-    if not isinstance(state, dict) or not isinstance(state.get("arch"), dict):
-        return None
-    return int(state["arch"].get("num_classes", 0)), list(state.get("class_names", []))
-
-
-def check_model_name(name: str) -> None:
-    """Refuse an unknown ``model.name`` when a run starts (the message lists the valid names)."""
-    if name not in MODEL_REGISTRY:
-        raise UnknownNameError(
-            f"model.name: unknown model {name!r}; valid names: {sorted(MODEL_REGISTRY)}"
-        )
-
-
-def check_class_sets(ctx: RunContext) -> None:
-    """Check at start-up that every side agrees on the classes, before any stage trains.
-
-    The config (``data.num_classes``), the source's class table, the labelled target split and
-    the unlabelled target (where its reader knows a table, e.g. a folder's classes.yaml) must
-    name the same classes. A ``model.pretrained`` that is an spcl model file of other classes is
-    reported: only its backbone is loaded, its classifier is not.
-
-    Raises:
-        ConfigError: two sides disagree (both are named, with their classes).
-    """
-    data = ctx.config.data
-    table = class_table(ctx)  # config vs source vs target val
-    target = _target_table(data.target)
-    if target is not None and target.names != table.names:
-        raise ConfigError(
-            f"the target ({_describe(data.target)}) has classes {list(target.names)} but the "
-            f"source ({_describe(data.source)}) has {list(table.names)}"
-        )
-    pretrained = ctx.config.model.pretrained
-    found = _model_file_classes(pretrained) if pretrained else None
-    if found is not None and (found[0], found[1] or list(table.names)) != (
-        table.num_classes,
-        list(table.names),
-    ):
-        ctx.tracker.info(
-            f"note: model.pretrained {pretrained} is a model file for {found[0]} classes "
-            f"{found[1]}; this run has {table.num_classes} {list(table.names)}: only its "
-            f"backbone is loaded, the classifier starts from scratch"
-        )
-
-
-def check_model_classes(path: str | Path, info: Mapping[str, Any], data: DataConfig) -> None:
-    """Check that a model file, ``data.num_classes`` and the target val split name one class set.
-
-    Args:
-        path: the model file (for messages).
-        info: what :func:`spcl.models.files.load_model_file` returned about it.
-        data: the data config whose ``target_val`` split the model is scored on.
-
-    Raises:
-        ConfigError: ``data.num_classes`` differs from the split's classes.
-        CheckpointError: the model's classes (count or names) differ from the split's.
-    """
-    val = data.target_val
-    table = _domain_table(val)
-    if data.num_classes != table.num_classes:
-        raise ConfigError(
-            f"data.num_classes is {data.num_classes} but the target val split ({_describe(val)}) "
-            f"has {table.num_classes} classes {list(table.names)}; set "
-            f"data.num_classes={table.num_classes}"
-        )
-    count, names = int(info["arch"]["num_classes"]), list(info.get("class_names") or [])
-    if count != table.num_classes or (names and names != list(table.names)):
-        raise CheckpointError(
-            f"{path} is a model for {count} classes {names or '(names not saved)'} but the target "
-            f"val split ({_describe(val)}) has {table.num_classes} classes {list(table.names)}"
-        )
-
-
-def class_table(ctx: RunContext) -> ClassTable:
-    """The run's class table (names and palette of every table, plot and model file), cached."""
-    if ctx.classes is None:
-        ctx.classes = run_class_table(ctx.config.data)
-    return ctx.classes
 
 
 def domain_dataset(
