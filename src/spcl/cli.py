@@ -265,11 +265,11 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
         raise UsageError("the config sets no data.target_val.root: pass data.target_val.root=DIR")
     device = resolve_device(config.run.device)
     model, info = load_model_file(args.model, device)
-    check_model_classes(args.model, info, config.data)
+    table = check_model_classes(args.model, info, config.data)
     tracker = Tracker(".", enabled=False)
     tracker.progress = config.run.progress
     ctx = RunContext(config, Path("."), device, tracker)
-    names = tuple(info["class_names"]) or None
+    names = tuple(info["class_names"]) or table.names
     with torch.no_grad():
         return evaluate_model(ctx, model, class_names=names)
 

@@ -142,13 +142,16 @@ def check_class_sets(ctx: RunContext) -> None:
         )
 
 
-def check_model_classes(path: str | Path, info: Mapping[str, Any], data: DataConfig) -> None:
+def check_model_classes(path: str | Path, info: Mapping[str, Any], data: DataConfig) -> ClassTable:
     """Check that a model file, ``data.num_classes`` and the target val split name one class set.
 
     Args:
         path: the model file (for messages).
         info: what :func:`spcl.models.files.load_model_file` returned about it.
         data: the data config whose ``target_val`` split the model is scored on.
+
+    Returns:
+        The split's class table (names for a model file saved without them).
 
     Raises:
         ConfigError: ``data.num_classes`` differs from the split's classes.
@@ -168,6 +171,7 @@ def check_model_classes(path: str | Path, info: Mapping[str, Any], data: DataCon
             f"{path} is a model for {count} classes {names or '(names not saved)'} but the target "
             f"val split ({_describe(val)}) has {table.num_classes} classes {list(table.names)}"
         )
+    return table
 
 
 def class_table(ctx: RunContext) -> ClassTable:
