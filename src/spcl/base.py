@@ -5,21 +5,33 @@ engine and the command line can all depend on it without an import cycle.
 
 Errors: :class:`UserError` is bad input the user can fix (a config key, a dataset on disk, a
 checkpoint file, an argument); the command line prints its message in one line and exits with
-status 2. Every other exception is a bug: the command line shows its traceback and exits with 1.
+status 2. :class:`NonFiniteLossError` is a training run that diverged (a NaN or infinite loss):
+one line naming the stage, iteration and loss terms, exit status 1. Every other exception is a bug:
+the command line shows its traceback and exits with 1.
+
+YAML: :func:`load_yaml` is PyYAML's safe loader that also reads ``1e-4`` and ``5E3`` as numbers
+(YAML 1.1 wants ``1.0e-4``, so plain PyYAML returns the string ``'1e-4'``), for config files,
+``key=value`` overrides (lists included) and class tables alike.
 
 Files: :func:`atomic_file` writes to a temporary file beside the destination and renames it into
 place only when the write succeeded, so a crash or a full disk never leaves a half-written file
-under the final name.
+under the final name. The file gets the mode an ordinary ``open()`` would give it (``0o666``
+less the process's umask), not the ``0o600`` of the temporary file, so colleagues sharing a server
+can read models, predictions and metrics as their umask allows (:func:`file_mode`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import yaml
 
 __all__ = [
     "IGNORE_INDEX",
@@ -29,17 +41,26 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "MissingFileError",
+    "NonFiniteLossError",
     "OutputExistsError",
     "UnknownNameError",
     "UsageError",
     "UserError",
     "atomic_file",
     "atomic_write_bytes",
+    "current_umask",
+    "dir_mode",
+    "file_mode",
+    "load_yaml",
 ]
 
 IGNORE_INDEX = 255  # label value that losses, metrics and pseudo-labels skip
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # input normalisation of torchvision's ImageNet weights
 IMAGENET_STD = (0.229, 0.224, 0.225)  # (images in [0, 1], RGB)
+FILE_BITS = 0o666  # what open() asks for; the umask removes bits from it
+DIR_BITS = 0o777  # what mkdir() asks for
+_PROC_STATUS = Path("/proc/self/status")  # Linux ≥ 4.7 shows the umask there ("Umask:\t0022")
+_UMASK_LOCK = threading.Lock()  # the fallback sets the umask for a moment: one thread at a time
 
 
 class UserError(Exception):
@@ -70,6 +91,14 @@ class UsageError(UserError, ValueError):
     """Command-line arguments that do not go together, or a file that would be overwritten."""
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: a loss became NaN or infinite (names stage, iteration, every term).
+
+    Not bad input and not a bug: the learning rate or the data made the loss blow up. The last
+    checkpoint is left as it was, so a run can resume from it once the cause is fixed.
+    """
+
+
 class UnknownNameError(UserError, KeyError):
     """A name that is not in a registry (model, dataset kind, stage); the message lists them."""
 
@@ -77,10 +106,52 @@ class UnknownNameError(UserError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float syntax added: ``1e-4``, ``-2E+3``, ``.5e1``."""
+
+
+_SCIENTIFIC = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC, list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text safely; numbers in scientific notation are floats (``1e-4`` → 0.0001).
+
+    Raises:
+        yaml.YAMLError: the text is not valid YAML.
+    """
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system shows it (Linux)."""
+    try:
+        for line in _PROC_STATUS.read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore at once (os.umask has no read-only form)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open()``: ``0o666`` without the umask's bits."""
+    return FILE_BITS & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode a new folder gets from ``mkdir()``: ``0o777`` without the umask's bits."""
+    return DIR_BITS & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it is synced and renamed to ``path``.
 
+    The file gets the user's usual mode (:func:`file_mode`), not the temporary file's 0o600.
     On any exception the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
@@ -91,6 +162,7 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

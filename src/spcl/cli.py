@@ -13,8 +13,15 @@ Subcommands:
 A user error (:class:`spcl.base.UserError`: a bad config key, a dataset or checkpoint that does not
 fit, a missing file, a folder that would be overwritten, arguments that do not go together) prints
 one line ``spcl: error: ...`` naming the culprit and exits with status 2; nothing is half-written.
-Set ``SPCL_DEBUG=1`` to get its traceback too. Any other exception is a bug: its traceback is
-shown and the exit status is 1.
+Set ``SPCL_DEBUG=1`` to get its traceback too. A training run whose loss became NaN or infinite
+(:class:`spcl.base.NonFiniteLossError`) prints one line naming the stage, iteration and loss terms
+and exits with 1. Any other exception is a bug: its traceback is shown and the exit status is 1.
+
+Ctrl-C and SIGTERM stop a command the same way: the exception unwinds through every open file
+(written by temporary file + rename, so nothing is half-written) and the run directory's lock, and
+the command says so in one line; ``run``, ``demo`` and ``bench`` add that the same command resumes
+(finished stages are skipped, a training stage continues from its last checkpoint). Exit status
+130 after Ctrl-C, 143 after SIGTERM (128 + the signal's number).
 
 Start-up is kept short: this module imports no torch, NumPy or plotting library; each command
 imports what it needs when it runs (``benchmarks/cli_startup.py`` measures it).
@@ -25,21 +32,49 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spcl import __version__
-from spcl.base import UsageError, UserError
+from spcl.base import NonFiniteLossError, UsageError, UserError
 from spcl.experiments.rows import ABLATIONS, ROWS
 from spcl.pipeline import STAGE_NAMES as STAGE_CHOICES
 
 __all__ = ["build_parser", "main", "parse_ablations", "parse_seeds"]
 
 EXIT_USER_ERROR = 2  # bad input: config, paths, arguments
+EXIT_DIVERGED = 1  # a training loss became NaN or infinite
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: kill, a scheduler's time limit, docker stop
+RESUMABLE = ("run", "demo", "bench")  # commands whose run directories resume where they stopped
+LISTED_SKIPPED = 50  # files left out by --on-error skip that evaluate prints (all are in --json)
 DEBUG_ENV = "SPCL_DEBUG"  # set to 1 to see the traceback of a user error
 ALL_ABLATIONS = "all"  # --ablate all
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it stops exactly as after Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    raise Terminated
+
+
+def _stopped_message(exc: KeyboardInterrupt, command: str, argv: Sequence[str]) -> str:
+    """One line: what stopped the command, and for a run how to resume it."""
+    what = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+    if command not in RESUMABLE:
+        return f"spcl: {what}; nothing half-written was left behind"
+    again = shlex.join(["spcl", *argv])
+    return (
+        f"spcl: {what}; finished stages and the last checkpoint are kept: run the same command "
+        f"to resume: {again}"
+    )
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -154,7 +189,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             args.gt_dir,
             pred_format=args.pred_format,
             gt_format=args.gt_format,
-            classes=args.classes,
+            classes=_evaluated_classes(args.classes),
             on_error=args.on_error,
             strict=args.strict,
         )
@@ -163,6 +198,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise UsageError("give --pred-dir/--gt-dir, or a model file and a config (--config)")
         scores = _evaluate_model_file(args)
     print(scores.format_table(default_subsets(scores.class_names)))
+    _print_skipped(report.get("skipped", []))
     if args.json:
         write_json(scores, args.json, extra=report or None)
         print(f"wrote {args.json}")
@@ -177,6 +213,46 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluated_classes(text: str):  # -> int | ClassTable
+    """``--classes``: 19, 16 or 13 (Cityscapes ids), or a classes.yaml / a folder dataset's root.
+
+    Raises:
+        UsageError: neither a known count nor an existing file or folder.
+    """
+    if text.isdigit():
+        from spcl.evaluation.pred_folders import CLASS_LISTS
+
+        if int(text) not in CLASS_LISTS:
+            raise UsageError(
+                f"--classes {text}: counts are {sorted(CLASS_LISTS)} (Cityscapes ids); for "
+                f"other classes give a classes.yaml or the root of a folder dataset"
+            )
+        return int(text)
+    from spcl.data.readers.folder import CLASS_FILE, load_class_table
+
+    path = Path(text)
+    if path.is_dir():
+        path = path / CLASS_FILE
+    if not path.is_file():
+        raise UsageError(
+            f"--classes {text}: no such file or folder with a {CLASS_FILE}; give 19, 16, 13, a "
+            f"classes.yaml or the root of a folder dataset"
+        )
+    return load_class_table(path)
+
+
+def _print_skipped(skipped: list[dict]) -> None:
+    """List the files ``--on-error skip`` (or a missing ground truth) left out, and why."""
+    if not skipped:
+        return
+    print(f"left out {len(skipped)} file(s):")
+    for entry in skipped[:LISTED_SKIPPED]:
+        shown = entry["prediction"] or entry["ground_truth"]
+        print(f"  {shown}: {entry['error']}")
+    if len(skipped) > LISTED_SKIPPED:
+        print(f"  ... and {len(skipped) - LISTED_SKIPPED} more (every one in --json)")
+
+
 def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
     import torch
 
@@ -185,6 +261,7 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
     from spcl.engine.distributed import resolve_device
     from spcl.engine.tracking import Tracker
     from spcl.models.files import load_model_file
+    from spcl.stages.class_sets import check_model_classes
     from spcl.stages.evaluate import evaluate_model
 
     overrides = list(args.overrides)
@@ -198,11 +275,12 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
     if config.data.target_val.root == "???":
         raise UsageError("the config sets no data.target_val.root: pass data.target_val.root=DIR")
     device = resolve_device(config.run.device)
-    model, info = load_model_file(args.model, device, num_classes=config.data.num_classes)
+    model, info = load_model_file(args.model, device)
+    table = check_model_classes(args.model, info, config.data)
     tracker = Tracker(".", enabled=False)
     tracker.progress = config.run.progress
     ctx = RunContext(config, Path("."), device, tracker)
-    names = tuple(info["class_names"]) or None
+    names = tuple(info["class_names"]) or table.names
     with torch.no_grad():
         return evaluate_model(ctx, model, class_names=names)
 
@@ -259,8 +337,7 @@ def _add_test_time_flags(parser: argparse.ArgumentParser) -> None:
 def _cmd_data(args: argparse.Namespace) -> int:
     import json
 
-    import yaml
-
+    from spcl.base import load_yaml
     from spcl.data.doctor import check_dataset, dataset_stats
 
     options = {}
@@ -268,7 +345,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
         key, sep, value = text.partition("=")
         if not sep or not key:
             raise UsageError(f"--option expects key=value, got {text!r}")
-        options[key] = yaml.safe_load(value)
+        options[key] = load_yaml(value)
     common = {
         "with_labels": not args.no_labels,
         "progress": not args.json,
@@ -372,7 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gt-dir", help="folder of ground-truth PNGs")
     ev.add_argument("--pred-format", choices=("trainIds", "labelIds"), default="trainIds")
     ev.add_argument("--gt-format", choices=("trainIds", "labelIds"), default="labelIds")
-    ev.add_argument("--classes", type=int, choices=(19, 16, 13), default=19)
+    ev.add_argument(
+        "--classes",
+        default="19",
+        metavar="19|16|13|FILE|DIR",
+        help="evaluated classes: 19, 16 or 13 (Cityscapes ids), or a classes.yaml or a folder "
+        "dataset's root (its own ids); default 19",
+    )
     ev.add_argument("--on-error", choices=("fail", "skip"), default="fail")
     ev.add_argument("--strict", action="store_true", help="predictions without GT are an error")
     ev.add_argument("--json", metavar="FILE", help="write every score as JSON")
@@ -430,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         args.overrides = [*args.overrides, *extras]
     handler: Callable[[argparse.Namespace], int] = args.handler
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return handler(args)
     except UserError as exc:
@@ -437,6 +522,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"spcl: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("spcl: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except NonFiniteLossError as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"spcl: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt as exc:
+        shown = sys.argv[1:] if argv is None else list(argv)
+        print(_stopped_message(exc, args.command, shown), file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -2,7 +2,10 @@
 
 Every problem is a :class:`ConfigError` that names the key and where it came from (the YAML file,
 or the command-line override): an unknown key lists the valid ones, a wrong type says what was
-expected, a required value left unset says how to set it. A YAML file may start from another with
+expected, a value out of its range (declared with its type in :mod:`spcl.config_schema`) or values
+that do not go together (a section's ``problems()``) say what would work, a required value left
+unset says how to set it. Numbers may be written ``1e-4`` (read as YAML 1.2 does), and a whole
+number written ``4e4`` fits an integer key. A YAML file may start from another with
 ``base: other.yaml`` (relative to the file); its keys are merged over the base's.
 """
 
@@ -12,11 +15,11 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
-from spcl.base import ConfigError, atomic_file
+from spcl.base import ConfigError, atomic_file, load_yaml
 from spcl.config_schema import REQUIRED, Config
 
 __all__ = [
@@ -43,7 +46,7 @@ def load_config(
     Args:
         path: YAML file, or None for the schema defaults.
         overrides: strings ``dotted.key=value``; the value is parsed as YAML (``3`` is an int,
-            ``[1, 2]`` a list, ``null`` None).
+            ``[1, 2]`` a list, ``null`` None, ``1e-4`` a float).
         require_all: fail when a required value is left unset (``???``); False keeps the
             placeholder, e.g. to print a partial config.
 
@@ -107,7 +110,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if resolved in seen:
         raise ConfigError(f"{path}: 'base' chain loops back to {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -127,9 +130,17 @@ def _parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' is not of the form dotted.key=value")
     try:
-        return key, yaml.safe_load(value) if value != "" else ""
+        return key, load_yaml(value) if value != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{text}': value is not valid YAML: {exc}") from exc
+        raise ConfigError(f"override '{text}': value is not valid YAML: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    """PyYAML's problem and its column, in one line (its own text spans five)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem is None or mark is None:
+        return " ".join(str(exc).split())
+    return f"{problem} at character {mark.column + 1}"
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:
@@ -169,7 +180,7 @@ def _build(cls: type, raw: Any, prefix: str, origins: dict[str, str]) -> Any:
             f"{_origin(origins, prefix.rstrip('.'))}: '{name}' must be a mapping of keys, "
             f"got {raw!r}"
         )
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [key for key in raw if key not in fields]
     if unknown:
@@ -189,7 +200,14 @@ def _build(cls: type, raw: Any, prefix: str, origins: dict[str, str]) -> Any:
             kwargs[key] = _build(hint, merged, dotted + ".", origins)
         else:
             kwargs[key] = _coerce(value, hint, dotted, origins)
-    return dataclasses.replace(default, **kwargs)
+    built = dataclasses.replace(default, **kwargs)
+    problems = getattr(built, "problems", None)
+    for keys, message in problems() if problems is not None else ():
+        dotted = [f"{prefix}{k}" for k in keys]
+        where = next((_origin(origins, d) for d in dotted if d in origins), None)
+        where = where or _origin(origins, prefix.rstrip("."))
+        raise ConfigError(f"{where}: {' and '.join(f'{d!r}' for d in dotted)}: {message}")
+    return built
 
 
 def _deep_update(base: dict, update: dict) -> dict:
@@ -207,6 +225,16 @@ def _coerce(value: Any, hint: Any, dotted: str, origins: dict[str, str]) -> Any:
         return value
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is Annotated:
+        value = _coerce(value, args[0], dotted, origins)
+        for constraint in args[1:]:
+            problem = constraint.problem(value)
+            if problem is not None:
+                raise ConfigError(
+                    f"{_origin(origins, dotted.split('[')[0])}: key '{dotted}' must be "
+                    f"{problem}, got {value!r}"
+                )
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -222,16 +250,25 @@ def _coerce(value: Any, hint: Any, dotted: str, origins: dict[str, str]) -> Any:
         return dict(value)
     if origin is list:
         if not isinstance(value, list | tuple):
-            return _type_error(value, f"a list of {args[0].__name__}", dotted, origins)
+            return _type_error(value, f"a list of {_name(args[0])}", dotted, origins)
         return [_coerce(v, args[0], f"{dotted}[{i}]", origins) for i, v in enumerate(value)]
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # 4e4 (a float in YAML) for an iteration count
     if hint in (str, bool) and isinstance(value, hint):
         return value
     article = "an" if hint.__name__[0] in "aeiou" else "a"
     return _type_error(value, f"{article} {hint.__name__}", dotted, origins)
+
+
+def _name(hint: Any) -> str:
+    """A type's name for messages (the base type of an ``Annotated`` one)."""
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    return getattr(hint, "__name__", str(hint))
 
 
 def _type_error(value: Any, expected: str, dotted: str, origins: dict[str, str]) -> Any:

@@ -1,31 +1,45 @@
 """The typed configuration schema: one dataclass per section, a comment beside every default.
 
 Defaults are the reference recipe (BinhuiXie/SPCL, GTA5 → Cityscapes, DeepLab-v2 ResNet-101) unless
-a comment says otherwise; ``configs/*.yaml`` override what differs. Loading, overrides and
-validation live in :mod:`spcl.config`.
+a comment says otherwise; ``configs/*.yaml`` override what differs. Loading and overrides live in
+:mod:`spcl.config`.
+
+Each value's valid range is part of its type, declared beside it: ``batch_size: Count`` (1, 2, …),
+``cap: Fraction`` ([0, 1]), ``betas: Annotated[list[Beta], Length(2)]``; values that must go
+together are checked by a section's ``problems()`` (e.g. ``stop_iter ≤ max_iter``). Loading checks
+both and names the key and where its value came from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 __all__ = [
     "REQUIRED",
     "AdaptConfig",
+    "Beta",
     "Config",
+    "Count",
     "DataConfig",
     "DomainConfig",
     "EvalConfig",
     "FeatureDistanceConfig",
+    "Fraction",
+    "Length",
     "MaskingConfig",
     "MixConfig",
     "ModelConfig",
+    "NonNegative",
+    "NonNegativeInt",
     "OnlineConfig",
     "OnlineContrastConfig",
     "OnlinePseudoConfig",
     "OptimConfig",
+    "Positive",
     "PseudoLabelConfig",
+    "Range",
     "RunConfig",
     "SelfTrainConfig",
     "SynthConfig",
@@ -36,15 +50,60 @@ __all__ = [
 REQUIRED: str = "???"  # a value the user must set; loading fails naming the key if it is left
 
 
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number: ``low ≤ value ≤ high`` (``<`` where the bound is open)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def problem(self, value: float) -> str | None:
+        """What is wrong with ``value`` (None when it is in range)."""
+        if value != value:  # NaN is in no range
+            return "a number"
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return None
+
+
+@dataclass(frozen=True)
+class Length:
+    """The allowed lengths of a list: one of ``sizes``, or at least ``minimum`` when no sizes."""
+
+    sizes: tuple[int, ...] = ()
+    minimum: int = 0
+
+    def problem(self, value: list) -> str | None:
+        """What is wrong with the list's length (None when it is allowed)."""
+        if self.sizes and len(value) not in self.sizes:
+            return f"a list of {' or '.join(map(str, self.sizes))} values"
+        if len(value) < self.minimum:
+            return "a non-empty list" if self.minimum == 1 else f"a list of {self.minimum}+ values"
+        return None
+
+
+Count = Annotated[int, Range(low=1)]  # 1, 2, …: sizes, iterations, batch sizes
+NonNegativeInt = Annotated[int, Range(low=0)]  # 0, 1, …
+NonNegative = Annotated[float, Range(low=0)]  # weights, multipliers, jitter strengths
+Positive = Annotated[float, Range(low=0, low_open=True)]  # temperatures, scales
+Fraction = Annotated[float, Range(low=0, high=1)]  # shares, probabilities, EMA momenta
+Beta = Annotated[float, Range(low=0, high=1, high_open=True)]  # Adam's β1, β2
+Size2 = Annotated[list[Count], Length((0, 2))]  # [H, W], or empty for "as it is"
+
+
 @dataclass
 class ModelConfig:
     name: str = "deeplabv2_resnet101"  # registry name, see spcl.models.build
-    width: int = 64  # base channels of the ResNet (64 = torchvision; the CPU demo uses less);
+    width: Count = 64  # base channels of the ResNet (64 = torchvision; the CPU demo uses less);
     # for dinov2_* models the head dimension (64 = published, the only width weights load at)
     pretrained: str | None = None  # local path (or URL) of torchvision ImageNet ResNet weights,
     # or of an official DINOv2 file (dinov2_vitb14_pretrain.pth …) for dinov2_* models
     freeze_bn: bool = True  # reference: BatchNorm frozen in warm-up and adaptation
-    frozen_bn_eps: float = 0.0  # reference quirk: frozen BN without eps during training
+    frozen_bn_eps: NonNegative = 0.0  # reference quirk: frozen BN without eps during training
     options: dict[str, Any] = field(default_factory=dict)  # constructor keywords of the model,
     # e.g. {fusion: sepaspp, projection_dim: 512} for daformer_mit_b5 (spcl.models.build)
 
@@ -54,118 +113,143 @@ class DomainConfig:
     kind: str = "synthetic"  # synthetic, gta5, synthia, synscapes, cityscapes, folder (spcl.data)
     root: str = REQUIRED  # dataset root folder
     split: str = "train"  # split to read
-    size: list[int] = field(default_factory=list)  # resize to [H, W]; empty keeps the file size
+    size: Size2 = field(default_factory=list)  # resize to [H, W]; empty keeps the file size
     options: dict[str, Any] = field(default_factory=dict)  # reader options, e.g. {classes: 16},
     # {domain: target} for the synthetic pair (`spcl data check KIND ROOT` lists a kind's options)
     sampling: Literal["uniform", "class_balanced", "rare_class"] = "uniform"  # SPCL reference:
     # class_balanced source; DAFormer: rare_class (RCS)
     class_index: str = ""  # class-statistics cache of both; "" = beside the data (else run dir)
-    rcs_temperature: float = 0.01  # RCS: P(c) = softmax((1 − f_c) / T) (DAFormer class_temp 0.01)
-    rcs_min_pixels: int = 3000  # RCS: images with more pixels of c than this (DAFormer, 1914×1052
-    # GTA5 labels; scale it with the label area for smaller images)
+    rcs_temperature: Positive = 0.01  # RCS: P(c) = softmax((1 − f_c) / T) (DAFormer class_temp
+    # 0.01)
+    rcs_min_pixels: NonNegativeInt = 3000  # RCS: images with more pixels of c than this
+    # (DAFormer, 1914×1052 GTA5 labels; scale it with the label area for smaller images)
 
 
 @dataclass
 class SynthConfig:
     generate: bool = False  # generate the built-in synthetic pair at data root if it is absent
-    seed: int = 0  # generator seed
+    seed: NonNegativeInt = 0  # generator seed
     preset: Literal["mild", "strong"] = "strong"  # domain-shift preset
-    n_train: int = 300  # train images per domain
-    n_val: int = 100  # val images per domain
-    size: list[int] = field(default_factory=lambda: [128, 256])  # generated [H, W]
+    n_train: Count = 300  # train images per domain
+    n_val: Count = 100  # val images per domain
+    size: Annotated[list[Count], Length((2,))] = field(default_factory=lambda: [128, 256])
+    # generated [H, W]
 
 
 @dataclass
 class DataConfig:
-    num_classes: int = 19  # Cityscapes train ids
+    num_classes: Annotated[int, Range(1, 255)] = 19  # Cityscapes train ids (checked against the
+    # datasets' class tables when a run starts; 255 is the ignore label)
     source: DomainConfig = field(default_factory=DomainConfig)  # labelled source, train split
     target: DomainConfig = field(default_factory=DomainConfig)  # unlabelled target, train split
     target_val: DomainConfig = field(default_factory=DomainConfig)  # target labels, evaluation
     synthetic: SynthConfig = field(default_factory=SynthConfig)
-    num_workers: int = 2  # DataLoader worker processes
+    num_workers: NonNegativeInt = 2  # DataLoader worker processes
     hflip: bool = False  # random horizontal flip on training images (reference: off in warm-up)
-    color_jitter: float = 0.0  # brightness/contrast/saturation jitter on source (reference: 0.5)
+    color_jitter: NonNegative = 0.0  # brightness/contrast/saturation jitter on source (ref.: 0.5)
 
 
 @dataclass
 class OptimConfig:
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # reference: SGD; DAFormer, VFM-UDA: adamw
-    lr: float = 2.5e-4  # backbone learning rate (reference warm-up and adaptation; DAFormer 6e-5)
-    head_lr_mult: float = 10.0  # classifier lr = 10 × backbone lr (reference; DAFormer head
+    lr: NonNegative = 2.5e-4  # backbone learning rate (reference warm-up and adaptation;
+    # DAFormer 6e-5)
+    head_lr_mult: NonNegative = 10.0  # classifier lr = 10 × backbone lr (reference; DAFormer head
     # lr_mult 10, configs/_base_/schedules/adamw.py)
-    momentum: float = 0.9  # SGD momentum (reference)
-    weight_decay: float = 5e-4  # (reference; DAFormer and VFM-UDA AdamW: 0.01)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/AdamW (torch
-    # default; DAFormer configs/_base_/schedules/adamw.py: (0.9, 0.999))
-    backbone_lr_mult: float = 1.0  # backbone lr = lr × this (VFM-UDA lr_multiplier 0.1 with the
-    # head at lr, training/uda_vit/uda_vit_generic.py; same as lr × 0.1, head_lr_mult × 10)
-    layer_decay: float = 1.0  # ViT lr × decay^(depth − layer id), from the last block down (VFM-UDA
-    # layerwise_lr_decay 1.0, uda_vit_generic.py; VFM-UDA++ 0.9, training/uda/uda.py)
-    norm_decay_mult: float = 1.0  # weight decay × this on backbone norm layers (DAFormer 0:
+    momentum: Beta = 0.9  # SGD momentum (reference)
+    weight_decay: NonNegative = 5e-4  # (reference; DAFormer and VFM-UDA AdamW: 0.01)
+    betas: Annotated[list[Beta], Length((2,))] = field(default_factory=lambda: [0.9, 0.999])
+    # Adam/AdamW (torch default; DAFormer configs/_base_/schedules/adamw.py: (0.9, 0.999))
+    backbone_lr_mult: NonNegative = 1.0  # backbone lr = lr × this (VFM-UDA lr_multiplier 0.1 with
+    # the head at lr, training/uda_vit/uda_vit_generic.py; same as lr × 0.1, head_lr_mult × 10)
+    layer_decay: Annotated[float, Range(0, 1, low_open=True)] = 1.0  # ViT lr × decay^(depth −
+    # layer id), from the last block down (VFM-UDA layerwise_lr_decay 1.0, uda_vit_generic.py;
+    # VFM-UDA++ 0.9, training/uda/uda.py)
+    norm_decay_mult: NonNegative = 1.0  # weight decay × this on backbone norm layers (DAFormer 0:
     # paramwise_cfg custom_keys norm decay_mult 0, adamw.py; VFM-UDA 1)
-    embed_decay_mult: float = 1.0  # weight decay × this on position embeddings and tokens
+    embed_decay_mult: NonNegative = 1.0  # weight decay × this on position embeddings and tokens
     # (DAFormer 0: custom_keys pos_block decay_mult 0, adamw.py; VFM-UDA 1)
-    power: float = 0.9  # poly schedule exponent (reference; DAFormer 1.0, poly10warm.py)
-    min_lr: float = 0.0  # poly floor, absolute for every group (DAFormer 0, poly10warm.py;
+    power: NonNegative = 0.9  # poly schedule exponent (reference; DAFormer 1.0, poly10warm.py)
+    min_lr: NonNegative = 0.0  # poly floor, absolute for every group (DAFormer 0, poly10warm.py;
     # its no-warm-up ablation poly10.py: 1e-4)
-    warmup_iters: int = 0  # linear warm-up iterations, 0 = none (reference; DAFormer 1500,
-    # configs/_base_/schedules/poly10warm.py; VFM-UDA 1500)
-    warmup_ratio: float = 1e-6  # warm-up starts at lr × this (DAFormer 1e-6, poly10warm.py)
-    max_iter: int = 62_500  # poly decay horizon (reference MAX_ITER)
-    stop_iter: int = 40_000  # training stops here, before the lr reaches 0 (reference STOP_ITER)
-    batch_size: int = 4  # images per domain per step (reference: 4 source + 4 target over 4 GPUs)
-    grad_accum: int = 1  # micro-batches per optimiser step (fit the reference batch on one GPU)
-    clip_grad_norm: float = 0.0  # 0 disables clipping (reference: none)
+    warmup_iters: NonNegativeInt = 0  # linear warm-up iterations, 0 = none (reference; DAFormer
+    # 1500, configs/_base_/schedules/poly10warm.py; VFM-UDA 1500)
+    warmup_ratio: Fraction = 1e-6  # warm-up starts at lr × this (DAFormer 1e-6, poly10warm.py)
+    max_iter: Count = 62_500  # poly decay horizon (reference MAX_ITER)
+    stop_iter: Count = 40_000  # training stops here, before the lr reaches 0 (reference STOP_ITER);
+    # at most max_iter
+    batch_size: Count = 4  # images per domain per step (reference: 4 source + 4 target over 4 GPUs)
+    grad_accum: Count = 1  # micro-batches per optimiser step (fit the reference batch on one GPU)
+    clip_grad_norm: NonNegative = 0.0  # 0 disables clipping (reference: none)
+
+    def problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
+        """(keys, what is wrong) for values that do not go together."""
+        if self.stop_iter > self.max_iter:
+            yield (
+                ("stop_iter", "max_iter"),
+                f"stop_iter ({self.stop_iter}) must be <= max_iter ({self.max_iter}): the poly "
+                f"schedule decays the lr to its floor at max_iter; raise max_iter or lower "
+                f"stop_iter",
+            )
 
 
 @dataclass
 class WarmupConfig:
     adversarial: bool = True  # reference: output-space adversarial warm-up; False = source-only
-    lambda_adv: float = 0.001  # weight of the adversarial term (reference)
-    source_temperature: float = 1.8  # source logits ÷ 1.8 before the CE (reference quirk)
-    disc_lr: float = 1e-4  # discriminator Adam lr (reference)
-    disc_width: int = 64  # channels of the discriminator's first conv (reference: 64)
-    disc_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])  # (reference)
+    lambda_adv: NonNegative = 0.001  # weight of the adversarial term (reference)
+    source_temperature: Positive = 1.8  # source logits ÷ 1.8 before the CE (reference quirk)
+    disc_lr: NonNegative = 1e-4  # discriminator Adam lr (reference)
+    disc_width: Count = 64  # channels of the discriminator's first conv (reference: 64)
+    disc_betas: Annotated[list[Beta], Length((2,))] = field(default_factory=lambda: [0.9, 0.99])
+    # (reference)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
 @dataclass
 class PseudoLabelConfig:
-    cap: float = 0.9  # per-class threshold = min(median confidence, cap) (reference)
+    cap: Annotated[float, Range(0, 1, low_open=True)] = 0.9  # per-class threshold = min(median
+    # confidence, cap) (reference)
     adabn: bool = False  # re-estimate BatchNorm statistics on target images first (not reference)
 
 
 @dataclass
 class AdaptConfig:
-    momentum: float = 0.1  # α: P ← α·P + (1 − α)·batch mean (reference keeps 10% of the old)
+    momentum: Fraction = 0.1  # α: P ← α·P + (1 − α)·batch mean (reference keeps 10% of the old)
     absent_policy: Literal["zero_fill", "keep"] = "zero_fill"  # reference: zero batch mean
-    temperature: float = 100.0  # prototype logits = cosine / temperature (reference: / 100)
-    lambda_cl: float = 1.0  # weight of the contrastive loss (reference)
+    temperature: Positive = 100.0  # prototype logits = cosine / temperature (reference: / 100)
+    lambda_cl: NonNegative = 1.0  # weight of the contrastive loss (reference)
     contrast_source: bool = True  # contrastive term on source pixels (reference: yes)
     contrast_target: bool = True  # contrastive term on target pseudo-labels (reference: yes)
-    target_ce: float = 0.0  # weight of a plain CE on target pseudo-labels (reference: 0; 1 in the
-    # bench's self-training control, which has no contrastive term)
+    target_ce: NonNegative = 0.0  # weight of a plain CE on target pseudo-labels (reference: 0; 1 in
+    # the bench's self-training control, which has no contrastive term)
     freeze_bn: bool | None = None  # BN frozen in this stage; None follows model.freeze_bn (the
     # bench's "bn" ablation flips it for adaptation only)
-    source_temperature: float = 1.8  # source logits ÷ 1.8 before the CE (reference quirk)
+    source_temperature: Positive = 1.8  # source logits ÷ 1.8 before the CE (reference quirk)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
 @dataclass
 class SelfTrainConfig:
     freeze_bn: bool = False  # reference: BN trainable (SyncBN with several GPUs)
-    scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])  # random scale (reference)
-    crop: list[int] = field(default_factory=lambda: [512, 1024])  # random crop [H, W] (reference)
+    scale_range: Annotated[list[Positive], Length((0, 2))] = field(
+        default_factory=lambda: [0.5, 1.5]
+    )  # random scale [low, high] (reference); empty: none
+    crop: Size2 = field(default_factory=lambda: [512, 1024])  # random crop [H, W] (reference)
     hflip: bool = True  # (reference)
-    color_jitter: float = 0.5  # (reference)
+    color_jitter: NonNegative = 0.5  # (reference)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=5e-4, max_iter=31_250, stop_iter=20_000)
     )  # reference self-training schedule
 
+    def problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
+        """(keys, what is wrong) for values that do not go together."""
+        if len(self.scale_range) == 2 and self.scale_range[0] > self.scale_range[1]:
+            yield ("scale_range",), f"[low, high] with low <= high, got {self.scale_range}"
+
 
 @dataclass
 class TeacherConfig:
-    alpha: float = 0.999  # EMA α, α_t = min(1 − 1/(t+1), α) (DAFormer final configs `uda.alpha`;
+    alpha: Fraction = 0.999  # EMA α, α_t = min(1 − 1/(t+1), α) (DAFormer final configs `uda.alpha`;
     # the DACS base config has 0.99)
     ema_buffers: bool = False  # DAFormer: parameters only, BN statistics not averaged; True
     # averages floating buffers too (VFM-UDA)
@@ -173,19 +257,21 @@ class TeacherConfig:
 
 @dataclass
 class OnlinePseudoConfig:
-    threshold: float = 0.968  # τ of the confidence weight (DAFormer `pseudo_threshold`)
+    threshold: Fraction = 0.968  # τ of the confidence weight (DAFormer `pseudo_threshold`)
     weight: Literal["batch_quality", "sample_quality", "hard_threshold", "none"] = "batch_quality"
     # batch_quality: DAFormer's one scalar per batch, the share of pixels with p ≥ τ;
     # sample_quality: that share per image; hard_threshold: 1 where p ≥ τ else 0; none: 1
-    crop_top: int = 0  # rows of the pseudo-label weight zeroed at the top (DAFormer: 15 at 512 px)
-    crop_bottom: int = 0  # rows zeroed at the bottom: the ego car (DAFormer: 120 at 512 px)
+    crop_top: NonNegativeInt = 0  # rows of the pseudo-label weight zeroed at the top (DAFormer: 15
+    # at 512 px)
+    crop_bottom: NonNegativeInt = 0  # rows zeroed at the bottom: the ego car (DAFormer: 120 at
+    # 512 px)
 
 
 @dataclass
 class MixConfig:
     enabled: bool = True  # cross-domain ClassMix (DACS; DAFormer `mix='class'`)
-    color_jitter: float = 0.2  # strength of the strong augmentation's jitter (DAFormer 0.2)
-    color_jitter_p: float = 0.8  # jitter applied when U(0,1) > 0.2 (DAFormer
+    color_jitter: NonNegative = 0.2  # strength of the strong augmentation's jitter (DAFormer 0.2)
+    color_jitter_p: Fraction = 0.8  # jitter applied when U(0,1) > 0.2 (DAFormer
     # `color_jitter_probability=0.2` is that threshold)
     blur: bool = True  # Gaussian blur with probability 0.5, σ ~ U(0.15, 1.15) (DAFormer blur=True)
     exclude_ignore: bool = False  # the authors draw the pasted classes among the batch's label
@@ -195,32 +281,32 @@ class MixConfig:
 @dataclass
 class MaskingConfig:
     enabled: bool = False  # masked image consistency (MIC, `mask_mode='separatetrgaug'`)
-    block_size: int = 32  # pixels per mask block (MIC: 32 for 512×512 crops, 64 for HRDA)
-    ratio: float = 0.7  # share of blocks masked (MIC 0.7)
-    weight: float = 1.0  # λ of the masked loss (MIC `mask_lambda` 1)
+    block_size: Count = 32  # pixels per mask block (MIC: 32 for 512×512 crops, 64 for HRDA)
+    ratio: Fraction = 0.7  # share of blocks masked (MIC 0.7)
+    weight: NonNegative = 1.0  # λ of the masked loss (MIC `mask_lambda` 1)
     color_aug: bool = True  # colour jitter and blur before masking ("aug" in MIC's mode)
 
 
 @dataclass
 class FeatureDistanceConfig:
-    weight: float = 0.005  # λ_FD (DAFormer `imnet_feature_dist_lambda`); used only when the
+    weight: NonNegative = 0.005  # λ_FD (DAFormer `imnet_feature_dist_lambda`); used only when the
     # model starts from ImageNet weights (model.pretrained set)
-    classes: list[int] = field(
+    classes: list[NonNegativeInt] = field(
         default_factory=lambda: [6, 7, 11, 12, 13, 14, 15, 16, 17, 18]
     )  # thing classes (DAFormer `imnet_feature_dist_classes`: Cityscapes train ids)
-    scale_min_ratio: float = 0.75  # downscaled label kept where ≥ 75% of its block agrees
+    scale_min_ratio: Fraction = 0.75  # downscaled label kept where ≥ 75% of its block agrees
 
 
 @dataclass
 class OnlineContrastConfig:
     source: bool = False  # pixel-to-prototype contrast on source ground-truth pixels (SePiCo)
     target: bool = False  # and on target pseudo-labelled pixels (pixels with weight > 0)
-    weight: float = 1.0  # λ of each term (SePiCo `loss_weight` 1.0)
-    temperature: float = 100.0  # logits = cosine / temperature (SePiCo `contrast_temp` 100, the
+    weight: NonNegative = 1.0  # λ of each term (SePiCo `loss_weight` 1.0)
+    temperature: Positive = 100.0  # logits = cosine / temperature (SePiCo `contrast_temp` 100, the
     # SPCL reference's divisor too)
-    start_iter: int = 3000  # the terms start at this iteration (SePiCo
+    start_iter: NonNegativeInt = 3000  # the terms start at this iteration (SePiCo
     # `start_distribution_iter`); the prototypes are updated from the first
-    momentum: float = 0.1  # prototype EMA α from teacher features (SPCL's α; SePiCo keeps
+    momentum: Fraction = 0.1  # prototype EMA α from teacher features (SPCL's α; SePiCo keeps
     # cumulative class means instead). The contrast works on the model's features, which are
     # SePiCo's projection when the model has one (model.options.projection_dim: 512)
 
@@ -233,14 +319,14 @@ class OnlineConfig:
     # model.pth (DAFormer evaluates the student; both are saved)
     freeze_bn: bool | None = False  # DAFormer's DeepLab-v2 trains BatchNorm; None follows
     # model.freeze_bn
-    source_temperature: float = 1.0  # DAFormer: a plain CE on source (SPCL's warm-up uses 1.8)
+    source_temperature: Positive = 1.0  # DAFormer: a plain CE on source (SPCL's warm-up uses 1.8)
     ce_over_all_pixels: bool = True  # DAFormer quirk: CE means over all B·H·W pixels, ignored ones
     # counting 0; False means over the labelled pixels only
     hflip: bool = True  # random horizontal flip of source and target crops (DAFormer p = 0.5)
     source_sampling: Literal["data", "uniform", "class_balanced", "rare_class"] = "data"  # the
     # source order of this stage: "data" follows data.source.sampling; rare_class is DAFormer's
     # RCS (data.source.rcs_*), set here to keep a shared warm-up's sampling unchanged
-    crop: list[int] = field(default_factory=lambda: [512, 512])  # random [H, W] crop of source
+    crop: Size2 = field(default_factory=lambda: [512, 512])  # random [H, W] crop of source
     # and target after the resize (DAFormer 512×512; its source crop also retries up to 10 times
     # until no class covers 75%, not done here); empty: whole images
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -267,8 +353,9 @@ class OnlineConfig:
 @dataclass
 class EvalConfig:
     flip: bool = False  # average the softmax with the horizontally flipped image
-    scales: list[float] = field(default_factory=lambda: [1.0])  # multi-scale test
-    slide: list[int] = field(
+    scales: Annotated[list[Positive], Length(minimum=1)] = field(default_factory=lambda: [1.0])
+    # multi-scale test
+    slide: Annotated[list[Count], Length((0, 4))] = field(
         default_factory=list
     )  # [crop_h, crop_w, stride_h, stride_w]; empty=off
     adabn: bool = False  # re-estimate BatchNorm statistics on target train images before
@@ -278,15 +365,15 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     out: str = "runs/spcl"  # run directory
-    seed: int = 0  # training seed
+    seed: NonNegativeInt = 0  # training seed
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     deterministic: bool = False  # deterministic kernels (bit-exact resume on CPU)
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast on CUDA
     channels_last: bool = False  # NHWC memory format on CUDA
-    log_every: int = 20  # iterations between logged scalars
-    ckpt_every: int = 500  # iterations between resumable checkpoints
+    log_every: Count = 20  # iterations between logged scalars
+    ckpt_every: Count = 500  # iterations between resumable checkpoints
     progress: bool = True  # tqdm progress bars
-    stages: list[str] = field(
+    stages: Annotated[list[str], Length(minimum=1)] = field(
         default_factory=lambda: [
             "warmup",
             "prototypes",

@@ -267,11 +267,23 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def prepare_data(ctx: RunContext) -> None:
-    """Generate the synthetic pair at the source root if ``data.synthetic.generate`` and absent.
+    """Generate the synthetic pair at the source root if ``data.synthetic.generate`` and absent,
+    then check that config, datasets and model files agree on the classes (before any training;
+    an unknown ``model.name`` is refused first).
 
     Raises:
-        ConfigError: ``generate`` is set but the source is not of kind ``synthetic``.
+        UnknownNameError: ``model.name`` is not a registered model.
+        ConfigError: ``generate`` is set but the source is not of kind ``synthetic``, or two
+            sides name different classes (:func:`spcl.stages.class_sets.check_class_sets`).
     """
+    from spcl.stages.class_sets import check_class_sets, check_model_name  # imports torch
+
+    check_model_name(ctx.config.model.name)
+    _generate_data(ctx)
+    check_class_sets(ctx)
+
+
+def _generate_data(ctx: RunContext) -> None:
     data = ctx.config.data
     root = Path(data.source.root)
     if not data.synthetic.generate or root.exists():

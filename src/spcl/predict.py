@@ -106,7 +106,7 @@ def predict_paths(
         uncertainty: ``"confidence"`` (max probability) or ``"entropy"`` (normalised by ln K).
         num_classes: when given, the model file must have this many classes.
         on_error: an unreadable image: ``"fail"`` raises, ``"skip"`` logs a warning naming it
-            and goes on.
+            and goes on (and a last warning lists every image skipped).
         overwrite: replace output files that already exist (default: refuse, write nothing).
         progress: show a tqdm bar.
 
@@ -135,6 +135,7 @@ def predict_paths(
     if not overwrite:
         _refuse_existing(out_dir, [output_path(out_dir, k, n) for _, n in images for k in kinds])
     written: list[Path] = []
+    skipped: list[Path] = []
     for path, name in tqdm(images, desc="predict", unit="img", disable=not progress):
         try:
             image = read_image(path)
@@ -142,10 +143,16 @@ def predict_paths(
             if on_error == "fail":
                 raise
             logger.warning("skipped %s: %s", path, exc)
+            skipped.append(path)
             continue
         probs = predict_image(model, image, flip=flip, scales=scales, slide=slide, size=size)
         kind = uncertainty if save_confidence else None
         written += _write_outputs(out_dir, name, image, probs, table, kind)
+    if skipped:
+        logger.warning(
+            "--on-error skip: skipped %d of %d image(s): %s",
+            len(skipped), len(images), ", ".join(map(str, skipped)),
+        )  # fmt: skip
     return written
 
 
@@ -265,7 +272,7 @@ def _refuse_existing(out_dir: Path, planned: list[Path]) -> None:
     more = f" and {len(existing) - SHOWN_EXISTING} more" if len(existing) > SHOWN_EXISTING else ""
     raise OutputExistsError(
         f"{len(existing)} output file(s) under {out_dir} already exist: {shown}{more}; nothing "
-        f"was written: pass overwrite=True (--overwrite) to replace them, or choose another --out"
+        f"was written: pass --overwrite to replace them, or choose another --out"
     )
 
 

@@ -101,7 +101,7 @@ def test_non_finite_loss_names_the_iteration(tmp_path: Path) -> None:
         return {"term": value.sum()}
 
     config = LoopConfig(stop_iter=5, checkpoint=tmp_path / "c.pth", tag="t")
-    with pytest.raises(FloatingPointError, match=r"\[t\] iteration 2"):
+    with pytest.raises(FloatingPointError, match=r"\[t\] iteration 3"):
         train_loop(
             step,
             weights={"term": 1.0},

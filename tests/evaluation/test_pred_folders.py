@@ -200,7 +200,7 @@ def test_matching_errors_name_the_files(tmp_path: Path) -> None:
         match_files(tmp_path / "nowhere", tmp_path / "gt", "labelIds")
     only_ids = tmp_path / "cs"
     save(only_ids / "x_gtFine_labelIds.png", np.zeros((2, 2)))
-    with pytest.raises(ValueError, match=r"without any .*labelTrainIds.*gt_format='labelIds'"):
+    with pytest.raises(ValueError, match=r"without any .*labelTrainIds.*--gt-format labelIds"):
         match_files(tmp_path / "other", only_ids, "trainIds")
 
 

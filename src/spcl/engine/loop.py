@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from spcl.base import CheckpointError
+from spcl.base import CheckpointError, NonFiniteLossError
 from spcl.engine.checkpoint import load_state, save_state
 from spcl.engine.distributed import is_main
 from spcl.engine.tracking import Tracker
@@ -138,6 +138,23 @@ def _restore(config: LoopConfig, state: Mapping[str, Stateful], scaler: Any) -> 
     return int(loop["iteration"])
 
 
+def _non_finite(
+    config: LoopConfig, iteration: int, terms: Mapping[str, torch.Tensor], saved: int | None
+) -> NonFiniteLossError:
+    """The one-line error of a diverged step: stage, iteration, each term, the last checkpoint."""
+    values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+    kept = (
+        f"the last checkpoint ({config.checkpoint}, iteration {saved}) is intact"
+        if saved is not None
+        else "no checkpoint was written yet"
+    )
+    return NonFiniteLossError(
+        f"[{config.tag}] iteration {iteration}: the loss is not finite ({values}); {kept}; "
+        f"lower the stage's learning rate (optim.lr) or clip its gradients "
+        f"(optim.clip_grad_norm) and run again"
+    )
+
+
 def train_loop(
     step: StepFn,
     *,
@@ -166,12 +183,14 @@ def train_loop(
         The iteration reached (``config.stop_iter``).
 
     Raises:
-        FloatingPointError: the loss became NaN or infinite (names the iteration and the terms).
+        NonFiniteLossError: the loss became NaN or infinite (names the stage, the iteration, each
+            term and the last checkpoint, which is left intact).
     """
     scaler = torch.amp.GradScaler(
         "cuda", enabled=config.amp == "fp16" and config.device_type == "cuda"
     )
     start = _restore(config, state, scaler)
+    saved = start if config.checkpoint.is_file() else None  # iteration of the last checkpoint
     if start:
         tracker.info(f"[{config.tag}] resumed from {config.checkpoint} at iteration {start}")
     params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
@@ -189,8 +208,7 @@ def train_loop(
                 loss = weighted_total(terms, weights)
             terms[TOTAL] = loss
             if not torch.isfinite(loss.detach()):
-                values = {k: float(v.detach()) for k, v in terms.items()}
-                raise FloatingPointError(f"[{config.tag}] iteration {iteration}: loss is {values}")
+                raise _non_finite(config, iteration + 1, terms, saved)
             scaler.scale(loss / config.grad_accum).backward()
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) / config.grad_accum
@@ -217,5 +235,6 @@ def train_loop(
             sums, counted = {}, 0
         if done % config.ckpt_every == 0 or done == config.stop_iter:
             _save(config, done, state, scaler)
+            saved = done
     bar.close()
     return config.stop_iter

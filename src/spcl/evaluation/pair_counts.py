@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from spcl.base import IGNORE_INDEX, DatasetError
-from spcl.data.labels import CITYSCAPES
+from spcl.data.labels import CITYSCAPES, ClassTable
 from spcl.data.png_decode import BYTE_VALUES, decode_id_png, pair_histogram
 
 __all__ = ["IdTables", "id_tables", "pair_confusion", "read_id_map"]
 
 INVALID = -1  # lookup-table value of a file value that is not allowed
+LABEL_VALUES = 65536  # values of a 16-bit label map (a dataset's own raw label values)
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,21 @@ class IdTables:
     pred_hint: str
 
 
-def id_tables(pred_format: str, gt_format: str, names: Sequence[str]) -> IdTables:
-    """The lookup tables for file formats ``"trainIds"``/``"labelIds"`` and evaluated ``names``."""
+def id_tables(
+    pred_format: str, gt_format: str, names: Sequence[str], table: ClassTable | None = None
+) -> IdTables:
+    """The lookup tables for file formats ``"trainIds"``/``"labelIds"`` and evaluated ``names``.
+
+    Without ``table`` the files are in Cityscapes ids and ``names`` a subset of its classes. With
+    a dataset's own ``table`` (``names`` are its names), ``trainIds`` files hold its class
+    indices and ``labelIds`` files its raw label values, mapped by ``table.id_to_train`` as its
+    reader maps them (any other value but 255 is invalid).
+    """
     k = len(names)
-    gt_lut, pred_lut = _gt_lut(gt_format, names), _pred_lut(pred_format, names)
+    if table is None:
+        gt_lut, pred_lut = _gt_lut(gt_format, names), _pred_lut(pred_format, names)
+    else:
+        gt_lut, pred_lut = _own_lut(table, gt_format, IGNORE_INDEX), _own_lut(table, pred_format, k)
     identity = np.arange(BYTE_VALUES)
     hint = (
         f"train ids must be 0..{k - 1} or {IGNORE_INDEX}"
@@ -114,6 +126,22 @@ def _pred_lut(pred_format: str, names: Sequence[str]) -> np.ndarray:
     lut = np.full(IGNORE_INDEX + 1, INVALID, dtype=np.int64)
     lut[:k] = np.arange(k)
     lut[IGNORE_INDEX] = k
+    return lut
+
+
+def _own_lut(table: ClassTable, file_format: str, unlabelled: int) -> np.ndarray:
+    """File value → class of a dataset's own table; ignored values become ``unlabelled``."""
+    k = table.num_classes
+    if file_format == "trainIds":
+        lut = np.full(IGNORE_INDEX + 1, INVALID, dtype=np.int64)
+        lut[:k] = np.arange(k)
+    else:
+        lut = np.full(LABEL_VALUES, INVALID, dtype=np.int64)
+        for raw, train in table.id_to_train.items():
+            lut[raw] = train
+    if lut[IGNORE_INDEX] == INVALID:  # 255 is "ignore" unless the table gives it a class
+        lut[IGNORE_INDEX] = IGNORE_INDEX
+    lut[lut == IGNORE_INDEX] = unlabelled
     return lut
 
 

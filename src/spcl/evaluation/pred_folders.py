@@ -6,10 +6,14 @@ prediction may be called ``X.png`` or ``X_leftImg8bit.png``. Both folders are se
 (Cityscapes keeps one sub-folder per city). Other folders use the plain file stem.
 
 Label spaces. ``classes`` picks the evaluation classes: Cityscapes' 19, or SYNTHIA's 16 or 13
-(the paper's Tables 1–2). Ground truth is always in Cityscapes ids: ``labelIds`` (raw ids, mapped
-with the official table) or ``trainIds`` (Cityscapes' 19 train ids); classes outside the evaluated
-subset become ignored pixels. Predictions in ``labelIds`` are mapped the same way; predictions in
-``trainIds`` are class indices of the evaluated class list (0..K-1, as a K-class model writes them).
+(the paper's Tables 1–2), or a dataset's own class table (a :class:`~spcl.data.labels.ClassTable`,
+e.g. read from a folder dataset's ``classes.yaml``). With 19/16/13 the ground truth is in
+Cityscapes ids: ``labelIds`` (raw ids, mapped with the official table) or ``trainIds``
+(Cityscapes' 19 train ids); classes outside the evaluated subset become ignored pixels. Predictions
+in ``labelIds`` are mapped the same way; predictions in ``trainIds`` are class indices of the
+evaluated class list (0..K-1, as a K-class model writes them). With an own table both sides are in
+that table's values: ``trainIds`` its class indices (255 = ignore / no prediction), ``labelIds``
+the raw label values its ``id_to_train`` maps (as the folder reader reads them).
 
 A predicted pixel that names no evaluated class (255 in a train-id map, an ignored or unknown label
 id, or a class outside the subset) on a counted ground-truth pixel is a miss: a false negative of
@@ -41,7 +45,7 @@ from typing import Any, Literal
 import numpy as np
 
 from spcl.base import DatasetError, MissingFileError
-from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
+from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES, ClassTable
 from spcl.evaluation.pair_counts import IdTables, id_tables, pair_confusion, read_id_map
 from spcl.evaluation.scores import SegmentationScores, scores_from_confusion
 
@@ -86,7 +90,7 @@ def evaluate_folders(
     *,
     pred_format: IdFormat = "trainIds",
     gt_format: IdFormat = "labelIds",
-    classes: int = CITYSCAPES.num_classes,
+    classes: int | ClassTable = CITYSCAPES.num_classes,
     on_error: OnError = "fail",
     strict: bool = False,
     workers: int | None = None,
@@ -101,7 +105,8 @@ def evaluate_folders(
             ``"labelIds"`` (Cityscapes label ids).
         gt_format: ``"labelIds"`` (Cityscapes label ids) or ``"trainIds"`` (Cityscapes' 19 train
             ids, 255 = ignore).
-        classes: 19 (Cityscapes), 16 or 13 (SYNTHIA subsets).
+        classes: 19 (Cityscapes), 16 or 13 (SYNTHIA subsets), or a dataset's own class table
+            (the files are then in its ids, see the module docstring).
         on_error: ``"fail"`` raises on the first bad pair and on ground truth without a
             prediction; ``"skip"`` leaves them out and lists them in the report.
         strict: predictions without ground truth are an error instead of a warning.
@@ -124,17 +129,18 @@ def evaluate_folders(
             names both files).
     """
     names = _check_arguments(pred_format, gt_format, classes, on_error)
+    own = classes if isinstance(classes, ClassTable) else None
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     pairs, unmatched, missing = match_files(pred_dir, gt_dir, gt_format)
     if missing and on_error == "fail":
         raise DatasetError(
             f"{len(missing)} ground-truth file(s) in {gt_dir} have no prediction in {pred_dir}, "
-            f"e.g. {', '.join(missing[:SHOWN_NAMES])}; pass on_error='skip' to score the rest"
+            f"e.g. {', '.join(missing[:SHOWN_NAMES])}; pass --on-error skip to score the rest"
         )
     if unmatched:
         _unmatched_predictions(unmatched, pred_dir, gt_dir, strict)
     k = len(names)
-    tables = id_tables(pred_format, gt_format, names)
+    tables = id_tables(pred_format, gt_format, names, own)
     confusion = np.zeros((k + 1, k + 1), dtype=np.int64)  # column k: predictions of no class
     bad: list[dict[str, str | None]] = []
     with contextlib.closing(_counted(pairs, tables, workers, progress)) as counted:
@@ -239,7 +245,7 @@ def _usable_cpus() -> int:
 
 
 def _check_arguments(
-    pred_format: str, gt_format: str, classes: int, on_error: str
+    pred_format: str, gt_format: str, classes: int | ClassTable, on_error: str
 ) -> tuple[str, ...]:
     """The evaluated class names; ValueError naming a bad argument."""
     for name, value, valid in (
@@ -249,6 +255,8 @@ def _check_arguments(
     ):
         if value not in valid:
             raise DatasetError(f"{name} must be one of {valid}, got {value!r}")
+    if isinstance(classes, ClassTable):
+        return classes.names
     if classes not in CLASS_LISTS:
         raise DatasetError(f"classes must be one of {sorted(CLASS_LISTS)}, got {classes!r}")
     return CLASS_LISTS[classes]
@@ -331,7 +339,7 @@ def _gt_files(gt_dir: Path, gt_format: IdFormat) -> list[Path]:
         other = "trainIds" if gt_format == "labelIds" else "labelIds"
         raise DatasetError(
             f"{gt_dir} is a Cityscapes ground-truth folder without any "
-            f"*{GT_SUFFIXES[gt_format][0]}.png; pass gt_format={other!r} (or create train-id "
+            f"*{GT_SUFFIXES[gt_format][0]}.png; pass --gt-format {other} (or create train-id "
             f"labels with cityscapesscripts' csCreateTrainIdLabelImgs)"
         )
     return chosen

@@ -148,7 +148,8 @@ def load_backbone_weights(
         shown = ", ".join(required_missing[:5])
         raise CheckpointError(
             f"{len(required_missing)} backbone keys missing from {path} (first: {shown}); "
-            f"pass strict=False to load the rest"
+            f"model.pretrained must hold the weights of model.name's backbone (from Python, "
+            f"strict=False loads the rest)"
         )
     backbone.load_state_dict({k: v for k, v in ckpt.items() if k in own}, strict=False)
     return missing, unexpected

@@ -1,6 +1,7 @@
 """Config → objects, for the stages: models, datasets, loaders, optimisers.
 
 This is where the config stops: below it (models, data, method, engine) only keyword arguments.
+The run's class table and its checks live in :mod:`spcl.stages.class_sets` (re-exported here).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from spcl.base import CheckpointError, ConfigError, MissingFileError
-from spcl.config_schema import DataConfig, DomainConfig, OptimConfig
+from spcl.base import CheckpointError, MissingFileError
+from spcl.config_schema import DomainConfig, OptimConfig
 from spcl.context import RunContext
-from spcl.data.labels import ClassTable
 from spcl.data.lists import SegmentationList
 from spcl.data.loaders import InfiniteLoader, build_eval_loader
 from spcl.data.rare_class import RareClassOrder
-from spcl.data.registry import build_dataset, scan_dataset
+from spcl.data.registry import build_dataset
 from spcl.data.sampling import (
     ClassBalancedOrder,
     EpochOrder,
@@ -37,10 +37,20 @@ from spcl.engine.optim import optimizer_from_groups, param_groups, poly_schedule
 from spcl.models.build import build_model
 from spcl.models.deeplab_v2 import SegOutput
 from spcl.models.files import save_model_file
+from spcl.stages.class_sets import (
+    check_class_sets,
+    check_model_classes,
+    check_model_name,
+    class_table,
+    run_class_table,
+)
 
 __all__ = [
     "PairOutput",
     "build_segmenter",
+    "check_class_sets",
+    "check_model_classes",
+    "check_model_name",
     "class_table",
     "domain_dataset",
     "eval_loader",
@@ -148,56 +158,6 @@ def save_weights(ctx: RunContext, model: nn.Module, path: Path) -> Path:
             options=cfg.model.options,
         )
     return path
-
-
-def _domain_table(domain: DomainConfig) -> ClassTable:
-    """The class table of a labelled domain's reader (e.g. a folder's classes.yaml)."""
-    files = scan_dataset(
-        domain.kind, domain.root, domain.split, with_labels=True, warn=False, **domain.options
-    )
-    return files.table
-
-
-def _describe(domain: DomainConfig) -> str:
-    where = f"{domain.kind} dataset at {domain.root} (split {domain.split})"
-    if domain.kind == "folder":
-        table = domain.options.get("class_file") or Path(domain.root) / "classes.yaml"
-        where += f", class table {table}"
-    return where
-
-
-def run_class_table(data: DataConfig) -> ClassTable:
-    """The run's classes: the source dataset's table, checked against the config and target val.
-
-    Raises:
-        ConfigError: ``data.num_classes`` differs from the source's class count, or the labelled
-            target split names other classes than the source (both sides are named).
-    """
-    table = _domain_table(data.source)
-    if table.num_classes != data.num_classes:
-        raise ConfigError(
-            f"data.num_classes is {data.num_classes} but the source ({_describe(data.source)}) "
-            f"has {table.num_classes} classes {list(table.names)}; set "
-            f"data.num_classes={table.num_classes}"
-        )
-    val = data.target_val
-    try:
-        val_table = _domain_table(val)
-    except MissingFileError:
-        return table  # no labelled target split on disk (yet): checked when it is evaluated
-    if val_table.names != table.names:
-        raise ConfigError(
-            f"the target val split ({_describe(val)}) has classes {list(val_table.names)} but "
-            f"the source ({_describe(data.source)}) has {list(table.names)}"
-        )
-    return table
-
-
-def class_table(ctx: RunContext) -> ClassTable:
-    """The run's class table (names and palette of every table, plot and model file), cached."""
-    if ctx.classes is None:
-        ctx.classes = run_class_table(ctx.config.data)
-    return ctx.classes
 
 
 def domain_dataset(

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from spcl.base import IGNORE_INDEX, DatasetError, MissingFileError
+from spcl.base import IGNORE_INDEX, DatasetError, MissingFileError, load_yaml
 from spcl.data.label_decoder import LUT_SIZE, LabelDecoder, table_valid_ids
 from spcl.data.labels import CITYSCAPES, ClassTable
 from spcl.data.layout import DatasetFiles, MissingLabels, require_dir, scan_pairs
@@ -99,7 +99,7 @@ def load_class_table(yaml_path: str | Path) -> ClassTable:
     if not path.is_file():
         raise MissingFileError(f"class table not found: {path} (see docs/datasets.md)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise DatasetError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
@@ -146,7 +146,7 @@ def scan_folder(
     image_dir = require_dir(images_root / split, f"split {split!r}", f"; splits found: {splits}")
     label_dir = None
     if with_labels:
-        hint = " (unlabelled images: with_labels=False)"
+        hint = " (images without labels: `spcl data check folder ROOT --no-labels`)"
         label_dir = require_dir(root / "labels" / split, "label folder", hint)
     table_path = Path(class_file) if class_file is not None else root / CLASS_FILE
     if with_labels or table_path.is_file():

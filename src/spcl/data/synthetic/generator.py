@@ -35,7 +35,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from spcl.base import IGNORE_INDEX, DatasetError, MissingFileError, OutputExistsError
+from spcl.base import (
+    IGNORE_INDEX,
+    DatasetError,
+    MissingFileError,
+    OutputExistsError,
+    dir_mode,
+)
 from spcl.data.labels import CITYSCAPES
 from spcl.data.synthetic.painter import Painter
 from spcl.data.synthetic.scene import paint_scene
@@ -190,8 +196,7 @@ def _claim_output(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty ``out`` unless ``overwrite``; create its parent."""
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise OutputExistsError(
-            f"output folder {out} exists and is not empty; pass --overwrite "
-            "(overwrite=True) to replace it"
+            f"output folder {out} exists and is not empty; pass --overwrite to replace it"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -270,6 +275,7 @@ def generate_pair(
     name = preset if params == PRESETS[preset] else "custom"
     split_counts = {"train": n_train, "val": n_val}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(dir_mode())  # mkdtemp makes it 0o700; the pair gets the umask's usual mode
     try:
         for domain in DOMAINS:
             for kind in ("images", "labels"):

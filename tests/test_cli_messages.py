@@ -1,0 +1,81 @@
+"""Messages speak the command line's language, and ``--on-error skip`` lists what it left out.
+
+Before, errors suggested Python spellings (``on_error='skip'``, ``gt_format='labelIds'``,
+``overwrite=True``, ``with_labels=False``) to users of the ``spcl`` command, and ``evaluate
+--on-error skip`` printed the scores without saying which files it had skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spcl.cli import main
+from test_predict import model_file
+
+PYTHON_SPELLINGS = ("on_error=", "gt_format=", "overwrite=", "with_labels=")
+
+
+def _save(path: Path, values: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values.astype(np.uint8)).save(path)
+
+
+def _last_error(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("spcl: error:")
+    assert not any(spelling in err for spelling in PYTHON_SPELLINGS), err
+    return err
+
+
+def test_errors_name_the_cli_flags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _save(tmp_path / "g" / "a.png", np.zeros((2, 3)))
+    _save(tmp_path / "g" / "b.png", np.zeros((2, 3)))
+    _save(tmp_path / "p" / "a.png", np.zeros((2, 3)))
+    argv = ["evaluate", "--pred-dir", str(tmp_path / "p"), "--gt-dir", str(tmp_path / "g")]
+    assert main([*argv, "--gt-format", "trainIds"]) == 2
+    assert "pass --on-error skip to score the rest" in _last_error(capsys)
+    _save(tmp_path / "cs" / "x_gtFine_labelIds.png", np.zeros((2, 3)))
+    _save(tmp_path / "p2" / "x.png", np.zeros((2, 3)))
+    argv = ["evaluate", "--pred-dir", str(tmp_path / "p2"), "--gt-dir", str(tmp_path / "cs")]
+    assert main([*argv, "--gt-format", "trainIds"]) == 2
+    assert "pass --gt-format labelIds" in _last_error(capsys)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    assert main(["synth", "--out", str(tmp_path / "full"), "--no-preview"]) == 2
+    assert "pass --overwrite to replace it" in _last_error(capsys)
+    folder = tmp_path / "ds"
+    _save(folder / "images" / "train" / "a.png", np.zeros((2, 3)))
+    assert main(["data", "check", "folder", str(folder)]) == 2
+    assert "--no-labels" in _last_error(capsys)
+
+
+def test_evaluate_lists_the_files_it_skipped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for name in ("a", "b", "c"):
+        _save(tmp_path / "g" / f"{name}.png", np.zeros((4, 4)))
+    _save(tmp_path / "p" / "a.png", np.zeros((4, 4)))
+    _save(tmp_path / "p" / "b.png", np.zeros((2, 2)))  # another size: a bad pair
+    argv = ["evaluate", "--pred-dir", str(tmp_path / "p"), "--gt-dir", str(tmp_path / "g")]
+    assert main([*argv, "--gt-format", "trainIds", "--on-error", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "left out 2 file(s):" in out
+    assert f"{tmp_path / 'g' / 'c.png'}: no prediction in {tmp_path / 'p'}" in out
+    assert f"{tmp_path / 'p' / 'b.png'}: prediction" in out
+
+
+def test_predict_lists_the_images_it_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    model = model_file(tmp_path / "m.pth", ("road", "sky"))
+    _save(tmp_path / "in" / "good.png", np.zeros((8, 8, 3)))
+    (tmp_path / "in" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    argv = ["predict", str(model), str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--on-error", "skip"]) == 0
+    assert f"--on-error skip: skipped 1 of 2 image(s): {tmp_path / 'in' / 'bad.png'}" in caplog.text
+    assert main(argv) == 2
+    assert "pass --overwrite to replace them" in _last_error(capsys)
