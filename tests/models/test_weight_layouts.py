@@ -7,6 +7,7 @@ and every model output is checked against a forward pass written out here with p
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spcl.base import CheckpointError, ConfigError
+from spcl.cli import main
+from spcl.config import load_config
+from spcl.context import open_run
 from spcl.data.labels import CITYSCAPES
 from spcl.data.lists import to_tensor
+from spcl.data.synthetic import generate_pair
 from spcl.models.build import build_model, load_backbone_weights
 from spcl.models.files import load_model_file, save_model_file
 from spcl.models.resnet import FrozenBatchNorm2d, resnet50
 from spcl.models.weight_layouts import detect_layout, read_resnet_weights
+from spcl.pipeline import model_path, run_pipeline
+from tiny import TINY
 
 WIDTH = 4  # base channels: a ResNet-101 this narrow runs in milliseconds
 BLOCKS_101 = (3, 4, 23, 3)
@@ -336,3 +343,34 @@ def test_unknown_layout_names_its_first_keys(tmp_path: Path) -> None:
         CheckpointError, match=r"odd\.pth: looks like no known layout.*encoder\.head\.weight"
     ):
         build_model("deeplabv2_resnet50", 19, width=WIDTH, pretrained=path)
+
+
+# ---- the commands ---------------------------------------------------------------------------
+
+
+def test_evaluate_and_a_run_use_the_layouts(
+    coco_file, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`spcl evaluate` scores a reference checkpoint; a run from the COCO init keeps its input."""
+    data = generate_pair(
+        tmp_path / "data", n_train=2, n_val=2, size=(32, 64), preview=False, progress=False
+    )
+    reference = tmp_path / "model_iter020000.pth"
+    torch.save(reference_state(frozen_bn=True), reference)
+    out = tmp_path / "metrics.json"
+    argv = ["evaluate", str(reference), "--config", "demo", "--json", str(out)]
+    assert main([*argv, f"data.target_val.root={data}", "run.progress=false"]) == 0
+    scores = json.loads(out.read_text())
+    assert len(scores["per_class_iou"]) == 19 and 0.0 <= scores["miou"] <= 100.0
+    assert "road" in capsys.readouterr().out
+
+    path, _ = coco_file
+    run = tmp_path / "run"
+    overrides = [*TINY, "model.name=deeplabv2_resnet101", f"model.width={WIDTH}"]
+    overrides += [f"model.pretrained={path}", "run.stages=[warmup]", f"run.out={run}"]
+    overrides += [f"data.{d}.root={data}" for d in ("source", "target", "target_val")]
+    with open_run(load_config(None, overrides)) as ctx:
+        run_pipeline(ctx)
+    model, info = load_model_file(model_path(run, "warmup"))
+    assert info["arch"]["options"] == {"style": "caffe", "input_convention": "caffe_bgr"}
+    assert model.backbone.style == "caffe" and model.input_adapter.convention == "caffe_bgr"
