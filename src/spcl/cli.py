@@ -370,7 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Either MODEL --config CONFIG [key=value ...] (the config's data.target_val "
         "split), or --pred-dir P --gt-dir G (PNG folders matched by name).",
     )
-    ev.add_argument("model", nargs="?", help="model.pth written by a stage")
+    ev.add_argument(
+        "model",
+        nargs="?",
+        help="model file: a stage's model.pth, an exported .safetensors, a reference SPCL/FADA "
+        "or an mmseg checkpoint",
+    )
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     ev.add_argument("--config", help="YAML config naming the dataset (data.target_val)")
     ev.add_argument("--pred-dir", help="folder of prediction PNGs")
