@@ -144,3 +144,12 @@ def test_bare_safetensors_is_refused_by_name(tmp_path: Path) -> None:
     save_file({"conv1.weight": torch.zeros(2, 3, 7, 7)}, str(path))
     with pytest.raises(CheckpointError, match=r"weights\.safetensors: a safetensors file without"):
         load_model_file(path)
+
+
+def test_a_model_the_tracer_cannot_export_is_a_named_error() -> None:
+    from spcl.base import UsageError
+    from spcl.models.export import export_onnx
+
+    model = build_model("dinov2_vits14", 19).eval()  # pos-embed resize from the input size
+    with pytest.raises(UsageError, match=r"ViTSegmenter cannot be exported to ONNX.*safetensors"):
+        export_onnx(model, {}, size=(56, 84))

@@ -319,6 +319,23 @@ def test_reference_checkpoint_as_pretrained_loads_backbone_and_head(tmp_path: Pa
         build_model("deeplabv2_resnet101", 16, width=WIDTH, pretrained=path)
 
 
+def test_torchvision_file_runs_as_torchvision_defines_it(tmp_path: Path) -> None:
+    state = random_tensors(resnet_shapes(WIDTH, BLOCKS_50), seed=6)
+    state |= {"fc.weight": torch.zeros(1000, WIDTH * 32), "fc.bias": torch.zeros(1000)}
+    state |= {k.replace("running_mean", "num_batches_tracked"): torch.tensor(1) for k in state
+              if k.endswith("running_mean")}  # fmt: skip
+    path = tmp_path / "resnet50-0676ba61.pth"
+    torch.save(state, path)
+    assert detect_layout(torch.load(path)) == "torchvision_resnet"
+    model = build_model("deeplabv2_resnet50", 19, width=WIDTH, pretrained=path).eval()
+    assert model.layout_options == {} and model.backbone.style == "pytorch"
+    img = image()
+    with torch.no_grad():
+        out = model(to_tensor(img).unsqueeze(0))
+    expected = hand_resnet(imagenet_input(img), state, BLOCKS_50, caffe=False, eps=BN_EPS)
+    assert_close(out.features, expected)
+
+
 # ---- named errors ---------------------------------------------------------------------------
 
 
