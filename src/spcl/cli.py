@@ -6,6 +6,7 @@ Subcommands:
     run      run the SPCL pipeline (warm-up → … → evaluation), resumable
     evaluate score a model file on a dataset split, or a folder of predictions
     predict  segment your own images with a model file
+    export   a model file as ONNX (dynamic height/width) or safetensors (weights + metadata)
     data     check a dataset on disk (pairs, sizes, label values), class statistics
     config   print the resolved configuration (YAML + overrides), or save it
     synth    generate the built-in synthetic source/target pair
@@ -307,6 +308,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from spcl.models.export import export_model
+
+    report = export_model(
+        args.model,
+        args.fmt,
+        args.out,
+        size=args.size,
+        opset=args.opset,
+        check=not args.no_check,
+        overwrite=args.overwrite,
+    )
+    for row in report.parity:
+        height, width = row["size"]
+        print(
+            f"onnxruntime vs PyTorch at {height}x{width}: max |diff| {row['max_abs_diff']:.3g} "
+            f"(max |logit| {row['max_abs_logit']:.3g})"
+        )
+    print(f"wrote {report.path}")
+    return 0
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",")]
@@ -442,7 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Either MODEL --config CONFIG [key=value ...] (the config's data.target_val "
         "split), or --pred-dir P --gt-dir G (PNG folders matched by name).",
     )
-    ev.add_argument("model", nargs="?", help="model.pth written by a stage")
+    ev.add_argument(
+        "model",
+        nargs="?",
+        help="model file: a stage's model.pth, an exported .safetensors, a reference SPCL/FADA "
+        "or an mmseg checkpoint",
+    )
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     ev.add_argument("--config", help="YAML config naming the dataset (data.target_val)")
     ev.add_argument("--pred-dir", help="folder of prediction PNGs")
@@ -465,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(handler=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="segment your own images with a model file")
-    pr.add_argument("model", help="model.pth written by a stage")
+    pr.add_argument("model", help="model file: a stage's model.pth, an exported .safetensors")
     pr.add_argument("inputs", nargs="+", help="images, folders or glob patterns")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--size", type=_ints(2), metavar="H,W", help="resize before inference")
@@ -475,6 +503,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_test_time_flags(pr)
     pr.set_defaults(handler=_cmd_predict)
+
+    ex = sub.add_parser(
+        "export",
+        help="a model file as ONNX (dynamic H/W) or safetensors (weights + class table + input)",
+    )
+    ex.add_argument("model", help="model file (model.pth, .safetensors, reference checkpoint…)")
+    ex.add_argument("--format", required=True, choices=("onnx", "safetensors"), dest="fmt")
+    ex.add_argument("--out", help="output file (default: MODEL with the format's suffix)")
+    ex.add_argument(
+        "--size", type=_ints(2), default=[512, 1024], metavar="H,W", help="ONNX example size"
+    )
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    ex.set_defaults(handler=_cmd_export)
 
     data = sub.add_parser("data", help="check a dataset on disk, or print its class statistics")
     data.add_argument("action", choices=("check", "stats"), help="check: read every file")

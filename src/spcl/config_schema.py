@@ -101,7 +101,9 @@ class ModelConfig:
     width: Count = 64  # base channels of the ResNet (64 = torchvision; the CPU demo uses less);
     # for dinov2_* models the head dimension (64 = published, the only width weights load at)
     pretrained: str | None = None  # local path (or URL) of torchvision ImageNet ResNet weights,
-    # or of an official DINOv2 file (dinov2_vitb14_pretrain.pth …) for dinov2_* models
+    # the DeepLab-v2 COCO init (Scale.* keys: sets options style=caffe, input_convention=caffe_bgr)
+    # or a reference SPCL/FADA checkpoint (docs/weights.md); an official DINOv2 file
+    # (dinov2_vitb14_pretrain.pth …) for dinov2_* models, mit_bX.pth for MiT models
     freeze_bn: bool = True  # reference: BatchNorm frozen in warm-up and adaptation
     frozen_bn_eps: NonNegative = 0.0  # reference quirk: frozen BN without eps during training
     options: dict[str, Any] = field(default_factory=dict)  # constructor keywords of the model,

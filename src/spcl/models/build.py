@@ -21,6 +21,7 @@ in DAFormer). ``options`` are further constructor keywords (e.g. ``fusion``, ``p
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -34,12 +35,27 @@ from spcl.base import CheckpointError, ConfigError, MissingFileError, UnknownNam
 from spcl.engine.checkpoint import clean_state_dict, load_state
 from spcl.models.deeplab_v2 import ASPP_DILATIONS, DeepLabV2
 from spcl.models.discriminator import DISC_NDF, OutputDiscriminator
+from spcl.models.input_conventions import PIPELINE_CONVENTION, InputConvention
 from spcl.models.mit import DEFAULT_WIDTH as MIT_WIDTH
 from spcl.models.mit import MIT_VARIANTS, MixVisionTransformer, mit_variant_of
-from spcl.models.resnet import BN_EPS, DEFAULT_WIDTH, RESNET_DEPTHS, ResNet, freeze_batchnorm
+from spcl.models.resnet import (
+    BN_EPS,
+    DEFAULT_WIDTH,
+    RESNET_DEPTHS,
+    ResNet,
+    ResNetStyle,
+    freeze_batchnorm,
+)
 from spcl.models.segformer import SegFormerSegmenter, daformer_mit, segformer_mit
 from spcl.models.vit import DINOV2_VARIANTS, DINOv2Encoder
 from spcl.models.vit_seg import ViTSegmenter, dinov2_segmenter
+from spcl.models.weight_layouts import (
+    fit_problems,
+    layout_error,
+    load_deeplab_weights,
+    merge_layout_options,
+    read_resnet_weights,
+)
 
 __all__ = [
     "MODEL_REGISTRY",
@@ -51,14 +67,16 @@ __all__ = [
 ]
 
 SEG_OUTPUT_STRIDE = 8  # DeepLab-v2's output stride (layer3/layer4 dilated)
+DEEPLAB_PREFIX = "deeplabv2_"  # registry names of the ResNet segmenters
 BACKBONE_PREFIXES = ("backbone.",)  # a backbone saved inside a segmenter (DDP's module. always)
 CHECKPOINT_CONTAINER_KEYS = ("state_dict", "model")  # checkpoints that nest the weights one level
-OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # BN step counters: absent or extra is harmless
 UNUSED_BACKBONE_PREFIXES = ("fc.",)  # ImageNet head: kept for strict loading, never run
 MIT_IMAGENET_HEAD = "head."  # official mit_bX.pth hold a 1000-class Linear: read, never built
 BUILD_ARGUMENTS = ("num_classes", "width")  # passed by build_model itself, not via options
 SHOWN_KEYS = 5  # keys named in a checkpoint error
 URL_SCHEMES = ("http", "https")
+
+logger = logging.getLogger(__name__)
 
 
 def _deeplabv2_resnet(
@@ -67,15 +85,25 @@ def _deeplabv2_resnet(
     width: int = DEFAULT_WIDTH,
     projection_dim: int = 0,
     dilations: Sequence[int] = ASPP_DILATIONS,
+    style: ResNetStyle = "pytorch",
+    input_convention: InputConvention = PIPELINE_CONVENTION,
 ) -> DeepLabV2:
     """DeepLab-v2 on a ResNet of ``depth`` at output stride 8 (+ SePiCo's projection head).
 
     ``dilations``: the ASPP rates; DAFormer/MIC/SePiCo's ``dlv2red`` sums only (6, 12), as
-    AdaptSegNet's and DACS's classifier returns after two branches.
+    AdaptSegNet's and DACS's classifier returns after two branches. ``style`` and
+    ``input_convention``: ``"caffe"`` / ``"caffe_bgr"`` for the DeepLab-v2 COCO initialisation
+    (set automatically when ``pretrained`` is such a file, :mod:`spcl.models.weight_layouts`).
     """
     block, layers = RESNET_DEPTHS[depth]
-    backbone = ResNet(block, layers, width=width, output_stride=SEG_OUTPUT_STRIDE)
-    return DeepLabV2(backbone, num_classes, tuple(dilations), projection_dim=projection_dim)
+    backbone = ResNet(block, layers, width=width, output_stride=SEG_OUTPUT_STRIDE, style=style)
+    return DeepLabV2(
+        backbone,
+        num_classes,
+        tuple(dilations),
+        projection_dim=projection_dim,
+        input_convention=input_convention,
+    )
 
 
 MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -107,51 +135,45 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
 def load_backbone_weights(
     backbone: nn.Module, path: str | Path, *, strict: bool = True
 ) -> tuple[list[str], list[str]]:
-    """Load a torchvision-format ResNet checkpoint from a local file into ``backbone``.
+    """Load a ResNet checkpoint of any supported layout from a local file into ``backbone``.
 
-    ``module.`` and ``backbone.`` prefixes are stripped; ``num_batches_tracked`` counters may be
-    present or absent on either side (FrozenBatchNorm2d has none). The ImageNet ``fc`` is never run,
-    so a feature-extractor checkpoint without it is accepted (the keys are still reported missing).
+    Layouts (:mod:`spcl.models.weight_layouts`): a torchvision state dict (``module.`` and
+    ``backbone.`` prefixes stripped, optionally under ``state_dict``/``model``), the DeepLab-v2
+    COCO initialisation (``Scale.*``; needs a ``style="caffe"`` ResNet) or a reference SPCL/FADA
+    checkpoint (its ``feature_extractor``). ``num_batches_tracked`` counters may be present or
+    absent on either side (FrozenBatchNorm2d has none). The ImageNet ``fc`` is never run, so a
+    feature-extractor checkpoint without it is accepted (the keys are still reported missing).
 
     Args:
         backbone: The module to fill (e.g. ``model.backbone``).
-        path: Local ``.pth`` file with a state dict (optionally under ``state_dict``/``model``).
+        path: Local ``.pth`` file.
         strict: Raise if any parameter or buffer of ``backbone`` other than ``fc`` is missing.
 
     Returns:
-        (missing, unexpected): backbone keys the file lacks, and file keys the backbone lacks.
+        (missing, unexpected): backbone keys the file lacks, and file keys the backbone lacks
+        (for a torchvision file, its non-backbone keys; heads of other layouts are not counted).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: A shape differs (the key and both shapes are named), or ``strict`` and keys
-            are missing.
+        CheckpointError: A shape differs, or ``strict`` and keys are missing, or the file's
+            style does not match the backbone's; the message names the file, its layout and the
+            first keys that do not fit.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"backbone checkpoint not found: {path}")
-    ckpt = _read_state_dict(path)
-    own = backbone.state_dict()
-    for key, value in ckpt.items():
-        if key in own and value.shape != own[key].shape:
-            raise CheckpointError(
-                f"shape mismatch for {key!r} in {path}: checkpoint has {tuple(value.shape)}, "
-                f"model expects {tuple(own[key].shape)} (wrong depth or width?)"
-            )
-
-    def optional(key: str) -> bool:
-        return key.endswith(OPTIONAL_SUFFIXES)
-
-    missing = [k for k in own if k not in ckpt and not optional(k)]
-    unexpected = [k for k in ckpt if k not in own and not optional(k)]
-    required_missing = [k for k in missing if not k.startswith(UNUSED_BACKBONE_PREFIXES)]
-    if strict and required_missing:
-        shown = ", ".join(required_missing[:5])
+    weights = read_resnet_weights(path)
+    style = weights.options.get("style", "pytorch")
+    if getattr(backbone, "style", style) != style:
         raise CheckpointError(
-            f"{len(required_missing)} backbone keys missing from {path} (first: {shown}); "
-            f"model.pretrained must hold the weights of model.name's backbone (from Python, "
-            f"strict=False loads the rest)"
+            f"{path}: looks like {weights.description}, which needs a style={style!r} ResNet; "
+            f"the backbone has style={backbone.style!r}"
         )
-    backbone.load_state_dict({k: v for k, v in ckpt.items() if k in own}, strict=False)
+    own = backbone.state_dict()
+    problems = fit_problems(own, weights.backbone)
+    missing, unexpected = problems["missing"], problems["unexpected"]
+    required = [k for k in missing if not k.startswith(UNUSED_BACKBONE_PREFIXES)]
+    if problems["shape mismatch"] or (strict and required):
+        shown = {**problems, "missing": required}
+        raise layout_error(path, weights.description, f"this {type(backbone).__name__}", shown)
+    backbone.load_state_dict({k: v for k, v in weights.backbone.items() if k in own}, strict=False)
     return missing, unexpected
 
 
@@ -302,9 +324,12 @@ def build_model(
         num_classes: Number of classes K.
         width: ResNet base channels (64 = torchvision; smaller for CPU demos); for MiT models the
             channel scale (64 = published; other values cannot load official weights).
-        pretrained: Local torchvision ResNet checkpoint or official ``mit_bX.pth`` (for MiT
-            models), or an http(s) URL downloaded into the torch hub cache; ``None`` keeps the
-            random init.
+        pretrained: Local ResNet weights of a layout of :mod:`spcl.models.weight_layouts`
+            (torchvision, the DeepLab-v2 COCO initialisation, which sets ``style="caffe"`` and
+            ``input_convention="caffe_bgr"``, or a reference SPCL/FADA checkpoint, head
+            included), official ``mit_bX.pth`` (MiT models) or DINOv2 files, or an http(s) URL
+            downloaded into the torch hub cache; ``None`` keeps the random init. The options a
+            file implies are kept in ``model.layout_options`` (saved in the model file).
         freeze_bn: Replace the backbone's BatchNorm by FrozenBatchNorm2d (after loading weights);
             a MiT backbone has none, so this changes nothing there.
         bn_eps_frozen: eps of the frozen layers; the reference trains with ``0.0``.
@@ -321,9 +346,18 @@ def build_model(
     """
     if name not in MODEL_REGISTRY:
         raise UnknownNameError(f"unknown model {name!r}; valid names: {sorted(MODEL_REGISTRY)}")
-    model = _construct(name, num_classes, width, dict(options or {}))
-    if pretrained is not None:
-        checkpoint = _resolve_checkpoint(pretrained)
+    options = dict(options or {})
+    checkpoint = None if pretrained is None else _resolve_checkpoint(pretrained)
+    if checkpoint is not None and name.startswith(DEEPLAB_PREFIX):
+        weights = read_resnet_weights(checkpoint)  # its layout decides style / input convention
+        options = merge_layout_options(name, options, weights, checkpoint)
+        model = _construct(name, num_classes, width, options)
+        for note in load_deeplab_weights(model, weights, checkpoint):
+            logger.info("%s: %s", checkpoint, note)
+        model.layout_options = dict(weights.options)  # recorded in the model file
+    else:
+        model = _construct(name, num_classes, width, options)
+    if checkpoint is not None and not name.startswith(DEEPLAB_PREFIX):
         if isinstance(model, ViTSegmenter):
             if width != DEFAULT_WIDTH:
                 raise ConfigError(
@@ -338,8 +372,6 @@ def build_model(
                     f"width={width} with pretrained={str(pretrained)!r}"
                 )
             load_mit_weights(model.backbone, checkpoint)
-        else:
-            load_backbone_weights(model.backbone, checkpoint, strict=True)
     if freeze_bn:
         freeze_batchnorm(model.backbone, eps=bn_eps_frozen)
     return model

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from spcl.models.input_conventions import PIPELINE_CONVENTION, InputAdapter, InputConvention
 from spcl.models.projection import ProjectionHead
 from spcl.models.resnet import ResNet
 
@@ -88,6 +89,9 @@ class DeepLabV2(nn.Module):
             → this size for ResNet-101): ``SegOutput.features`` is then the L2-normalised
             projection of the backbone features (what prototypes and the contrast use), and the
             logits still come from the backbone features; 0 (SPCL) returns those features.
+        input_convention: What the backbone's weights expect (:mod:`spcl.models.input_conventions`);
+            ``"caffe_bgr"`` for the DeepLab-v2 COCO initialisation. The model always takes spcl's
+            pipeline tensors (ImageNet-normalised RGB) and converts them first.
 
     Attributes:
         backbone: The feature extractor (the 1× learning-rate group).
@@ -105,10 +109,12 @@ class DeepLabV2(nn.Module):
         num_classes: int,
         dilations: tuple[int, ...] = ASPP_DILATIONS,
         projection_dim: int = 0,
+        input_convention: InputConvention = PIPELINE_CONVENTION,
     ) -> None:
         super().__init__()
         if projection_dim < 0:
             raise ValueError(f"projection_dim must be 0 (off) or positive, got {projection_dim}")
+        self.input_adapter = InputAdapter(input_convention)
         self.backbone = backbone
         self.classifier = ASPPClassifierV2(backbone.out_channels, num_classes, dilations)
         self.projection = (
@@ -118,13 +124,13 @@ class DeepLabV2(nn.Module):
         self.feature_channels = projection_dim or backbone.out_channels
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Backbone features ``f(x)``.
+        """Backbone features ``f(x)`` of pipeline-normalised images.
 
         Shape:
             - x: (B, 3, H, W).
             - Output: (B, C, h, w), h ≈ H/8 and w ≈ W/8 at output stride 8.
         """
-        return self.backbone.forward_features(x)
+        return self.backbone.forward_features(self.input_adapter(x))
 
     def forward_head(self, features: Tensor) -> Tensor:
         """Class logits ``g(f)`` from backbone features, at feature resolution.

@@ -5,7 +5,15 @@ A model file is a dict ``{"model": state_dict, "arch": {"name", "num_classes", "
 table of the dataset the model was trained on); :func:`load_model_file` rebuilds the segmenter
 from it alone (for ``spcl predict`` and ``spcl evaluate``) and says what is wrong when it cannot.
 A file that is no spcl model file but an mmseg checkpoint of DAFormer, MIC(DAFormer) or SePiCo is
-imported instead (:mod:`spcl.models.mmseg_import`), so published models can be scored.
+imported instead (:mod:`spcl.models.mmseg_import`), and so is a checkpoint of the reference
+SPCL/FADA code (``feature_extractor``/``classifier``, :mod:`spcl.models.weight_layouts`), so
+published models can be scored. A ``.safetensors`` file written by ``spcl export`` is read too
+(:mod:`spcl.models.safetensors_file`).
+
+``arch["options"]`` holds every constructor option, including those a pretrained file implied
+(``style``/``input_convention`` of the DeepLab COCO initialisation); ``arch["frozen_bn_eps"]``,
+when present, freezes the backbone's BatchNorm with that eps after loading (reference
+checkpoints trained with frozen BN, evaluated as the reference's ``test.py`` does).
 """
 
 from __future__ import annotations
@@ -19,14 +27,29 @@ import torch
 from torch import nn
 
 from spcl.base import CheckpointError
+from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
 from spcl.engine.checkpoint import clean_state_dict, load_state, save_state
 from spcl.models.build import build_model
 from spcl.models.mit import DEFAULT_WIDTH
 from spcl.models.mmseg_import import import_mmseg_state, is_mmseg_checkpoint
+from spcl.models.resnet import freeze_batchnorm
+from spcl.models.safetensors_file import is_safetensors_file, read_safetensors_model
+from spcl.models.weight_layouts import (
+    LAYOUTS,
+    detect_layout,
+    load_deeplab_weights,
+    resnet_weights_from_state,
+)
 
 __all__ = ["load_model_file", "save_model_file"]
 
 logger = logging.getLogger(__name__)
+
+REFERENCE_FROZEN_BN_EPS = 0.0  # the reference's FrozenBatchNorm2d computes rsqrt(var), no eps
+# class names of a reference checkpoint by its class count (Cityscapes, SYNTHIA-16, SYNTHIA-13)
+REFERENCE_CLASS_NAMES = {
+    len(names): names for names in (CITYSCAPES.names, SYNTHIA_16_NAMES, SYNTHIA_13_NAMES)
+}
 
 
 def save_model_file(
@@ -42,8 +65,11 @@ def save_model_file(
 ) -> None:
     """Write ``model``'s weights, architecture and class table to ``path`` (temp file + rename).
 
-    ``options`` are the ``build_model`` options the model was built with (needed to rebuild it).
+    ``options`` are the ``build_model`` options the model was built with (needed to rebuild it);
+    those its pretrained file implied (``model.layout_options``) are added.
     """
+    implied = getattr(getattr(model, "module", model), "layout_options", {})
+    options = {**dict(options or {}), **implied}
     save_state(
         {
             "model": clean_state_dict(model.state_dict()),
@@ -88,6 +114,35 @@ def _import_mmseg(
     return model, info
 
 
+def _import_reference(path: str | Path, state: Mapping[str, Any]) -> tuple[nn.Module, dict]:
+    """A reference SPCL/FADA checkpoint as ``(model, info)`` (DeepLab-v2, BN as it trained)."""
+    weights = resnet_weights_from_state(state, path)
+    classes = weights.num_classes
+    if weights.depth is None or classes is None:
+        raise CheckpointError(
+            f"{path}: looks like {weights.description}, but spcl needs a ResNet-18/34/50/101 "
+            f"feature_extractor and an ASPP classifier (conv2d_list.i.weight)"
+        )
+    name = f"deeplabv2_resnet{weights.depth}"
+    width = int(weights.backbone["conv1.weight"].shape[0])
+    model = build_model(name, classes, width=width)
+    notes = load_deeplab_weights(model, weights, path)
+    arch: dict[str, Any] = {
+        "name": name,
+        "num_classes": classes,
+        "width": width,
+        "options": {},
+        "source": "spcl_reference",
+        "layout": weights.description,
+    }
+    if weights.frozen_bn:  # trained with FREEZE_BN: evaluate with the reference's frozen BN
+        freeze_batchnorm(model.backbone, eps=REFERENCE_FROZEN_BN_EPS)
+        arch["frozen_bn_eps"] = REFERENCE_FROZEN_BN_EPS
+    logger.info("%s: imported %s; %s", path, weights.description, "; ".join(notes) or "all used")
+    names = list(REFERENCE_CLASS_NAMES.get(classes, ()))
+    return model, {"arch": arch, "class_names": names, "palette": [], "unused_keys": weights.unused}
+
+
 def load_model_file(
     path: str | Path,
     device: torch.device | str = "cpu",
@@ -98,8 +153,9 @@ def load_model_file(
     """Rebuild the segmenter saved at ``path`` (eval mode, on ``device``).
 
     Args:
-        path: a file written by :func:`save_model_file`, or an mmseg checkpoint of DAFormer,
-            MIC(DAFormer) or SePiCo (imported, see :mod:`spcl.models.mmseg_import`).
+        path: a file written by :func:`save_model_file`, a ``.safetensors`` file written by
+            ``spcl export``, a checkpoint of the reference SPCL/FADA code (warm-up, SPCL or
+            self-training), or an mmseg checkpoint of DAFormer, MIC(DAFormer) or SePiCo.
         device: where to put the model.
         num_classes: when given, the file must have this many classes.
         mmseg_role: which network of an mmseg UDA checkpoint: the ``"student"`` (``model.*``,
@@ -108,32 +164,56 @@ def load_model_file(
     Returns:
         ``(model, info)`` with ``info = {"arch": ..., "class_names": [...], "palette": [...]}``
         (an empty palette for files written before palettes were saved, and for imports); for
-        an mmseg import ``arch`` also has ``source``, ``role`` and ``layout``, and
-        ``info["unused_keys"]`` lists the checkpoint keys not loaded (the other network,
-        ``imnet_model.*``, …).
+        an import ``arch`` also has ``source`` and ``layout`` (mmseg: ``role``), and
+        ``info["unused_keys"]`` lists the checkpoint entries not loaded (the other network,
+        ``imnet_model.*``, optimizers, …).
 
     Raises:
-        CheckpointError: neither a model file nor a supported mmseg checkpoint, or weights that
-            do not fit the architecture it names (e.g. another number of classes or backbone);
-            the message says which.
+        CheckpointError: none of these formats, or weights that do not fit the architecture it
+            names (e.g. another number of classes or backbone); the message names the file, the
+            layout it looks like and the first keys that do not fit.
     """
+    if is_safetensors_file(path):
+        weights, info = read_safetensors_model(path)
+        _check_classes(path, info["arch"]["num_classes"], num_classes)
+        model = _rebuild(path, info["arch"], weights)
+        return model.to(device).eval(), info
     state = load_state(path)
-    if "arch" not in state or "model" not in state:
+    layout = detect_layout(state)
+    if layout == "spcl_reference":
+        model, info = _import_reference(path, state)
+        _check_classes(path, info["arch"]["num_classes"], num_classes)
+        return model.to(device).eval(), info
+    if layout != "spcl_model_file":
         if not is_mmseg_checkpoint(state):
+            looks = LAYOUTS.get(layout or "", "no known layout")
             raise CheckpointError(
-                f"{path}: not an spcl model file (keys {sorted(state)[:8]}); expected the "
-                f"model.pth written by a stage of `spcl run`, or an mmseg checkpoint of "
-                f"DAFormer/MIC/SePiCo (state_dict with [model.|ema_model.]backbone.*)"
+                f"{path}: not an spcl model file: it looks like {looks} "
+                f"(keys {sorted(state)[:8]}); expected the model.pth written by a stage of "
+                f"`spcl run`, an `spcl export` .safetensors file, a reference SPCL/FADA "
+                f"checkpoint (feature_extractor + classifier) or an mmseg checkpoint of "
+                f"DAFormer/MIC/SePiCo ([model.|ema_model.]backbone.*); backbone "
+                f"initialisations (torchvision, DeepLab COCO) belong in model.pretrained"
             )
         model, info = _import_mmseg(path, state, mmseg_role)
         _check_classes(path, info["arch"]["num_classes"], num_classes)
         return model.to(device).eval(), info
     arch = dict(state["arch"])
     _check_classes(path, arch["num_classes"], num_classes)
+    model = _rebuild(path, arch, clean_state_dict(state["model"]))
+    info = {
+        "arch": arch,
+        "class_names": list(state.get("class_names", [])),
+        "palette": [tuple(colour) for colour in state.get("palette", [])],
+    }
+    return model.to(device).eval(), info
+
+
+def _rebuild(path: str | Path, arch: Mapping[str, Any], weights: Mapping[str, Any]) -> nn.Module:
+    """Build the model ``arch`` names and load ``weights`` into it, strictly (named errors)."""
     model = build_model(
         arch["name"], arch["num_classes"], width=arch["width"], options=arch.get("options")
     )
-    weights = clean_state_dict(state["model"])
     expected = model.state_dict()
     wrong = [
         f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
@@ -141,22 +221,19 @@ def load_model_file(
         if k in expected and tuple(v.shape) != tuple(expected[k].shape)
     ]
     if wrong:
-        raise CheckpointError(f"{path}: weights do not fit {arch}: {'; '.join(wrong[:3])}")
+        raise CheckpointError(f"{path}: weights do not fit {dict(arch)}: {'; '.join(wrong[:3])}")
     # frozen BatchNorm has no num_batches_tracked buffer; everything else must match
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing, unexpected = model.load_state_dict(dict(weights), strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     unexpected = [k for k in unexpected if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: weights do not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"{path}: weights do not fit {dict(arch)}: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
         )
-    model.to(device).eval()
-    info = {
-        "arch": arch,
-        "class_names": list(state.get("class_names", [])),
-        "palette": [tuple(colour) for colour in state.get("palette", [])],
-    }
-    return model, info
+    if arch.get("frozen_bn_eps") is not None:
+        freeze_batchnorm(model.backbone, eps=float(arch["frozen_bn_eps"]))
+    return model
 
 
 def _check_classes(path: str | Path, found: int, expected: int | None) -> None:

@@ -8,6 +8,12 @@ and shapes here are exactly torchvision's, ``fc`` included, so an ImageNet check
 
 The reference trains with BatchNorm frozen and *without* eps; :class:`FrozenBatchNorm2d` and
 :func:`freeze_batchnorm` provide that (``eps=0.0``) as well as the ordinary ``eps=1e-5``.
+
+``style="caffe"`` builds instead the ResNet of the DeepLab-v2 "COCO" initialisation used by
+AdaptSegNet, ADVENT and DACS (converted from Caffe): the stride sits on the *first* 1×1 conv of a
+bottleneck, the max-pool rounds up (``ceil_mode=True``), and every block of a dilated layer uses
+that layer's dilation (torchvision keeps the previous dilation in the first block). The
+parameter names and shapes are the same in both styles.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from torch import Tensor, nn
 __all__ = [
     "BN_EPS",
     "RESNET_DEPTHS",
+    "RESNET_STYLES",
     "BasicBlock",
     "Bottleneck",
     "FrozenBatchNorm2d",
@@ -33,6 +40,8 @@ __all__ = [
 
 BN_EPS = 1e-5  # nn.BatchNorm2d's default; the eval-mode passes (prototypes, pseudo-labels) use it
 DEFAULT_WIDTH = 64  # torchvision's base channel count (conv1 output, layer1 planes)
+ResNetStyle = Literal["pytorch", "caffe"]
+RESNET_STYLES: tuple[str, ...] = ("pytorch", "caffe")  # stride on the 3×3 (v1.5) / first 1×1 conv
 IMAGENET_CLASSES = 1000  # fc output size of torchvision's ImageNet checkpoints
 STEM_KERNEL, STEM_STRIDE, STEM_PADDING = 7, 2, 3  # conv1: 7×7 stride 2
 POOL_KERNEL, POOL_STRIDE, POOL_PADDING = 3, 2, 1  # maxpool: 3×3 stride 2
@@ -179,7 +188,11 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1×1 → 3×3 (strided / dilated) → 1×1 convolutions with a residual (ResNet v1.5, -50/101)."""
+    """1×1 → 3×3 (dilated) → 1×1 convolutions with a residual (ResNet-50/101).
+
+    ``style="pytorch"`` (ResNet v1.5, torchvision) strides the 3×3 conv; ``"caffe"`` (the
+    original ResNet, DeepLab-v2's Caffe models) strides the first 1×1 conv.
+    """
 
     expansion = 4
 
@@ -190,11 +203,15 @@ class Bottleneck(nn.Module):
         stride: int = 1,
         dilation: int = 1,
         downsample: nn.Module | None = None,
+        style: ResNetStyle = "pytorch",
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        if style not in RESNET_STYLES:
+            raise ValueError(f"ResNet style must be one of {RESNET_STYLES}, got {style!r}")
+        stride_1x1, stride_3x3 = (stride, 1) if style == "caffe" else (1, stride)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride_1x1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride, dilation)
+        self.conv2 = _conv3x3(planes, planes, stride_3x3, dilation)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -230,6 +247,9 @@ class ResNet(nn.Module):
         width: Base channel count; 64 is torchvision's. Every layer scales with it.
         output_stride: 8 (DeepLab-v2), 16 or 32 (no dilation).
         num_classes: Output size of the unused ``fc`` (1000 for ImageNet checkpoints).
+        style: ``"pytorch"`` (torchvision, v1.5) or ``"caffe"`` (the DeepLab-v2 COCO
+            initialisation: stride on the first 1×1 conv, ceil-mode max-pool, full dilation in
+            the first block of a dilated layer); Bottleneck ResNets only.
 
     Attributes:
         out_channels: Channels of the layer4 feature map, ``8 * width * block.expansion``.
@@ -242,8 +262,14 @@ class ResNet(nn.Module):
         width: int = DEFAULT_WIDTH,
         output_stride: Literal[8, 16, 32] = 8,
         num_classes: int = IMAGENET_CLASSES,
+        style: ResNetStyle = "pytorch",
     ) -> None:
         super().__init__()
+        if style not in RESNET_STYLES:
+            raise ValueError(f"ResNet style must be one of {RESNET_STYLES}, got {style!r}")
+        if style == "caffe" and block is not Bottleneck:
+            raise ValueError("style='caffe' exists for Bottleneck ResNets (50/101) only")
+        self.style = style
         if output_stride not in DILATE_BY_OUTPUT_STRIDE:
             raise ValueError(
                 f"output_stride must be one of {sorted(DILATE_BY_OUTPUT_STRIDE)}, "
@@ -261,7 +287,9 @@ class ResNet(nn.Module):
         )
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(POOL_KERNEL, stride=POOL_STRIDE, padding=POOL_PADDING)
+        self.maxpool = nn.MaxPool2d(
+            POOL_KERNEL, stride=POOL_STRIDE, padding=POOL_PADDING, ceil_mode=style == "caffe"
+        )
         dilate = DILATE_BY_OUTPUT_STRIDE[output_stride]
         self.layer1 = self._make_layer(block, width, layers[0])
         self.layer2 = self._make_layer(block, 2 * width, layers[1], 2, dilate[0])
@@ -286,15 +314,20 @@ class ResNet(nn.Module):
         if dilate:
             self.dilation *= stride
             stride = 1
+            if self.style == "caffe":  # DeepLab-v2: the whole layer at the new dilation
+                first_dilation = self.dilation
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        blocks = [block(self.inplanes, planes, stride, first_dilation, downsample)]
+        style = {"style": self.style} if block is Bottleneck else {}
+        blocks = [block(self.inplanes, planes, stride, first_dilation, downsample, **style)]
         self.inplanes = planes * block.expansion
-        blocks += [block(self.inplanes, planes, 1, self.dilation) for _ in range(1, num_blocks)]
+        blocks += [
+            block(self.inplanes, planes, 1, self.dilation, **style) for _ in range(1, num_blocks)
+        ]
         return nn.Sequential(*blocks)
 
     def _init_weights(self) -> None:
