@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spcl import cli
+from spcl.base import UsageError
 from spcl.config import config_to_dict, load_config
 from spcl.context import open_run
 from spcl.data.synthetic import generate_pair
@@ -233,6 +234,12 @@ def test_parse_seeds_and_ablations() -> None:
             cli.parse_seeds(bad)
     with pytest.raises(Exception, match="valid: tau"):
         cli.parse_ablations("tau,nope")
+    assert cli.parse_rows("oracle, online,oracle") == ("oracle", "online")
+    for bad in ("", "online,nope"):
+        with pytest.raises(Exception, match=r"--rows.*valid: source_only"):
+            cli.parse_rows(bad)
+    with pytest.raises(UsageError, match="--rows"):  # checked before anything runs
+        bench.run_bench("unused", [0], quick=True, rows=("nope",))
 
 
 # --- the adaptation step: which terms each row computes, and the target CE's value ---------------
@@ -488,3 +495,10 @@ def test_quick_bench_writes_every_row_and_resumes(tmp_path: Path) -> None:
     for name in names:
         if name != "self_training_control":
             assert again["rows"][name]["miou_mean"] == payload["rows"][name]["miou_mean"], name
+
+    # --rows: a subset, in the order asked, from the finished runs (nothing trains again)
+    finished = {p: p.stat().st_mtime_ns for p in runs.glob("*/*/done.json")}
+    subset = bench.run_bench(tmp_path, [0], quick=True, overrides=extra, rows=("oracle", "online"))
+    assert list(subset["rows"]) == ["oracle", "online"]
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
+    assert "--rows oracle,online" in subset["_meta"]["command"]

@@ -69,7 +69,9 @@ LAYOUTS: dict[str, str] = {
     "spcl_model_file": "an spcl model file (model + arch)",
     "mmseg": "an mmseg segmentor/UDA checkpoint (decode_head / model. / ema_model. keys)",
 }
-RESNET_LAYOUTS = ("torchvision_resnet", "deeplab_coco", "spcl_reference")  # read by this module
+RESNET_LAYOUTS = ("torchvision_resnet", "deeplab_coco", "spcl_reference", "spcl_model_file")
+# ^ read by this module; an spcl model file gives its backbone (e.g. a warm-up from another run)
+SPCL_BACKBONE = "backbone."  # spcl segmenters keep their ResNet as attribute `backbone`
 CONTAINER_KEYS = ("state_dict", "model")  # checkpoints that nest the weights one level
 COCO_PREFIX = "Scale."  # isht7's MS_Deeplab keeps the ResNet as attribute `Scale`
 COCO_HEAD = "layer5."  # ... and its ASPP classifier as Scale.layer5
@@ -199,6 +201,15 @@ def resnet_weights_from_state(state: Mapping[str, Any], source: str | Path) -> R
     elif layout == "torchvision_resnet":
         features = clean_state_dict(_unwrap(state), (REF_BACKBONE,))
         head, unused, frozen, options = {}, [], False, {}
+    elif layout == "spcl_model_file" and any(k.startswith(SPCL_BACKBONE) for k in state["model"]):
+        model = clean_state_dict(_tensors(state["model"]))
+        features = {
+            k.removeprefix(SPCL_BACKBONE): v for k, v in model.items() if k.startswith(SPCL_BACKBONE)
+        }
+        unused = sorted(k for k in model if not k.startswith(SPCL_BACKBONE))  # its head
+        arch_options = state.get("arch", {}).get("options", {})
+        options = {k: arch_options[k] for k in COCO_OPTIONS if k in arch_options}
+        head, frozen = {}, not any(k.endswith(OPTIONAL_SUFFIXES) for k in features)
     else:
         looks = LAYOUTS.get(layout or "", "no known layout")
         first = sorted(clean_state_dict(_unwrap(state)))[:SHOWN_KEYS] or sorted(state)[:SHOWN_KEYS]
