@@ -130,7 +130,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from spcl.evaluation.reports import default_subsets, write_csv, write_json
+    from spcl.evaluation.reports import default_subsets, titled, write_csv, write_json
 
     report: dict = {}
     if args.pred_dir or args.gt_dir:
@@ -147,26 +147,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             on_error=args.on_error,
             strict=args.strict,
         )
+        title = f"predictions {args.pred_dir} against {args.gt_dir}"
     else:
         if not (args.model and args.config):
             raise UsageError("give --pred-dir/--gt-dir, or a model file and a config (--config)")
-        scores = _evaluate_model_file(args)
-    print(scores.format_table(default_subsets(scores.class_names)))
+        scores, title = _evaluate_model_file(args)
+    print(titled(scores.format_table(default_subsets(scores.class_names)), title))
     if args.json:
-        write_json(scores, args.json, extra=report or None)
+        write_json(scores, args.json, extra={**report, "title": title})
         print(f"wrote {args.json}")
     if args.csv:
-        write_csv(scores, args.csv, unlabelled=report.get("unlabelled_predictions"))
+        write_csv(scores, args.csv, unlabelled=report.get("unlabelled_predictions"), title=title)
         print(f"wrote {args.csv}")
     if args.confusion:
         from spcl.evaluation.plots import plot_confusion  # matplotlib: only for the picture
 
-        plot_confusion(scores, args.confusion)
+        plot_confusion(scores, args.confusion, title=f"{title}\nmIoU {scores.miou:.1f}")
         print(f"wrote {args.confusion}")
     return 0
 
 
-def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
+def _evaluate_model_file(args: argparse.Namespace):  # -> (SegmentationScores, title)
     import torch
 
     from spcl.config import load_config
@@ -174,7 +175,7 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
     from spcl.engine.distributed import resolve_device
     from spcl.engine.tracking import Tracker
     from spcl.models.files import load_model_file
-    from spcl.stages.evaluate import evaluate_model
+    from spcl.stages.evaluate import evaluate_model, scored_title
 
     overrides = list(args.overrides)
     if args.flip:
@@ -193,7 +194,7 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
     ctx = RunContext(config, Path("."), device, tracker)
     names = tuple(info["class_names"]) or None
     with torch.no_grad():
-        return evaluate_model(ctx, model, class_names=names)
+        return evaluate_model(ctx, model, class_names=names), scored_title(ctx, Path(args.model))
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

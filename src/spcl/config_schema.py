@@ -285,6 +285,8 @@ class RunConfig:
     channels_last: bool = False  # NHWC memory format on CUDA
     log_every: int = 20  # iterations between logged scalars
     ckpt_every: int = 500  # iterations between resumable checkpoints
+    val_every: int = 0  # iterations between validations on target_val during training (mIoU and
+    # per-class IoU to TensorBoard and log.txt; 0 = off; the model handed on is the last one)
     progress: bool = True  # tqdm progress bars
     stages: list[str] = field(
         default_factory=lambda: [

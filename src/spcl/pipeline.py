@@ -94,14 +94,20 @@ def _stage(name: str) -> ModuleType:
 
 
 def _evaluate_all(ctx: RunContext, out_dir: Path, inputs: dict[str, Path]) -> Path:
-    """Evaluate every trained model of the run; ``summary.json`` maps stage → mIoU."""
+    """Evaluate every trained model of the run; ``summary.json`` maps stage → mIoU.
+
+    Each table (console, log, files) is titled with the model file it scores; the log ends with
+    one line per model.
+    """
     summary = {}
     for name, weights in inputs.items():
-        metrics = _stage("evaluate").run(ctx, out_dir / name, weights)
+        metrics = _stage("evaluate").run(ctx, out_dir / name, weights, stage=name)
         if ctx.is_main:
             summary[name] = json.loads(metrics.read_text())["miou"]
     if ctx.is_main:
         atomic_write_bytes(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        for name, miou in summary.items():
+            ctx.tracker.info(f"[evaluate] {name:>10} model {inputs[name]}: mIoU {miou:.2f}")
     return out_dir / "summary.json"
 
 

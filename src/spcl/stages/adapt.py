@@ -49,6 +49,7 @@ from spcl.stages.builders import (
     train_loader,
     wrap_ddp,
 )
+from spcl.stages.validation import validation_hooks
 
 __all__ = [
     "PLAIN_CE",
@@ -211,6 +212,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_
         schedulers=[schedule],
         config=loop_config(ctx, cfg.optim, out_dir, "adapt", prototype_scalars),
         tracker=ctx.tracker,
+        after_step=validation_hooks(ctx, model, "adapt"),
     )
     if ctx.world > 1:
         spread = max_difference_across_ranks(bank.prototypes)

@@ -25,6 +25,7 @@ from spcl.stages.builders import (
     train_loader,
     wrap_ddp,
 )
+from spcl.stages.validation import validation_hooks
 
 __all__ = ["SELF_TRAIN_WEIGHTS", "run", "self_train_step"]
 
@@ -64,5 +65,6 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, labels_dir: Path) -> Path
         schedulers=[schedule],
         config=loop_config(ctx, cfg.optim, out_dir, "self_train"),
         tracker=ctx.tracker,
+        after_step=validation_hooks(ctx, model, "self_train"),
     )
     return save_weights(ctx, model, out_dir / "model.pth")
