@@ -9,12 +9,14 @@ status 2. Every other exception is a bug: the command line shows its traceback a
 
 Files: :func:`atomic_file` writes to a temporary file beside the destination and renames it into
 place only when the write succeeded, so a crash or a full disk never leaves a half-written file
-under the final name.
+under the final name; a failed write names the file (:func:`describe_os_error` turns a full disk or
+a read-only folder into a one-line message).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +37,7 @@ __all__ = [
     "UserError",
     "atomic_file",
     "atomic_write_bytes",
+    "describe_os_error",
 ]
 
 IGNORE_INDEX = 255  # label value that losses, metrics and pseudo-labels skip
@@ -92,6 +95,11 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # name the file
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -101,3 +109,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_file(path, "wb") as handle:
         handle.write(data)
+
+
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or point run.out elsewhere, then run the "
+    "same command again (finished stages and the last checkpoint are kept)",
+    errno.EDQUOT: "the disk quota is used up: free some space, then run the same command again",
+    errno.EROFS: "the file system is read-only: choose a writable run.out",
+    errno.EACCES: "no permission: check the folder's owner and mode, or choose another folder",
+    errno.EPERM: "no permission: check the folder's owner and mode, or choose another folder",
+}  # errors of the machine, not of spcl: the command line reports them in one line
+
+
+def describe_os_error(exc: OSError) -> str | None:
+    """A one-line message for a full disk, a read-only or a forbidden folder; None otherwise."""
+    hint = _OS_ERROR_HINTS.get(exc.errno or 0)
+    if hint is None:
+        return None
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}; {hint}"

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spcl import __version__
-from spcl.base import UsageError, UserError
+from spcl.base import UsageError, UserError, describe_os_error
 from spcl.experiments.rows import ABLATIONS
 from spcl.pipeline import STAGE_NAMES as STAGE_CHOICES
 
@@ -423,3 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spcl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a full disk, a read-only folder: the machine's, not a bug
+        message = describe_os_error(exc)
+        if message is None or os.environ.get(DEBUG_ENV):
+            raise
+        print(f"spcl: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR

@@ -83,6 +83,8 @@ class DataConfig:
     target_val: DomainConfig = field(default_factory=DomainConfig)  # target labels, evaluation
     synthetic: SynthConfig = field(default_factory=SynthConfig)
     num_workers: int = 2  # DataLoader worker processes
+    on_error: Literal["fail", "skip"] = "fail"  # an unreadable (corrupt, truncated, empty) image
+    # or label: fail stops the stage naming the file; skip leaves it out, named once in log.txt
     hflip: bool = False  # random horizontal flip on training images (reference: off in warm-up)
     color_jitter: float = 0.0  # brightness/contrast/saturation jitter on source (reference: 0.5)
 

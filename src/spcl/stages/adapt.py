@@ -45,6 +45,7 @@ from spcl.stages.builders import (
     optimizer_and_schedule,
     pseudo_labelled_dataset,
     save_weights,
+    skip_missing_labels,
     source_stream,
     train_loader,
     wrap_ddp,
@@ -181,7 +182,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_
     )
     target = train_loader(
         ctx,
-        pseudo_labelled_dataset(data.target, labels_dir, **augment),
+        pseudo_labelled_dataset(data.target, labels_dir, skip_missing_labels(ctx), **augment),
         cfg.optim.batch_size,
         TARGET_STREAM,
     )

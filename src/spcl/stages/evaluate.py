@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from spcl.base import DatasetError
 from spcl.context import RunContext
 from spcl.engine.distributed import all_reduce_sum_
 from spcl.evaluation.inference import predict_probs
@@ -133,8 +134,15 @@ def _panels(ctx: RunContext, model: torch.nn.Module, out_dir: Path) -> None:
     """Image, ground truth, prediction, error map of the first val images (PNG, TensorBoard)."""
     dataset = domain_dataset(ctx.config.data.target_val, with_labels=True, train=False)
     rows = []
-    for index in range(min(PANEL_IMAGES, len(dataset))):
-        image, label = dataset.load(index)
+    for index in range(len(dataset)):
+        if len(rows) == PANEL_IMAGES:
+            break
+        try:
+            image, label = dataset.load(index)
+        except DatasetError:
+            if ctx.config.data.on_error == "skip":
+                continue  # named already by the evaluation's loader
+            raise
         sample = dataset[index]
         probs = predict_probs(model.eval(), sample["image"][None].to(ctx.device), label.shape)
         rows.append((image, label, probs.argmax(1)[0].cpu().numpy(), dataset.names[index]))

@@ -22,6 +22,7 @@ from spcl.stages.builders import (
     optimizer_and_schedule,
     pseudo_labelled_dataset,
     save_weights,
+    skip_missing_labels,
     train_loader,
     wrap_ddp,
 )
@@ -50,6 +51,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, labels_dir: Path) -> Path
     dataset = pseudo_labelled_dataset(
         data.target,
         labels_dir,
+        skip_missing_labels(ctx),
         hflip=cfg.hflip,
         color_jitter=cfg.color_jitter,
         scale_range=cfg.scale_range,
