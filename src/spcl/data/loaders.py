@@ -45,8 +45,10 @@ class _Reporting(Dataset):
             return {UNREADABLE: str(exc)}
 
 
-def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def _collate(samples: list[Any]) -> Any:
     """The readable samples collated as usual, plus the messages of the unreadable ones."""
+    if not all(isinstance(s, dict) for s in samples):
+        return default_collate(samples)  # not a segmentation dataset: nothing to report
     good = [s for s in samples if UNREADABLE not in s]
     batch = default_collate(good) if good else {}
     bad = [s[UNREADABLE] for s in samples if UNREADABLE in s]
@@ -64,8 +66,10 @@ class _Unreadable:
         self.on_error, self.warn = on_error, warn
         self.seen: set[str] = set()
 
-    def check(self, batch: dict[str, Any]) -> bool:
+    def check(self, batch: Any) -> bool:
         """Whether ``batch`` still holds samples (raises on an unreadable one when failing)."""
+        if not isinstance(batch, dict):
+            return True
         messages = batch.pop(UNREADABLE, [])
         if messages and self.on_error == "fail":
             raise DatasetError(f"{messages[0]} (on_error: skip would leave such files out)")
