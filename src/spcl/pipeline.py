@@ -382,7 +382,9 @@ def _plan_steps(
             )
         replaces = None
         if done is not None:
-            reasons = [f"it reads {n}, which re-runs" for n in needs if n in reruns]
+            rerun_inputs = [n for n in needs if n in reruns]
+            verb = "re-runs" if len(rerun_inputs) == 1 else "re-run"
+            reasons = [f"it reads {', '.join(rerun_inputs)}, which {verb}"] if rerun_inputs else []
             if done["fingerprint"] != key and not reasons:
                 reasons.append(_why_replaced(stage, done, ctx.config, upstream))
             elif done["fingerprint"] != key:

@@ -79,7 +79,9 @@ def keep_in_history(folder: Path, stage_dir: Path, reasons: Mapping[str, str]) -
         config = stage_dir.parent / "config.yaml"
         if config.is_file():
             shutil.copy2(config, folder / "config.yaml")
-        atomic_write_bytes(folder / REPLACED_FILE, json.dumps(dict(reasons), indent=2).encode())
+        atomic_write_bytes(
+            folder / REPLACED_FILE, json.dumps(dict(reasons), indent=2, ensure_ascii=False).encode()
+        )
     return stage_dir.rename(folder / stage_dir.name)
 
 
