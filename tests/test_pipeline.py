@@ -216,3 +216,16 @@ def test_a_failed_command_keeps_the_config_yaml(
         run("evaluate.flip=true", only="evaluate")
     assert (tmp_path / "config.yaml").read_text() == saved
     assert "flip: false" in saved
+
+
+def test_a_stage_whose_input_was_replaced_earlier_says_so(tmp_path: Path, calls: list[str]) -> None:
+    pipeline.run_pipeline(_ctx(tmp_path))
+    pipeline.run_pipeline(_ctx(tmp_path, "warmup.lambda_adv=0.01"), only="warmup")
+    calls.clear()
+    pipeline.run_pipeline(_ctx(tmp_path, "warmup.lambda_adv=0.01"))
+    assert calls == ALL[1:]
+    log = (tmp_path / "log.txt").read_text()
+    assert "warmup: config changed: warmup.lambda_adv 0.001 → 0.01" in log
+    assert "prototypes: its input 'warmup' changed since it ran" in log
+    assert "adapt: it reads prototypes, pseudo_labels, which re-run" in log
+    assert sorted(p.name for p in (tmp_path / "history").iterdir()) == ["1", "2"]

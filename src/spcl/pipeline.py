@@ -40,11 +40,11 @@ from spcl.base import ConfigError, UsageError, UserError, atomic_write_bytes
 from spcl.config import config_to_dict, save_config
 from spcl.config_schema import Config
 from spcl.run_history import (
-    changed_keys,
-    describe_change,
+    announcement,
     keep_in_history,
     next_history_folder,
     remove_stale_temp_files,
+    replacement_reason,
 )
 
 if TYPE_CHECKING:
@@ -329,28 +329,6 @@ class _Step:
     replaces: str | None = None  # why a finished result is replaced (None: nothing finished)
 
 
-def _config_change(stage: Stage, done: dict[str, Any], config: Config) -> list[str]:
-    """``["config changed: KEY OLD → NEW, ..."]`` when the stage's own sections changed."""
-    if "config" not in done:
-        return []
-    changes = changed_keys(done["config"], stage_config(stage, config))
-    return [f"config changed: {describe_change(changes)}"] if changes else []
-
-
-def _why_replaced(
-    stage: Stage, done: dict[str, Any], config: Config, upstream: dict[str, str]
-) -> str:
-    """Why the finished result ``done`` of ``stage`` no longer matches ``config``."""
-    reasons = _config_change(stage, done, config)
-    if "upstream" in done:
-        recorded = done["upstream"]
-        changed = [n for n in upstream if n in recorded and upstream[n] != recorded[n]]
-        reasons += [f"its input '{n}' changed since it ran" for n in changed]
-        if set(recorded) != set(upstream):
-            reasons.append(f"it now reads {sorted(upstream)} (was {sorted(recorded)})")
-    return "; ".join(reasons) or "its fingerprint changed (finished by an older spcl)"
-
-
 def _plan_steps(
     ctx: RunContext, stages: list[Stage], start_from: str | None, only: str | None
 ) -> list[_Step]:
@@ -383,13 +361,9 @@ def _plan_steps(
         replaces = None
         if done is not None:
             rerun_inputs = [n for n in needs if n in reruns]
-            verb = "re-runs" if len(rerun_inputs) == 1 else "re-run"
-            reasons = [f"it reads {', '.join(rerun_inputs)}, which {verb}"] if rerun_inputs else []
-            if done["fingerprint"] != key and not reasons:
-                reasons.append(_why_replaced(stage, done, ctx.config, upstream))
-            elif done["fingerprint"] != key:
-                reasons += _config_change(stage, done, ctx.config)
-            replaces = "; ".join(reasons) or f"--from {start_from}"
+            sections = stage_config(stage, ctx.config)
+            why = replacement_reason(done, key, sections, upstream, rerun_inputs)
+            replaces = why or f"--from {start_from}"
         reruns.add(stage.name)
         steps.append(_Step(stage, key, upstream, run=True, replaces=replaces))
     return steps
@@ -442,13 +416,8 @@ def _announce_replacements(ctx: RunContext, steps: list[_Step]) -> tuple[dict[st
     """Say which finished stages will be replaced and why; the history folder they move to."""
     replaced = {s.stage.name: s.replaces for s in steps if s.replaces is not None}
     history = next_history_folder(ctx.run_dir)
-    if replaced:
-        ctx.tracker.info(
-            f"re-running {len(replaced)} finished stage(s); their previous results move to "
-            f"{history}:"
-        )
-        for name, why in replaced.items():
-            ctx.tracker.info(f"  {name}: {why}")
+    for line in announcement(replaced, history):
+        ctx.tracker.info(line)
     return replaced, history
 
 

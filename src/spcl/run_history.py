@@ -19,11 +19,13 @@ from spcl.base import atomic_write_bytes
 
 __all__ = [
     "HISTORY",
+    "announcement",
     "changed_keys",
     "describe_change",
     "keep_in_history",
     "next_history_folder",
     "remove_stale_temp_files",
+    "replacement_reason",
 ]
 
 HISTORY = "history"  # folder of a run directory that keeps replaced stage folders
@@ -59,6 +61,50 @@ def describe_change(changes: list[tuple[str, Any, Any]]) -> str:
     shown = [f"{key} {json.dumps(a)} → {json.dumps(b)}" for key, a, b in changes[:MAX_LISTED_KEYS]]
     more = len(changes) - MAX_LISTED_KEYS
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def replacement_reason(
+    done: Mapping[str, Any],
+    key: str,
+    sections: Mapping[str, Any],
+    upstream: Mapping[str, str],
+    rerun_inputs: list[str],
+) -> str:
+    """Why a finished stage (its ``done.json``) is replaced; ``""`` when only forced (``--from``).
+
+    Args:
+        done: the stage's ``done.json`` (``fingerprint``, and ``config``/``upstream`` as recorded).
+        key: the stage's fingerprint under the new config.
+        sections: the stage's config sections under the new config.
+        upstream: the fingerprints of the stages it reads, under the new config.
+        rerun_inputs: the stages it reads that this run re-runs.
+    """
+    reasons = []
+    if rerun_inputs:
+        verb = "re-runs" if len(rerun_inputs) == 1 else "re-run"
+        reasons.append(f"it reads {', '.join(rerun_inputs)}, which {verb}")
+    if done["fingerprint"] == key:
+        return "; ".join(reasons)
+    if "config" in done:
+        changes = changed_keys(done["config"], sections)
+        if changes:
+            reasons.append(f"config changed: {describe_change(changes)}")
+    if "upstream" in done and not rerun_inputs:
+        recorded = done["upstream"]
+        changed = [n for n in upstream if n in recorded and upstream[n] != recorded[n]]
+        reasons += [f"its input '{n}' changed since it ran" for n in changed]
+        if set(recorded) != set(upstream):
+            reasons.append(f"it now reads {sorted(upstream)} (was {sorted(recorded)})")
+    return "; ".join(reasons) or "its fingerprint changed (finished by an older spcl)"
+
+
+def announcement(replaced: Mapping[str, str], history: Path) -> list[str]:
+    """The lines a run logs before replacing finished stages (none when it replaces none)."""
+    if not replaced:
+        return []
+    head = f"re-running {len(replaced)} finished stage(s); their previous results move to "
+    head += f"{history}:"
+    return [head, *(f"  {name}: {why}" for name, why in replaced.items())]
 
 
 def next_history_folder(run_dir: Path) -> Path:
