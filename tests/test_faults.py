@@ -311,28 +311,28 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
+KILL_POINTS = (
+    ("01_warmup/.checkpoint.pth", 2),  # while a checkpoint is written
+    ("03_pseudo_labels/labels.partial", 3),  # while pseudo-labels are written (one torn PNG)
+    ("04_adapt/.model.pth", 1),  # while a stage's model is written
+    ("05_pseudo_labels/.done.json", 1),  # between a stage's outputs and its done.json
+)  # (path fragment, n-th write): each run is killed there, the next one goes on from it
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("match", "nth"),
-    [
-        ("01_warmup/.checkpoint.pth", 2),  # while a checkpoint is written
-        ("03_pseudo_labels/labels.partial", 3),  # while pseudo-labels are written
-        ("04_adapt/.model.pth", 1),  # while a stage's model is written
-        ("05_pseudo_labels/.done.json", 1),  # between a stage's outputs and its done.json
-    ],
-)
-def test_kill_9_then_rerun_ends_as_an_undisturbed_run(
-    data: Path, straight: Path, tmp_path: Path, match: str, nth: int
+def test_kill_9_at_four_points_then_rerun_ends_as_an_undisturbed_run(
+    data: Path, straight: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(base.__file__).parents[1])}
-    killed = subprocess.run(
-        [sys.executable, "-c", INJECT, match, str(nth), *_args(data, out)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    for match, nth in KILL_POINTS:
+        killed = subprocess.run(
+            [sys.executable, "-c", INJECT, match, str(nth), *_args(data, out)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert killed.returncode == -signal.SIGKILL, (match, killed.stderr)
     rerun = subprocess.run(
         [sys.executable, "-m", "spcl", *_args(data, out)], env=env, capture_output=True, text=True
     )
@@ -340,4 +340,6 @@ def test_kill_9_then_rerun_ends_as_an_undisturbed_run(
     _no_temp_files(out)
     labels = sorted((out / "03_pseudo_labels" / "labels").iterdir())
     assert len(labels) == 6 and all(p.stat().st_size > 8 for p in labels)
+    log = (out / "log.txt").read_text()
+    assert "[warmup] resumed from" in log and "(an interrupted write)" in log
     _same_results(straight, out)
