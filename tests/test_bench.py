@@ -261,7 +261,9 @@ def _one_step(warm: dict[str, Any], tmp_path: Path, monkeypatch, *overrides: str
     """Run the adapt stage with a loop that takes one step and replays its batches."""
     captured: dict[str, Any] = {}
 
-    def one_step_loop(step, *, weights, state, optimizers, schedulers, config, tracker) -> int:
+    def one_step_loop(
+        step, *, weights, state, optimizers, schedulers, config, tracker, after_step=()
+    ) -> int:
         positions = {k: copy.deepcopy(state[k].state_dict()) for k in ("source", "target")}
         terms = dict(step())
         terms["loss"] = weighted_total(terms, weights)

@@ -137,3 +137,95 @@ def test_lock_refuses_a_second_process(tmp_path: Path) -> None:
         child.join(30)
     with pipeline.run_lock(tmp_path):  # free again once the holder is gone
         pass
+
+
+def test_changed_config_says_what_reruns_and_why_and_keeps_the_old_results(
+    tmp_path: Path, calls: list[str]
+) -> None:
+    pipeline.run_pipeline(_ctx(tmp_path))
+    old_adapt = (tmp_path / "04_adapt" / "out.txt").read_text()
+    calls.clear()
+    pipeline.run_pipeline(_ctx(tmp_path, "adapt.lambda_cl=0.5", "adapt.temperature=50"))
+    assert calls == ["adapt", "pseudo_labels_2", "self_train", "evaluate"]
+    log = (tmp_path / "log.txt").read_text()
+    said = log.index("re-running 4 finished stage(s)")
+    assert log.rindex("[adapt] running into") > said  # said before doing so
+    assert "adapt: config changed: adapt.lambda_cl 1.0 → 0.5, adapt.temperature 100.0 → 50.0" in log
+    assert "pseudo_labels_2: it reads adapt, which re-runs" in log
+    assert "warmup: config changed" not in log
+    history = tmp_path / "history" / "1"
+    assert (history / "04_adapt" / "out.txt").read_text() == old_adapt
+    assert (
+        json.loads((history / "04_adapt" / "done.json").read_text())["config"]["adapt"]["lambda_cl"]
+        == 1.0
+    )
+    assert {p.name for p in history.iterdir()} == {
+        "04_adapt",
+        "05_pseudo_labels",
+        "06_self_train",
+        "08_evaluate",
+        "config.yaml",
+        "replaced.json",
+    }
+    assert "lambda_cl: 1.0" in (history / "config.yaml").read_text()
+    assert "lambda_cl: 0.5" in (tmp_path / "config.yaml").read_text()
+    replaced = json.loads((history / "replaced.json").read_text())
+    assert replaced["adapt"].startswith("config changed: adapt.lambda_cl")
+    calls.clear()
+    pipeline.run_pipeline(_ctx(tmp_path, "run.seed=3"), start_from="self_train")
+    assert calls == ALL  # run.seed is in every stage's sections
+    assert (tmp_path / "history" / "2" / "01_warmup").is_dir()
+    assert "warmup: config changed: run.seed 0 → 3" in (tmp_path / "log.txt").read_text()
+
+
+def test_from_says_the_forced_reruns(tmp_path: Path, calls: list[str]) -> None:
+    pipeline.run_pipeline(_ctx(tmp_path))
+    pipeline.run_pipeline(_ctx(tmp_path), start_from="self_train")
+    log = (tmp_path / "log.txt").read_text()
+    assert "self_train: --from self_train" in log
+    assert "evaluate: it reads self_train, which re-runs" in log
+    assert (tmp_path / "history" / "1" / "06_self_train" / "done.json").is_file()
+
+
+def test_a_failed_command_keeps_the_config_yaml(
+    tmp_path: Path, calls: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spcl.context import open_run
+
+    def run(*overrides: str, only: str | None = None) -> None:
+        config = load_config(None, [*ROOTS, "run.progress=false", *overrides])
+        with open_run(config, tmp_path) as ctx:
+            pipeline.run_pipeline(ctx, only=only)
+
+    run()
+    saved = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="'warmup' it depends on is not done"):
+        run("model.width=8", only="evaluate")  # the models in the folder are 64 wide
+    assert (tmp_path / "config.yaml").read_text() == saved
+    assert calls.count("evaluate") == 1
+
+    def broken(ctx, out_dir, inputs):
+        raise RuntimeError("evaluation failed")
+
+    stages = [
+        pipeline.Stage(s.name, s.folder, s.sections, s.needs, broken) if s.name == "evaluate" else s
+        for s in pipeline.STAGES
+    ]
+    monkeypatch.setattr(pipeline, "STAGES", tuple(stages))
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        run("evaluate.flip=true", only="evaluate")
+    assert (tmp_path / "config.yaml").read_text() == saved
+    assert "flip: false" in saved
+
+
+def test_a_stage_whose_input_was_replaced_earlier_says_so(tmp_path: Path, calls: list[str]) -> None:
+    pipeline.run_pipeline(_ctx(tmp_path))
+    pipeline.run_pipeline(_ctx(tmp_path, "warmup.lambda_adv=0.01"), only="warmup")
+    calls.clear()
+    pipeline.run_pipeline(_ctx(tmp_path, "warmup.lambda_adv=0.01"))
+    assert calls == ALL[1:]
+    log = (tmp_path / "log.txt").read_text()
+    assert "warmup: config changed: warmup.lambda_adv 0.001 → 0.01" in log
+    assert "prototypes: its input 'warmup' changed since it ran" in log
+    assert "adapt: it reads prototypes, pseudo_labels, which re-run" in log
+    assert sorted(p.name for p in (tmp_path / "history").iterdir()) == ["1", "2"]

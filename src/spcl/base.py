@@ -18,11 +18,14 @@ place only when the write succeeded, so a crash or a full disk never leaves a ha
 under the final name. The file gets the mode an ordinary ``open()`` would give it (``0o666``
 less the process's umask), not the ``0o600`` of the temporary file, so colleagues sharing a server
 can read models, predictions and metrics as their umask allows (:func:`file_mode`).
+A failed write names the file (:func:`describe_os_error` turns a full disk or a read-only
+folder into a one-line message).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -49,6 +52,7 @@ __all__ = [
     "atomic_file",
     "atomic_write_bytes",
     "current_umask",
+    "describe_os_error",
     "dir_mode",
     "file_mode",
     "load_yaml",
@@ -164,6 +168,11 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             os.fsync(handle.fileno())
             os.fchmod(handle.fileno(), file_mode())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # name the file
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -173,3 +182,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_file(path, "wb") as handle:
         handle.write(data)
+
+
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or point run.out elsewhere, then run the "
+    "same command again (finished stages and the last checkpoint are kept)",
+    errno.EDQUOT: "the disk quota is used up: free some space, then run the same command again",
+    errno.EROFS: "the file system is read-only: choose a writable run.out",
+    errno.EACCES: "no permission: check the folder's owner and mode, or choose another folder",
+    errno.EPERM: "no permission: check the folder's owner and mode, or choose another folder",
+}  # errors of the machine, not of spcl: the command line reports them in one line
+
+
+def describe_os_error(exc: OSError) -> str | None:
+    """A one-line message for a full disk, a read-only or a forbidden folder; None otherwise."""
+    hint = _OS_ERROR_HINTS.get(exc.errno or 0)
+    if hint is None:
+        return None
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}; {hint}"

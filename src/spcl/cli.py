@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spcl import __version__
-from spcl.base import NonFiniteLossError, UsageError, UserError
+from spcl.base import NonFiniteLossError, UsageError, UserError, describe_os_error
 from spcl.experiments.rows import ABLATIONS, ROWS
 from spcl.pipeline import STAGE_NAMES as STAGE_CHOICES
 
@@ -177,7 +177,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from spcl.evaluation.reports import default_subsets, write_csv, write_json
+    from spcl.evaluation.reports import default_subsets, titled, write_csv, write_json
 
     report: dict = {}
     if args.pred_dir or args.gt_dir:
@@ -194,22 +194,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             on_error=args.on_error,
             strict=args.strict,
         )
+        title = f"predictions {args.pred_dir} against {args.gt_dir}"
     else:
         if not (args.model and args.config):
             raise UsageError("give --pred-dir/--gt-dir, or a model file and a config (--config)")
-        scores = _evaluate_model_file(args)
-    print(scores.format_table(default_subsets(scores.class_names)))
+        scores, title = _evaluate_model_file(args)
+    print(titled(scores.format_table(default_subsets(scores.class_names)), title))
     _print_skipped(report.get("skipped", []))
     if args.json:
-        write_json(scores, args.json, extra=report or None)
+        write_json(scores, args.json, extra={**report, "title": title})
         print(f"wrote {args.json}")
     if args.csv:
-        write_csv(scores, args.csv, unlabelled=report.get("unlabelled_predictions"))
+        write_csv(scores, args.csv, unlabelled=report.get("unlabelled_predictions"), title=title)
         print(f"wrote {args.csv}")
     if args.confusion:
         from spcl.evaluation.plots import plot_confusion  # matplotlib: only for the picture
 
-        plot_confusion(scores, args.confusion)
+        plot_confusion(scores, args.confusion, title=f"{title}\nmIoU {scores.miou:.1f}")
         print(f"wrote {args.confusion}")
     return 0
 
@@ -254,7 +255,7 @@ def _print_skipped(skipped: list[dict]) -> None:
         print(f"  ... and {len(skipped) - LISTED_SKIPPED} more (every one in --json)")
 
 
-def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
+def _evaluate_model_file(args: argparse.Namespace):  # -> (SegmentationScores, title)
     import torch
 
     from spcl.config import load_config
@@ -263,7 +264,7 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
     from spcl.engine.tracking import Tracker
     from spcl.models.files import load_model_file
     from spcl.stages.class_sets import check_model_classes
-    from spcl.stages.evaluate import evaluate_model
+    from spcl.stages.evaluate import evaluate_model, scored_title
 
     overrides = list(args.overrides)
     if args.flip:
@@ -283,7 +284,7 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> SegmentationScores
     ctx = RunContext(config, Path("."), device, tracker)
     names = tuple(info["class_names"]) or table.names
     with torch.no_grad():
-        return evaluate_model(ctx, model, class_names=names)
+        return evaluate_model(ctx, model, class_names=names), scored_title(ctx, Path(args.model))
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -574,6 +575,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         shown = sys.argv[1:] if argv is None else list(argv)
         print(_stopped_message(exc, args.command, shown), file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    except OSError as exc:  # a full disk, a read-only folder: the machine's, not a bug
+        message = describe_os_error(exc)
+        if message is None or os.environ.get(DEBUG_ENV):
+            raise
+        print(f"spcl: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -108,9 +108,12 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     path = resolve_config_path(path)
     resolved = path.resolve()
     if resolved in seen:
-        raise ConfigError(f"{path}: 'base' chain loops back to {path}")
+        chain = " → ".join(str(p) for p in (*seen[seen.index(resolved) :], resolved))
+        raise ConfigError(f"{path}: 'base' chain loops back to {path} ({chain})")
     try:
         data = load_yaml(path.read_text()) or {}
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(f"{path}: refused: {_unsafe_tag(exc)}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -131,6 +134,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{text}' is not of the form dotted.key=value")
     try:
         return key, load_yaml(value) if value != "" else ""
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(f"override '{text}': refused: {_unsafe_tag(exc)}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': value is not valid YAML: {_one_line(exc)}") from exc
 
@@ -141,6 +146,12 @@ def _one_line(exc: yaml.YAMLError) -> str:
     if problem is None or mark is None:
         return " ".join(str(exc).split())
     return f"{problem} at character {mark.column + 1}"
+
+
+def _unsafe_tag(exc: yaml.constructor.ConstructorError) -> str:
+    """One line for a YAML tag that would build a Python object (never constructed)."""
+    where = f" (line {exc.problem_mark.line + 1})" if exc.problem_mark is not None else ""
+    return f"{exc.problem}{where}; configs hold plain values only (no Python object tags)"
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:

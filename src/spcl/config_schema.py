@@ -147,6 +147,8 @@ class DataConfig:
     target_val: DomainConfig = field(default_factory=DomainConfig)  # target labels, evaluation
     synthetic: SynthConfig = field(default_factory=SynthConfig)
     num_workers: NonNegativeInt = 2  # DataLoader worker processes
+    on_error: Literal["fail", "skip"] = "fail"  # an unreadable (corrupt, truncated, empty) image
+    # or label: fail stops the stage naming the file; skip leaves it out, named once in log.txt
     hflip: bool = False  # random horizontal flip on training images (reference: off in warm-up)
     color_jitter: NonNegative = 0.0  # brightness/contrast/saturation jitter on source (ref.: 0.5)
 
@@ -374,6 +376,10 @@ class RunConfig:
     channels_last: bool = False  # NHWC memory format on CUDA
     log_every: Count = 20  # iterations between logged scalars
     ckpt_every: Count = 500  # iterations between resumable checkpoints
+    val_every: NonNegativeInt = (
+        0  # iterations between validations on target_val during training (mIoU and
+    )
+    # per-class IoU to TensorBoard and log.txt; 0 = off; the model handed on is the last one)
     progress: bool = True  # tqdm progress bars
     stages: Annotated[list[str], Length(minimum=1)] = field(
         default_factory=lambda: [

@@ -86,7 +86,11 @@ def environment(device: torch.device) -> dict[str, object]:
 
 @contextmanager
 def open_run(config: Config, run_dir: Path | None = None) -> Iterator[RunContext]:
-    """Set up device, torchrun, seeds and tracker; save the resolved config and environment."""
+    """Set up device, torchrun, seeds and tracker; save the environment.
+
+    The resolved config is saved as ``config.yaml`` here only in a new run directory; an existing
+    one is replaced by :func:`spcl.pipeline.run_pipeline` once the command has succeeded.
+    """
     run_dir = Path(run_dir or config.run.out)
     device = resolve_device(config.run.device)
     init_distributed(device)
@@ -94,7 +98,8 @@ def open_run(config: Config, run_dir: Path | None = None) -> Iterator[RunContext
     tracker = Tracker(run_dir, enabled=is_main(), progress=config.run.progress)
     try:
         if is_main():
-            save_config(config, run_dir / "config.yaml")
+            if not (run_dir / "config.yaml").exists():
+                save_config(config, run_dir / "config.yaml")
             env = json.dumps(environment(device), indent=2).encode()
             atomic_write_bytes(run_dir / "env.json", env)
         yield RunContext(config, run_dir, device, tracker, rank(), world_size())

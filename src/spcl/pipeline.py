@@ -9,7 +9,10 @@ starts from the ImageNet init or the warm-up. Each stage writes one folder (``01
 holds ``done.json`` with the fingerprint of the config it ran with (the config sections it depends
 on plus the fingerprints of the stages it reads); a re-run skips done stages, re-runs a stage whose
 fingerprint changed (and so everything downstream), and lets a training stage interrupted half-way
-resume from its checkpoint. ``run.stages`` selects which stages a run has (e.g. warm-up and
+resume from its checkpoint. Before replacing a finished stage, a re-run says which and why (the
+config keys that changed, per stage) and moves its folder to ``history/N/``
+(:mod:`spcl.run_history`); ``config.yaml`` is rewritten only once a command has succeeded.
+``run.stages`` selects which stages a run has (e.g. warm-up and
 evaluation only, for a source-only baseline). A lock file keeps a second process out of a run
 directory in use.
 
@@ -34,8 +37,15 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from spcl.base import ConfigError, UsageError, UserError, atomic_write_bytes
-from spcl.config import config_to_dict
+from spcl.config import config_to_dict, save_config
 from spcl.config_schema import Config
+from spcl.run_history import (
+    announcement,
+    keep_in_history,
+    next_history_folder,
+    remove_stale_temp_files,
+    replacement_reason,
+)
 
 if TYPE_CHECKING:
     from spcl.context import RunContext
@@ -56,7 +66,8 @@ __all__ = [
 ]
 
 StageFn = Callable[["RunContext", Path, dict[str, Path]], Path]
-NOT_SEMANTIC = ("data.num_workers",)  # config keys that never change a stage's result
+NOT_SEMANTIC = ("data.num_workers", "data.on_error")  # keys that never change a stage's result
+# (on_error decides whether a bad file stops the stage; on good data both finish the same)
 
 
 @dataclass(frozen=True)
@@ -84,14 +95,20 @@ def _stage(name: str) -> ModuleType:
 
 
 def _evaluate_all(ctx: RunContext, out_dir: Path, inputs: dict[str, Path]) -> Path:
-    """Evaluate every trained model of the run; ``summary.json`` maps stage → mIoU."""
+    """Evaluate every trained model of the run; ``summary.json`` maps stage → mIoU.
+
+    Each table (console, log, files) is titled with the model file it scores; the log ends with
+    one line per model.
+    """
     summary = {}
     for name, weights in inputs.items():
-        metrics = _stage("evaluate").run(ctx, out_dir / name, weights)
+        metrics = _stage("evaluate").run(ctx, out_dir / name, weights, stage=name)
         if ctx.is_main:
             summary[name] = json.loads(metrics.read_text())["miou"]
     if ctx.is_main:
         atomic_write_bytes(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        for name, miou in summary.items():
+            ctx.tracker.info(f"[evaluate] {name:>10} model {inputs[name]}: mIoU {miou:.2f}")
     return out_dir / "summary.json"
 
 
@@ -156,6 +173,7 @@ TRAINED_MODELS = ("warmup", "adapt", "self_train", "online")  # stages whose out
 EVALUATION = "evaluate"  # the stage that scores the trained models
 ONLINE = "online"  # the EMA-teacher stage, whose input depends on online.init
 MODEL_FILE, METRICS_FILE = "model.pth", "metrics.json"
+DONE_FILE, CONFIG_FILE = "done.json", "config.yaml"  # a stage's completion record; the run's config
 
 
 def model_path(run_dir: str | Path, stage: str) -> Path:
@@ -216,17 +234,18 @@ def _section(config_dict: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def fingerprint(stage: Stage, config: Config, upstream: dict[str, str]) -> str:
-    """Hash of what the stage's result depends on: its config sections and upstream results."""
+def stage_config(stage: Stage, config: Config) -> dict[str, Any]:
+    """The config sections a stage's result depends on (``NOT_SEMANTIC`` keys left out)."""
     tree = config_to_dict(config)
     for dotted in NOT_SEMANTIC:
         parent, _, leaf = dotted.rpartition(".")
         _section(tree, parent).pop(leaf, None)
-    payload = {
-        "stage": stage.name,
-        "config": {s: _section(tree, s) for s in stage.sections},
-        "upstream": upstream,
-    }
+    return {s: _section(tree, s) for s in stage.sections}
+
+
+def fingerprint(stage: Stage, config: Config, upstream: dict[str, str]) -> str:
+    """Hash of what the stage's result depends on: its config sections and upstream results."""
+    payload = {"stage": stage.name, "config": stage_config(stage, config), "upstream": upstream}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -312,10 +331,66 @@ def _generate_data(ctx: RunContext) -> None:
     barrier()
 
 
+@dataclass(frozen=True)
+class _Step:
+    """What a run does with one planned stage: skip it (done), run it, or replace it."""
+
+    stage: Stage
+    key: str  # its fingerprint under this config
+    upstream: dict[str, str]  # fingerprints of the stages it reads
+    run: bool  # False: done with this fingerprint, skipped
+    replaces: str | None = None  # why a finished result is replaced (None: nothing finished)
+
+
+def _plan_steps(
+    ctx: RunContext, stages: list[Stage], start_from: str | None, only: str | None
+) -> list[_Step]:
+    """Decide, before anything runs, what each stage of the run does (raises on a bad --only)."""
+    names = [s.name for s in stages]
+    last = names.index(only) if only is not None else len(names) - 1
+    steps: list[_Step] = []
+    prints: dict[str, str] = {}
+    reruns: set[str] = set()
+    forced = False
+    for stage in stages[: last + 1]:
+        forced = forced or stage.name == start_from
+        needs = stage_inputs(stage, ctx.config)
+        upstream = {n: prints[n] for n in needs if n in prints}
+        if len(upstream) < len(needs):
+            missing = [n for n in needs if n not in prints]
+            raise UsageError(f"stage '{stage.name}' needs {missing}, which have not run")
+        key = fingerprint(stage, ctx.config, upstream)
+        prints[stage.name] = key
+        done = _read_json(ctx.stage_dir(stage.folder) / DONE_FILE)
+        selected = only is None or stage.name == only
+        if done is not None and done["fingerprint"] == key and not (forced and selected):
+            steps.append(_Step(stage, key, upstream, run=False))
+            continue
+        if not selected:
+            raise UsageError(
+                f"--only {only}: stage '{stage.name}' it depends on is not done "
+                f"(run without --only first)"
+            )
+        replaces = None
+        if done is not None:
+            rerun_inputs = [n for n in needs if n in reruns]
+            sections = stage_config(stage, ctx.config)
+            why = replacement_reason(done, key, sections, upstream, rerun_inputs)
+            replaces = why or f"--from {start_from}"
+        reruns.add(stage.name)
+        steps.append(_Step(stage, key, upstream, run=True, replaces=replaces))
+    return steps
+
+
 def run_pipeline(
     ctx: RunContext, *, start_from: str | None = None, only: str | None = None
 ) -> dict[str, Path]:
     """Run (or resume) the planned stages; returns each stage's output path.
+
+    Before anything runs, the finished stages that will be replaced are listed with the reason
+    (the config keys that changed, old → new; an input that re-runs; ``--from``); their folders
+    move to ``history/N/`` of the run directory. ``config.yaml`` is written when every stage
+    asked for has finished, so a command that fails leaves the previous one in place.
 
     Args:
         ctx: the run context (config, run directory, device, tracker).
@@ -331,45 +406,53 @@ def run_pipeline(
     for flag, value in (("--from", start_from), ("--only", only)):
         if value is not None and value not in names:
             raise UsageError(f"{flag} {value}: not a stage of this run; stages: {names}")
+    steps = _plan_steps(ctx, stages, start_from, only)
+    replaced, history = _announce_replacements(ctx, steps)
     prepare_data(ctx)
     outputs: dict[str, Path] = {}
-    prints: dict[str, str] = {}
-    rerun = False
-    last = names.index(only) if only is not None else len(names) - 1
-    for stage in stages[: last + 1]:
-        rerun = rerun or stage.name == start_from
-        needs = stage_inputs(stage, ctx.config)
-        upstream = {n: prints[n] for n in needs if n in prints}
-        if len(upstream) < len(needs):
-            missing = [n for n in needs if n not in prints]
-            raise UsageError(f"stage '{stage.name}' needs {missing}, which have not run")
-        key = fingerprint(stage, ctx.config, upstream)
-        out_dir = ctx.stage_dir(stage.folder)
-        done = _read_json(out_dir / "done.json")
-        selected = only is None or stage.name == only
-        if done is not None and done["fingerprint"] == key and not (rerun and selected):
-            outputs[stage.name], prints[stage.name] = out_dir / done["output"], key
+    for step in steps:
+        stage, out_dir = step.stage, ctx.stage_dir(step.stage.folder)
+        if not step.run:
+            done = _read_json(out_dir / DONE_FILE)
+            assert done is not None
+            outputs[stage.name] = out_dir / done["output"]
             ctx.tracker.info(f"[{stage.name}] done already ({out_dir}), skipped")
             continue
-        if not selected:
-            raise UsageError(
-                f"--only {only}: stage '{stage.name}' it depends on is not done "
-                f"(run without --only first)"
-            )
-        outputs[stage.name] = _run_stage(ctx, stage, out_dir, key, {n: outputs[n] for n in needs})
-        prints[stage.name] = key
+        inputs = {n: outputs[n] for n in step.upstream}
+        outputs[stage.name] = _run_stage(ctx, step, out_dir, inputs, (history, replaced))
+    if ctx.is_main:  # only now: a failed command keeps the config.yaml of the last good one
+        save_config(ctx.config, ctx.run_dir / CONFIG_FILE)
     return outputs
 
 
+def _announce_replacements(ctx: RunContext, steps: list[_Step]) -> tuple[dict[str, str], Path]:
+    """Say which finished stages will be replaced and why; the history folder they move to."""
+    replaced = {s.stage.name: s.replaces for s in steps if s.replaces is not None}
+    history = next_history_folder(ctx.run_dir)
+    for line in announcement(replaced, history):
+        ctx.tracker.info(line)
+    return replaced, history
+
+
 def _run_stage(
-    ctx: RunContext, stage: Stage, out_dir: Path, key: str, inputs: dict[str, Path]
+    ctx: RunContext,
+    step: _Step,
+    out_dir: Path,
+    inputs: dict[str, Path],
+    history: tuple[Path, dict[str, str]],
 ) -> Path:
     from spcl.engine.distributed import barrier
 
+    stage, key = step.stage, step.key
     started = _read_json(out_dir / "started.json")
     if ctx.is_main:
-        if started is None or started.get("fingerprint") != key or (out_dir / "done.json").exists():
-            shutil.rmtree(out_dir, ignore_errors=True)  # stale: another config, or a forced re-run
+        if (out_dir / DONE_FILE).exists():
+            keep_in_history(history[0], out_dir, history[1])  # a finished result: kept
+        elif started is None or started.get("fingerprint") != key:
+            shutil.rmtree(out_dir, ignore_errors=True)  # a partial stage of another config
+        else:
+            for path in remove_stale_temp_files(out_dir):  # left by kill -9 mid-write
+                ctx.tracker.info(f"[{stage.name}] removed {path.name} (an interrupted write)")
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out_dir / "started.json", json.dumps({"fingerprint": key}).encode())
     barrier()
@@ -383,8 +466,10 @@ def _run_stage(
             "output": str(output.relative_to(out_dir)),
             "seconds": round(seconds, 2),
             "inputs": {n: str(p) for n, p in inputs.items()},
+            "upstream": step.upstream,
+            "config": stage_config(stage, ctx.config),
         }
-        atomic_write_bytes(out_dir / "done.json", json.dumps(record, indent=2).encode())
+        atomic_write_bytes(out_dir / DONE_FILE, json.dumps(record, indent=2).encode())
     barrier()
     ctx.tracker.info(f"[{stage.name}] finished in {seconds:.1f} s")
     return output

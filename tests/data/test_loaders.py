@@ -65,3 +65,37 @@ def test_rank_shards_are_disjoint_and_cover_the_epoch() -> None:
 def test_too_small_dataset_is_named() -> None:
     with pytest.raises(ValueError, match="smaller than one batch"):
         SeededBatchSampler(3, 4, seed=0, shuffle=True)
+
+
+class _WithBadItems(_Items):
+    """Items 2 and 3 cannot be read (as a corrupt file would be)."""
+
+    def __getitem__(self, item):
+        index = item[0] if isinstance(item, tuple) else item
+        if index in (2, 3):
+            from spcl.base import DatasetError
+
+            raise DatasetError(f"cannot read image img_{index}.png: truncated")
+        return {"index": torch.tensor(index), "seed": torch.tensor(0)}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_items_fail_naming_the_file_or_are_skipped_once(workers: int) -> None:
+    from spcl.base import DatasetError
+    from spcl.data.loaders import build_eval_loader
+
+    with pytest.raises(DatasetError, match=r"^cannot read image img_2.png: truncated \(on_error"):
+        list(build_eval_loader(_WithBadItems(6), num_workers=workers))
+    warned: list[str] = []
+    loader = build_eval_loader(
+        _WithBadItems(6), num_workers=workers, on_error="skip", warn=warned.append
+    )
+    assert [int(b["index"]) for b in loader] == [0, 1, 4, 5]
+    assert [int(b["index"]) for b in loader] == [0, 1, 4, 5]  # a second pass: no second warning
+    assert warned == [
+        f"skipped an unreadable file: cannot read image img_{i}.png: truncated" for i in (2, 3)
+    ]
+    stream = InfiniteLoader(
+        _WithBadItems(6), 2, seed=0, shuffle=False, on_error="skip", num_workers=workers
+    )
+    assert [next(stream)["index"].tolist() for _ in range(3)] == [[0, 1], [4, 5], [0, 1]]

@@ -4,20 +4,95 @@ The order of every epoch and the augmentation seed of every sample are functions
 ``(seed, epoch, position)``, so a stream restored from ``state_dict()`` yields the same batches as
 one that never stopped, whatever the number of worker processes. Under torchrun each rank reads its
 own share of the same permutation (every ``world``-th sample).
+
+An unreadable image or label (corrupt, truncated, zero bytes) is caught where it is read, in a
+worker process or not, and reported to the main process: with ``on_error="fail"`` the loader
+raises one :class:`~spcl.base.DatasetError` naming the file; with ``"skip"`` the sample is left
+out of its batch and named once through ``warn``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from spcl.base import DatasetError
 from spcl.data.sampling import EpochOrder
 
-__all__ = ["InfiniteLoader", "SeededBatchSampler", "build_eval_loader"]
+__all__ = ["InfiniteLoader", "OnError", "SeededBatchSampler", "build_eval_loader"]
+
+OnError = Literal["fail", "skip"]  # what a loader does with an unreadable file
+UNREADABLE = "unreadable"  # batch key: messages of the samples that could not be read
+
+
+class _Reporting(Dataset):
+    """A dataset whose unreadable samples come back as ``{UNREADABLE: message}``, not raised."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: Any) -> dict[str, Any]:
+        try:
+            return self.dataset[item]
+        except DatasetError as exc:
+            return {UNREADABLE: str(exc)}
+
+
+def _collate(samples: list[Any]) -> Any:
+    """The readable samples collated as usual, plus the messages of the unreadable ones."""
+    if not all(isinstance(s, dict) for s in samples):
+        return default_collate(samples)  # not a segmentation dataset: nothing to report
+    good = [s for s in samples if UNREADABLE not in s]
+    batch = default_collate(good) if good else {}
+    bad = [s[UNREADABLE] for s in samples if UNREADABLE in s]
+    if bad:
+        batch[UNREADABLE] = bad
+    return batch
+
+
+class _Unreadable:
+    """The main-process side: raise, or warn once per file and drop it."""
+
+    def __init__(self, on_error: OnError, warn: Callable[[str], None] | None) -> None:
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        self.on_error, self.warn = on_error, warn
+        self.seen: set[str] = set()
+
+    def check(self, batch: Any) -> bool:
+        """Whether ``batch`` still holds samples (raises on an unreadable one when failing)."""
+        if not isinstance(batch, dict):
+            return True
+        messages = batch.pop(UNREADABLE, [])
+        if messages and self.on_error == "fail":
+            raise DatasetError(f"{messages[0]} (on_error: skip would leave such files out)")
+        for message in messages:
+            if message not in self.seen and self.warn is not None:
+                self.warn(f"skipped an unreadable file: {message}")
+            self.seen.add(message)
+        return bool(batch)
+
+
+class _SkippingLoader:
+    """An evaluation DataLoader that leaves out (or fails on) unreadable samples."""
+
+    def __init__(self, loader: DataLoader, unreadable: _Unreadable) -> None:
+        self.loader, self.unreadable = loader, unreadable
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            if self.unreadable.check(batch):
+                yield batch
 
 
 class SeededBatchSampler:
@@ -80,23 +155,33 @@ class InfiniteLoader:
         world: int = 1,
         pin_memory: bool = False,
         order: EpochOrder | None = None,
+        on_error: OnError = "fail",
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.sampler = SeededBatchSampler(
             len(dataset), batch_size, seed, shuffle, rank, world, order=order
         )
         self.loader = DataLoader(
-            dataset,
+            _Reporting(dataset),
             batch_sampler=self.sampler,
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,
+            collate_fn=_collate,
         )
+        self.unreadable = _Unreadable(on_error, warn)
         self._iterator: Iterator | None = None
 
     def __iter__(self) -> InfiniteLoader:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
+        while True:  # past batches of nothing but skipped files
+            batch = self._next_batch()
+            if self.unreadable.check(batch):
+                return batch
+
+    def _next_batch(self) -> dict[str, Any]:
         if self._iterator is None:
             self._iterator = iter(self.loader)
         try:
@@ -119,10 +204,16 @@ class InfiniteLoader:
 
 
 def build_eval_loader(
-    dataset: Dataset, *, num_workers: int = 0, rank: int = 0, world: int = 1
-) -> DataLoader:
+    dataset: Dataset,
+    *,
+    num_workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    on_error: OnError = "fail",
+    warn: Callable[[str], None] | None = None,
+) -> _SkippingLoader:
     """One pass, one image per batch (sizes may differ), this rank's share of the images."""
     indices = list(range(rank, len(dataset), world))
-    return DataLoader(
-        torch.utils.data.Subset(dataset, indices), batch_size=1, num_workers=num_workers
-    )
+    subset = torch.utils.data.Subset(_Reporting(dataset), indices)
+    loader = DataLoader(subset, batch_size=1, num_workers=num_workers, collate_fn=_collate)
+    return _SkippingLoader(loader, _Unreadable(on_error, warn))

@@ -23,6 +23,7 @@ from spcl.evaluation.scores import SegmentationScores
 
 __all__ = [
     "default_subsets",
+    "titled",
     "write_confusion_csv",
     "write_csv",
     "write_json",
@@ -43,6 +44,7 @@ CSV_COLUMNS = (
     "pred_pixels",
 )
 GT_PRED_CORNER = "gt \\ pred"  # top-left cell of the confusion CSV
+CSV_COMMENT = "#"  # starts the title line of a titled CSV
 
 
 def default_subsets(class_names: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -97,11 +99,17 @@ def write_table(
     scores: SegmentationScores,
     path: str | Path,
     subsets: Mapping[str, Sequence[str]] | None = None,
+    title: str | None = None,
 ) -> Path:
-    """Write the plain-text per-class table (``scores.format_table``)."""
+    """Write the plain-text per-class table (``scores.format_table``), under ``title`` if given."""
     table = scores.format_table(_subsets_or_default(scores, subsets))
-    atomic_write_bytes(path, (table + "\n").encode())
+    atomic_write_bytes(path, (titled(table, title) + "\n").encode())
     return Path(path)
+
+
+def titled(table: str, title: str | None) -> str:
+    """``table`` under a title line naming what it scores (the table alone without a title)."""
+    return table if not title else f"{title}\n{table}"
 
 
 def write_csv(
@@ -109,8 +117,12 @@ def write_csv(
     path: str | Path,
     subsets: Mapping[str, Sequence[str]] | None = None,
     unlabelled: Mapping[str, int] | None = None,
+    title: str | None = None,
 ) -> Path:
     """Write one row per class with every number, then one row per mean.
+
+    With ``title``, the first line is ``# TITLE`` (what the file scores; read the file with
+    ``pandas.read_csv(path, comment="#")`` or skip that line).
 
     Class rows: ``class, train_id, iou, acc`` (percent) and the pixel counts ``true_pos,
     false_pos, false_neg, unlabelled_pred, gt_pixels, pred_pixels``. Mean rows (``mIoU``,
@@ -130,6 +142,8 @@ def write_csv(
     gt_pixels = matrix.sum(axis=1) + missed
     pred_pixels = matrix.sum(axis=0)
     buffer = io.StringIO()
+    if title:
+        buffer.write(f"{CSV_COMMENT} {title}\n")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for i, name in enumerate(scores.class_names):

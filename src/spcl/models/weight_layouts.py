@@ -204,7 +204,9 @@ def resnet_weights_from_state(state: Mapping[str, Any], source: str | Path) -> R
     elif layout == "spcl_model_file" and any(k.startswith(SPCL_BACKBONE) for k in state["model"]):
         model = clean_state_dict(_tensors(state["model"]))
         features = {
-            k.removeprefix(SPCL_BACKBONE): v for k, v in model.items() if k.startswith(SPCL_BACKBONE)
+            k.removeprefix(SPCL_BACKBONE): v
+            for k, v in model.items()
+            if k.startswith(SPCL_BACKBONE)
         }
         unused = sorted(k for k in model if not k.startswith(SPCL_BACKBONE))  # its head
         arch_options = state.get("arch", {}).get("options", {})

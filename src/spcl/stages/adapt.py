@@ -45,10 +45,12 @@ from spcl.stages.builders import (
     optimizer_and_schedule,
     pseudo_labelled_dataset,
     save_weights,
+    skip_missing_labels,
     source_stream,
     train_loader,
     wrap_ddp,
 )
+from spcl.stages.validation import validation_hooks
 
 __all__ = [
     "PLAIN_CE",
@@ -180,7 +182,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_
     )
     target = train_loader(
         ctx,
-        pseudo_labelled_dataset(data.target, labels_dir, **augment),
+        pseudo_labelled_dataset(data.target, labels_dir, skip_missing_labels(ctx), **augment),
         cfg.optim.batch_size,
         TARGET_STREAM,
     )
@@ -211,6 +213,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_
         schedulers=[schedule],
         config=loop_config(ctx, cfg.optim, out_dir, "adapt", prototype_scalars),
         tracker=ctx.tracker,
+        after_step=validation_hooks(ctx, model, "adapt"),
     )
     if ctx.world > 1:
         spread = max_difference_across_ranks(bank.prototypes)

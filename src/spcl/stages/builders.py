@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -61,6 +61,7 @@ __all__ = [
     "pseudo_labelled_dataset",
     "run_class_table",
     "save_weights",
+    "skip_missing_labels",
     "source_order",
     "source_stream",
     "target_train_images",
@@ -226,9 +227,15 @@ def source_order(
 
 
 def pseudo_labelled_dataset(
-    domain: DomainConfig, labels_dir: Path, **augment: Any
+    domain: DomainConfig,
+    labels_dir: Path,
+    skip_missing: Callable[[str], None] | None = None,
+    **augment: Any,
 ) -> SegmentationList:
     """The target training images paired with the pseudo-label PNGs in ``labels_dir``.
+
+    ``skip_missing`` (``data.on_error: skip``): images without a pseudo-label (unreadable when
+    the labels were made) are left out and named through it, instead of an error.
 
     Raises:
         FileNotFoundError: an image has no pseudo-label (names the first few).
@@ -236,6 +243,15 @@ def pseudo_labelled_dataset(
     images = domain_dataset(domain, with_labels=False, train=True, **augment)
     labels = [labels_dir / f"{name}.png" for name in images.names]
     missing = [p.name for p in labels if not p.is_file()]
+    if missing and skip_missing is not None:
+        keep = [i for i, p in enumerate(labels) if p.is_file()]
+        skip_missing(f"left out {len(missing)} target image(s) without a pseudo-label: {missing}")
+        return SegmentationList(
+            [images.images[i] for i in keep],
+            [labels[i] for i in keep],
+            images.transform,
+            names=[images.names[i] for i in keep],
+        )
     if missing:
         raise MissingFileError(
             f"{len(missing)} target image(s) have no pseudo-label in {labels_dir}, "
@@ -284,7 +300,20 @@ def train_loader(
         world=ctx.world,
         pin_memory=ctx.device.type == "cuda",
         order=order,
+        **_unreadable(ctx),
     )
+
+
+def _unreadable(ctx: RunContext) -> dict[str, Any]:
+    """What loaders do with an unreadable file (``data.on_error``), and where they say so."""
+    return {"on_error": ctx.config.data.on_error, "warn": lambda m: ctx.tracker.info(f"[data] {m}")}
+
+
+def skip_missing_labels(ctx: RunContext) -> Callable[[str], None] | None:
+    """With ``data.on_error: skip``, how a stage names target images left without a label."""
+    if ctx.config.data.on_error != "skip":
+        return None
+    return lambda message: ctx.tracker.info(f"[data] {message}")
 
 
 def source_stream(
@@ -305,13 +334,18 @@ def target_train_images(ctx: RunContext) -> Iterator[torch.Tensor]:
     Not sharded by rank: statistics computed from it are the same on every process.
     """
     dataset = domain_dataset(ctx.config.data.target, with_labels=False, train=False)
-    for batch in build_eval_loader(dataset, num_workers=ctx.config.data.num_workers):
+    loader = build_eval_loader(dataset, num_workers=ctx.config.data.num_workers, **_unreadable(ctx))
+    for batch in loader:
         yield batch["image"].to(ctx.device)
 
 
-def eval_loader(ctx: RunContext, dataset: SegmentationList) -> torch.utils.data.DataLoader:
+def eval_loader(ctx: RunContext, dataset: SegmentationList) -> Iterable[dict[str, Any]]:
     return build_eval_loader(
-        dataset, num_workers=ctx.config.data.num_workers, rank=ctx.rank, world=ctx.world
+        dataset,
+        num_workers=ctx.config.data.num_workers,
+        rank=ctx.rank,
+        world=ctx.world,
+        **_unreadable(ctx),
     )
 
 

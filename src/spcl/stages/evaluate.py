@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from spcl.base import DatasetError
 from spcl.context import RunContext
 from spcl.engine.distributed import all_reduce_sum_
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.metrics import ConfusionMatrix, SegmentationScores
 from spcl.evaluation.plots import plot_confusion, plot_prediction_panels
-from spcl.evaluation.reports import default_subsets, write_csv, write_json, write_table
+from spcl.evaluation.reports import default_subsets, titled, write_csv, write_json, write_table
 from spcl.evaluation.sliding import predict_probs_sliding
 from spcl.method.adabn import recalibrate_batchnorm
 from spcl.stages.builders import (
@@ -34,7 +35,7 @@ from spcl.stages.builders import (
     target_train_images,
 )
 
-__all__ = ["evaluate_model", "run", "write_scores"]
+__all__ = ["evaluate_model", "run", "scored_title", "write_scores"]
 
 
 @torch.no_grad()
@@ -80,20 +81,36 @@ def evaluate_model(
     return matrix.compute(class_names or class_table(ctx).names)
 
 
-def write_scores(scores: SegmentationScores, out_dir: Path, extra: dict | None = None) -> None:
-    """``metrics.json``, ``metrics.txt``, ``metrics.csv`` and ``confusion.png`` in ``out_dir``."""
+def write_scores(
+    scores: SegmentationScores, out_dir: Path, extra: dict | None = None, title: str | None = None
+) -> None:
+    """``metrics.json``, ``metrics.txt``, ``metrics.csv`` and ``confusion.png`` in ``out_dir``,
+    each titled with ``title`` (the model scored) when given (``"title"`` in the JSON)."""
+    extra = {**(extra or {}), **({"title": title} if title else {})}
     write_json(scores, out_dir / "metrics.json", extra=extra)
-    write_table(scores, out_dir / "metrics.txt")
-    write_csv(scores, out_dir / "metrics.csv")
-    plot_confusion(scores, out_dir / "confusion.png")
+    write_table(scores, out_dir / "metrics.txt", title=title)
+    write_csv(scores, out_dir / "metrics.csv", title=title)
+    confusion = f"{title}\nconfusion (% of each ground-truth row), mIoU {scores.miou:.1f}"
+    plot_confusion(scores, out_dir / "confusion.png", title=confusion if title else None)
 
 
-def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
-    """Evaluate the weights at ``weights``; returns the path of ``metrics.json``."""
+def scored_title(ctx: RunContext, weights: Path, stage: str | None = None) -> str:
+    """What an evaluation scores: ``"self_train model runs/x/06_self_train/model.pth on ..."``."""
+    val = ctx.config.data.target_val
+    model = f"{stage} model {weights}" if stage else f"model {weights}"
+    return f"{model} on {val.kind} {val.root} (split {val.split})"
+
+
+def run(ctx: RunContext, out_dir: Path, weights: Path, stage: str | None = None) -> Path:
+    """Evaluate the weights at ``weights`` (the model of ``stage``); returns ``metrics.json``.
+
+    The console table and every file written are titled with the model they score.
+    """
     adabn = ctx.config.evaluate.adabn
     # AdaBN needs ordinary BatchNorm layers (frozen ones keep no statistics to re-estimate)
     model = load_weights(build_segmenter(ctx, freeze_bn=False if adabn else None), weights)
-    extra: dict[str, object] = {"weights": str(weights)}
+    title = scored_title(ctx, weights, stage)
+    extra: dict[str, object] = {"weights": str(weights), "stage": stage}
     if adabn:
         begin = time.perf_counter()
         layers = recalibrate_batchnorm(model, target_train_images(ctx))
@@ -102,8 +119,9 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
     scores = evaluate_model(ctx, model)
     if ctx.is_main:
         extra["confusion"] = scores.confusion.tolist()  # rebuild scores/plots from the file alone
-        write_scores(scores, out_dir, extra)
-        ctx.tracker.info(scores.format_table(default_subsets(scores.class_names)))
+        write_scores(scores, out_dir, extra, title)
+        table = scores.format_table(default_subsets(scores.class_names))
+        ctx.tracker.info(f"[evaluate] {titled(table, title)}")
         _panels(ctx, model, out_dir)
     return out_dir / "metrics.json"
 
@@ -116,8 +134,15 @@ def _panels(ctx: RunContext, model: torch.nn.Module, out_dir: Path) -> None:
     """Image, ground truth, prediction, error map of the first val images (PNG, TensorBoard)."""
     dataset = domain_dataset(ctx.config.data.target_val, with_labels=True, train=False)
     rows = []
-    for index in range(min(PANEL_IMAGES, len(dataset))):
-        image, label = dataset.load(index)
+    for index in range(len(dataset)):
+        if len(rows) == PANEL_IMAGES:
+            break
+        try:
+            image, label = dataset.load(index)
+        except DatasetError:
+            if ctx.config.data.on_error == "skip":
+                continue  # named already by the evaluation's loader
+            raise
         sample = dataset[index]
         probs = predict_probs(model.eval(), sample["image"][None].to(ctx.device), label.shape)
         rows.append((image, label, probs.argmax(1)[0].cpu().numpy(), dataset.names[index]))

@@ -47,6 +47,7 @@ from spcl.stages.builders import (
     wrap_ddp,
 )
 from spcl.stages.online_step import OnlineParts, SeededGenerator, online_step, online_weights
+from spcl.stages.validation import validation_hooks
 
 __all__ = ["run"]
 
@@ -129,6 +130,7 @@ def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
         "generator": generator,
     }
     state |= {"bank": bank} if bank is not None else {}
+    handed_on = teacher if cfg.hand_on == "teacher" else student
     student.train()
     teacher.train()  # DAFormer: the teacher keeps train-mode BatchNorm, its dropout is off
     disable_teacher_dropout(teacher)
@@ -140,7 +142,7 @@ def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
         schedulers=[schedule],
         config=loop_config(ctx, cfg.optim, out_dir, "online"),
         tracker=ctx.tracker,
-        after_step=[ema_step],
+        after_step=[ema_step, *validation_hooks(ctx, handed_on, "online")],
     )
     if ctx.world > 1:
         spread = max(max_difference_across_ranks(p.detach()) for p in teacher.parameters())
@@ -149,4 +151,4 @@ def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
             raise RuntimeError(f"EMA teachers diverged across ranks (max difference {spread})")
     save_weights(ctx, teacher, out_dir / "teacher.pth")
     save_weights(ctx, student, out_dir / "student.pth")
-    return save_weights(ctx, teacher if cfg.hand_on == "teacher" else student, out_dir / MODEL)
+    return save_weights(ctx, handed_on, out_dir / MODEL)

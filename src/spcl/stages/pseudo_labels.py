@@ -79,7 +79,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
             correct = kept & (pseudo == batch["label"].to(ctx.device))
             counts[2] += torch.bincount(pred[correct], minlength=k)
         image = Image.fromarray(pseudo[0].to(torch.uint8).cpu().numpy(), mode="L")
-        image.save(partial / f"{batch['name'][0]}.png")
+        _save_label(image, partial / f"{batch['name'][0]}.png")
         bar.update(1)
     bar.close()
     all_reduce_sum_(counts)
@@ -93,6 +93,16 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
         _log_stats(ctx, out_dir.name, stats)
     barrier()
     return labels_dir
+
+
+def _save_label(image: Image.Image, path: Path) -> None:
+    """Write one label PNG; a failed write (a full disk) names the file."""
+    try:
+        image.save(path)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def _has_labels(ctx: RunContext) -> bool:

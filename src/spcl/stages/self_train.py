@@ -22,9 +22,11 @@ from spcl.stages.builders import (
     optimizer_and_schedule,
     pseudo_labelled_dataset,
     save_weights,
+    skip_missing_labels,
     train_loader,
     wrap_ddp,
 )
+from spcl.stages.validation import validation_hooks
 
 __all__ = ["SELF_TRAIN_WEIGHTS", "run", "self_train_step"]
 
@@ -49,6 +51,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, labels_dir: Path) -> Path
     dataset = pseudo_labelled_dataset(
         data.target,
         labels_dir,
+        skip_missing_labels(ctx),
         hflip=cfg.hflip,
         color_jitter=cfg.color_jitter,
         scale_range=cfg.scale_range,
@@ -64,5 +67,6 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, labels_dir: Path) -> Path
         schedulers=[schedule],
         config=loop_config(ctx, cfg.optim, out_dir, "self_train"),
         tracker=ctx.tracker,
+        after_step=validation_hooks(ctx, model, "self_train"),
     )
     return save_weights(ctx, model, out_dir / "model.pth")

@@ -32,6 +32,7 @@ from spcl.stages.builders import (
     train_loader,
     wrap_ddp,
 )
+from spcl.stages.validation import validation_hooks
 
 __all__ = ["WarmupParts", "run", "warmup_step", "warmup_weights"]
 
@@ -132,5 +133,6 @@ def run(ctx: RunContext, out_dir: Path) -> Path:
         schedulers=schedules,
         config=loop_config(ctx, cfg.optim, out_dir, "warmup"),
         tracker=ctx.tracker,
+        after_step=validation_hooks(ctx, model, "warmup"),
     )
     return save_weights(ctx, model, out_dir / "model.pth")

@@ -1,0 +1,52 @@
+"""Periodic validation during training: mIoU and per-class IoU on target_val every N iterations.
+
+``run.val_every`` > 0 adds an after-step hook to a training stage's loop
+(:func:`spcl.engine.loop.train_loop`): every N optimiser steps it scores the model on the
+labelled target split (as the evaluation stage does) and logs ``TAG/val/miou`` and
+``TAG/val/iou/CLASS`` to TensorBoard and a line to ``log.txt``. It only watches: the model handed
+on is the last one, never the best on the split it is scored on, and the torch RNG is restored
+afterwards so that a run with validation trains exactly as one without.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from spcl.context import RunContext
+from spcl.engine.loop import AfterStep
+from spcl.stages.evaluate import evaluate_model
+
+__all__ = ["validation_hooks"]
+
+
+def validation_hooks(ctx: RunContext, model: nn.Module, tag: str) -> list[AfterStep]:
+    """The after-step hooks that validate ``model`` every ``run.val_every`` steps (none if 0).
+
+    Args:
+        ctx: the run (its config's target_val split, device, tracker).
+        model: the model the stage hands on (not a DDP wrapper: each rank scores its share of
+            the images and the confusion matrices are summed).
+        tag: the stage's TensorBoard prefix (``warmup``, ``adapt``, …).
+    """
+    every = ctx.config.run.val_every
+    if every <= 0:
+        return []
+    devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
+
+    def validate(done: int) -> None:
+        if done % every:
+            return
+        with torch.random.fork_rng(devices=devices):  # no draw of training's RNG
+            scores = evaluate_model(ctx, model, desc=f"{tag} val")
+        per_class = {
+            f"iou/{name}": value
+            for name, value in zip(scores.class_names, scores.iou, strict=True)
+            if not math.isnan(value)
+        }
+        ctx.tracker.scalars(f"{tag}/val", {"miou": scores.miou, **per_class}, done)
+        ctx.tracker.info(f"[{tag}] iteration {done}: val mIoU {scores.miou:.2f}")
+
+    return [validate]
