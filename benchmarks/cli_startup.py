@@ -23,7 +23,17 @@ COMMANDS = (
     ("spcl --help", ["-m", "spcl", "--help"]),
     *(
         (f"spcl {name} --help", ["-m", "spcl", name, "--help"])
-        for name in ("run", "demo", "bench", "evaluate", "predict", "data", "config", "synth")
+        for name in (
+            "run",
+            "demo",
+            "bench",
+            "evaluate",
+            "predict",
+            "export",
+            "data",
+            "config",
+            "synth",
+        )
     ),
 )
 TARGET_S = 0.5  # spcl --help and --version
