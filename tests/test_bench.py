@@ -74,12 +74,22 @@ EXPECTED_DIFFERENCES = {  # run → what differs from the spcl run (besides run.
     # the online runs: from the source-only warm-up, each one switch away from the control
     "online": {"warmup.adversarial": False},
     "online_mic": {"warmup.adversarial": False, "online.masking.enabled": True},
-    "online_contrast_source": {"warmup.adversarial": False, "online.contrast.source": True},
-    "online_contrast_target": {"warmup.adversarial": False, "online.contrast.target": True},
+    # the contrast rows also start their terms at iteration 0 (rows.CONTRAST_FROM_START)
+    "online_contrast_source": {
+        "warmup.adversarial": False,
+        "online.contrast.source": True,
+        "online.contrast.start_iter": 0,
+    },
+    "online_contrast_target": {
+        "warmup.adversarial": False,
+        "online.contrast.target": True,
+        "online.contrast.start_iter": 0,
+    },
     "online_contrast": {
         "warmup.adversarial": False,
         "online.contrast.source": True,
         "online.contrast.target": True,
+        "online.contrast.start_iter": 0,
     },
     "online_no_mix": {"warmup.adversarial": False, "online.mix.enabled": False},
     "online_no_weight": {"warmup.adversarial": False, "online.pseudo.weight": "none"},

@@ -127,6 +127,20 @@ def test_contrast_terms_are_zero_before_the_start_iteration(
     assert all(v > 0 for v in values[2])  # from iteration 2: ≈ ln K at the reference scale
 
 
+def test_the_prototype_pass_leaves_the_teachers_batchnorm_statistics(
+    warm, tmp_path: Path, monkeypatch
+) -> None:
+    # the teacher's running statistics come from its clean target batches alone: the extra pass
+    # on source images that feeds the prototypes must not pull them toward the source
+    plain = _steps(warm, tmp_path / "plain", monkeypatch, 1)  # one step: same teacher weights
+    contrast = ("online.contrast.source=true", "online.contrast.start_iter=0")
+    with_bank = _steps(warm, tmp_path / "bank", monkeypatch, 1, *contrast)
+    stats = [k for k in plain["teacher"] if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for key in stats:  # the students differ (one more loss term): compare buffers only
+        torch.testing.assert_close(with_bank["teacher"][key], plain["teacher"][key], rtol=0, atol=0)
+
+
 def test_no_weight_and_no_ema_switches_reach_the_step(warm, tmp_path: Path, monkeypatch) -> None:
     got = _steps(
         warm, tmp_path, monkeypatch, 1, "online.pseudo.weight=none", "online.teacher.alpha=0"

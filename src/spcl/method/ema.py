@@ -28,6 +28,9 @@ Parameters are paired by name, so a DDP-wrapped module may be passed (it is unwr
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.dropout import _DropoutNd
@@ -39,6 +42,7 @@ __all__ = [
     "disable_teacher_dropout",
     "ema_alpha",
     "init_teacher",
+    "kept_batchnorm_statistics",
     "unwrap_model",
     "update_teacher",
 ]
@@ -190,3 +194,29 @@ def disable_teacher_dropout(teacher: nn.Module) -> int:
             module.training = False
             switched += 1
     return switched
+
+
+@contextlib.contextmanager
+def kept_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
+    """Forward passes inside leave every BatchNorm's running statistics as they were.
+
+    The layers still normalise with batch statistics in train mode; only the buffers they would
+    update (``running_mean``, ``running_var``, ``num_batches_tracked``) are put back afterwards.
+    The online stage uses it for the teacher's extra pass on *source* images (the prototype
+    statistics): without it that pass pulls the teacher's running statistics, which are target
+    statistics otherwise and the ones an evaluated teacher normalises with, toward the source.
+    """
+    norms = [
+        m for m in unwrap_model(module).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    saved = [
+        {name: buf.clone() for name, buf in m.named_buffers(recurse=False) if buf is not None}
+        for m in norms
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved, strict=True):
+                for name, value in buffers.items():
+                    getattr(m, name).copy_(value)

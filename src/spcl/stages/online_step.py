@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from spcl.config_schema import OnlineConfig
 from spcl.engine.distributed import all_reduce_sum_
 from spcl.method.contrastive import pixel_prototype_loss
+from spcl.method.ema import kept_batchnorm_statistics
 from spcl.method.feature_distance import thing_feature_distance
 from spcl.method.losses import upsample_logits
 from spcl.method.masking import block_mask
@@ -118,9 +119,14 @@ def _pseudo_labels(parts: OnlineParts, tgt_images: Tensor) -> tuple[Tensor, Tens
 
 @torch.no_grad()
 def _update_prototypes(parts: OnlineParts, src_images: Tensor, src_labels: Tensor) -> Tensor:
-    """One EMA step of the bank from the teacher's source features; returns the prototypes."""
+    """One EMA step of the bank from the teacher's source features; returns the prototypes.
+
+    The teacher's BatchNorm running statistics are kept: they stay statistics of clean target
+    batches (the authors evaluate the student, so this pass's effect on them never shows there).
+    """
     assert parts.bank is not None
-    feats = parts.teacher(src_images).features
+    with kept_batchnorm_statistics(parts.teacher):
+        feats = parts.teacher(src_images).features
     labels = downsample_labels(src_labels, feats.shape[-2:])
     sums, counts = class_feature_sums(feats.float(), labels, parts.num_classes)
     parts.bank.update_from_sums(all_reduce_sum_(sums), all_reduce_sum_(counts))
