@@ -387,6 +387,8 @@ MIOUS = {  # row → per-seed mIoU (seeds 0, 1, 2); the others get 25, 26, 27
     "source_only_adabn": [33.0, 34.0, 35.0],
     "self_training_control": [31.0, 31.0, 31.0],
     "spcl": [30.0, 30.5, 31.0],
+    "online": [33.0, 34.0, 35.0],
+    "online_no_mix": [30.0, 30.5, 31.0],
     "oracle": [40.0, 41.0, 42.0],
 }
 
@@ -444,6 +446,9 @@ def test_statistics_match_a_naive_computation() -> None:
     assert got["source_only_adabn"]["vs_spcl"] == {"delta": pytest.approx(3.5), "differs": True}
     assert got["self_training_control"]["vs_spcl"]["differs"] is False  # 0.5 = 0.5 + 0 touches
     assert got["spcl"]["vs_spcl"] is None and got["spcl"]["vs_control"]["differs"] is False
+    # the online rows against their own control; other rows have no such comparison
+    assert got["online_no_mix"]["vs_online"] == {"delta": pytest.approx(-3.5), "differs": True}
+    assert got["online"]["vs_online"] is None and got["spcl"]["vs_online"] is None
     assert payload.mean_std([3.0]) == (3.0, 0.0)
     assert payload.mean_std([None]) == (None, None)
     assert payload.gap_closed(5.0, 10.0, 10.0) is None
@@ -462,6 +467,7 @@ def test_outputs_hold_every_row_and_number(tmp_path: Path) -> None:
     assert "spcl bench --out runs/bench --seeds 0,1,2" in text and "2 CPUs" in text
     assert "| ProDA | miou_13 | 62.0 |" in text
     assert "| `source_only_adabn` | 34.0 ± 1.0 | 65% | +3.5 * |" in text
+    assert "| `online_no_mix` | 30.5 ± 0.5 | 48% | +0.0 | -0.5 | -3.5 * |" in text
     for key in ("miou", "per_class"):
         assert (
             paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[key].stat().st_size > 5000

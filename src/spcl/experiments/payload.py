@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spcl.experiments.rows import CONTROL_ROW, HIGH_ROW, LOW_ROW, METHOD_ROW, Row
+from spcl.experiments.rows import CONTROL_ROW, HIGH_ROW, LOW_ROW, METHOD_ROW, ONLINE_ROW, Row
 
 __all__ = ["PERCENT", "Published", "build_payload", "gap_closed", "intervals_differ", "mean_std"]
 
@@ -114,6 +114,9 @@ def build_payload(
         stats["gap_closed"] = gap_closed(stats["miou_mean"], low, high)
         stats["vs_spcl"] = _compare(stats, out.get(METHOD_ROW))
         stats["vs_control"] = _compare(stats, out.get(CONTROL_ROW))
+        # the online rows against their own control (one ingredient added or removed)
+        online = stats["kind"] in ("online", "ablation") and stats["stage"] == "online"
+        stats["vs_online"] = _compare(stats, out.get(ONLINE_ROW)) if online else None
     first = next(iter(out.values()))
     return {
         "rows": out,

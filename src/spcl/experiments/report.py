@@ -15,14 +15,18 @@ from typing import Any
 
 from spcl.base import atomic_write_bytes
 from spcl.experiments.figures import plot_class_heatmap, plot_miou_bars
-from spcl.experiments.rows import CONTROL_ROW, HIGH_ROW, LOW_ROW, METHOD_ROW
+from spcl.experiments.rows import CONTROL_ROW, HIGH_ROW, LOW_ROW, METHOD_ROW, ONLINE_ROW
 
 __all__ = ["SIGNIFICANT", "format_summary", "write_markdown", "write_outputs"]
 
 SECONDS_DECIMALS_BELOW = 10.0  # times under 10 s get one decimal
 SIGNIFICANT = "*"  # marks a row whose mean ± std interval does not overlap the other's
 Figures = Sequence[tuple[str, Path]]  # (caption, PNG in the report's folder)
-COMPARISONS = (("vs_spcl", METHOD_ROW, "vs spcl"), ("vs_control", CONTROL_ROW, "vs control"))
+COMPARISONS = (
+    ("vs_spcl", METHOD_ROW, "vs spcl"),
+    ("vs_control", CONTROL_ROW, "vs control"),
+    ("vs_online", ONLINE_ROW, "vs online"),  # the online rows only (their own control)
+)
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -148,10 +152,11 @@ def write_markdown(
 
 Mean ± sample std over {seeds} seed(s). "Gap closed" is the share of the
 source-only → oracle gap (between the means) that the row recovers. "vs spcl" and "vs control"
-give the difference of means; `{SIGNIFICANT}` marks a row whose mean ± std interval does not overlap
-the other row's (a plain rule, not a statistical test; with one seed nothing is marked). Time is
-the wall time of every stage the row's model needs, from scratch (stages shared between rows count
-in each row; AdaBN counts its recalibration pass).
+(and, for the online rows, "vs online", their own control) give the difference of means;
+`{SIGNIFICANT}` marks a row whose mean ± std interval does not overlap the other row's (a plain
+rule, not a statistical test; with one seed nothing is marked). Time is the wall time of every
+stage the row's model needs, from scratch (stages shared between rows count in each row; AdaBN
+counts its recalibration pass).
 
 {published}## Figures
 
