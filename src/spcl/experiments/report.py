@@ -47,10 +47,15 @@ def _versus(comparison: Mapping[str, Any] | None) -> str:
 def format_summary(payload: Mapping[str, Any]) -> str:
     """The main Markdown table: mIoU mean ± std, gap closed, Δ vs spcl and control, time.
 
-    A comparison column is left out when its row is not in the report (the demo has no control).
+    A comparison column is left out when its row is not in the report (the demo has no control)
+    or no row is compared with it (the demo's online row has no variants).
     """
     rows = payload["rows"]
-    compared = [(key, label) for key, name, label in COMPARISONS if name in rows]
+    compared = [
+        (key, label)
+        for key, name, label in COMPARISONS
+        if name in rows and any(row.get(key) for row in rows.values())
+    ]
     seeds = len(payload["_meta"]["seeds"])
     header = ["row", "mIoU mean ± std" if seeds > 1 else "mIoU", "gap closed"]
     header += [label for _, label in compared] + ["time (s)"]
