@@ -221,13 +221,8 @@ def load_mit_weights(encoder: MixVisionTransformer, path: str | Path) -> list[st
     own = encoder.state_dict()
     looks = mit_variant_of(weights)
     looks_like = f"the file looks like mit_{looks}" if looks else "the file matches no mit_bX"
-    wrong = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in weights.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
+    found = fit_problems(own, weights)  # strict below: every key and shape must fit
+    wrong, missing, unexpected = found["shape mismatch"], found["missing"], found["unexpected"]
     if wrong or missing or unexpected:
         raise CheckpointError(
             f"{path} does not fit this MiT ({looks_like}): shapes {wrong[:3]}, "
@@ -267,15 +262,8 @@ def load_dinov2_weights(encoder: DINOv2Encoder, path: str | Path) -> None:
         raise MissingFileError(f"DINOv2 checkpoint not found: {path}")
     ckpt = _read_state_dict(path)
     own = encoder.state_dict()
-    wrong = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in ckpt.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    missing = [k for k in own if k not in ckpt]
-    unexpected = [k for k in ckpt if k not in own]
-    if wrong or missing or unexpected:
-        found = {"shape mismatch": wrong, "missing": missing, "unexpected": unexpected}
+    found = fit_problems(own, ckpt)  # strict below: every key and shape must fit
+    if any(found.values()):
         problems = [
             f"{label} ({len(keys)}): {', '.join(keys[:SHOWN_KEYS])}"
             for label, keys in found.items()
