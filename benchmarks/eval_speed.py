@@ -1,6 +1,9 @@
 """Folder evaluation time: ``spcl evaluate`` against cityscapesscripts' ``evaluateImgLists``.
 
-Writes ``--images`` Cityscapes-like pairs at 1024×2048 in a temporary folder: ground truth as
+For each folder size of ``--images`` (default 12 and 500: the issue's 12 files and Cityscapes'
+val set), writes that many Cityscapes-like pairs at 1024×2048 in a temporary folder (``--distinct``
+different scenes, default 24, copied under new names up to the size: every file is still read and
+decoded, only the drawing is saved): ground truth as
 ``gtFine/val/<city>/<key>_gtFine_labelIds.png`` (label ids, with ego-vehicle and out-of-ROI
 borders), and the same prediction twice, as train ids (``pred_trainIds/<key>_leftImg8bit.png``,
 what ``spcl predict`` writes and ``spcl evaluate`` reads by default) and as label ids
@@ -24,7 +27,8 @@ the CPU ratio is the steadier figure). Both tools must agree on the mIoU (checke
 ``--decoders`` first prints the CPU milliseconds per file of each PNG decoder on these files
 (PIL as cityscapesscripts uses it, OpenCV, and spcl's :func:`~spcl.data.png_decode.decode_id_png`).
 
-Run: ``PYTHONPATH=src python benchmarks/eval_speed.py [--images 12] [--repeats 3] [--workers N]``.
+Run: ``PYTHONPATH=src python benchmarks/eval_speed.py [--images 12,500] [--repeats 3]``
+(``--workers N`` threads for evaluate_folders, ``--decoders``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,8 +128,14 @@ def prediction(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return train
 
 
-def write_pairs(root: Path, count: int, seed: int = 0) -> dict[str, Path]:
-    """The three folders (ground truth, train-id and label-id predictions) of ``count`` pairs."""
+def write_pairs(
+    root: Path, count: int, seed: int = 0, distinct: int | None = None
+) -> dict[str, Path]:
+    """The three folders (ground truth, train-id and label-id predictions) of ``count`` pairs.
+
+    Only ``distinct`` scenes are drawn (all of them if None); the others are byte copies under the
+    next keys, which cost every tool the same reading and decoding.
+    """
     rng = np.random.default_rng(seed)
     folders = {
         "gt": root / "gtFine" / "val",
@@ -135,14 +146,24 @@ def write_pairs(root: Path, count: int, seed: int = 0) -> dict[str, Path]:
     folders["trainIds"].mkdir()
     folders["labelIds"].mkdir()
     to_label_id = CITYSCAPES.train_to_id()
+    drawn = count if distinct is None else min(distinct, count)
     for i in range(count):
         key = f"{CITY}_{i:06d}_000019"
+        files = (
+            folders["gt"] / CITY / f"{key}_gtFine_labelIds.png",
+            folders["trainIds"] / f"{key}_leftImg8bit.png",
+            folders["labelIds"] / f"{key}_leftImg8bit.png",
+        )
+        if i >= drawn:
+            source = f"{CITY}_{i % drawn:06d}_000019"
+            for file in files:
+                shutil.copyfile(file.with_name(file.name.replace(key, source)), file)
+            continue
         gt = scene(rng)
         train = prediction(gt, rng)
-        Image.fromarray(gt).save(folders["gt"] / CITY / f"{key}_gtFine_labelIds.png")
-        Image.fromarray(train).save(folders["trainIds"] / f"{key}_leftImg8bit.png")
-        label_ids = to_label_id[train].astype(np.uint8)
-        Image.fromarray(label_ids).save(folders["labelIds"] / f"{key}_leftImg8bit.png")
+        Image.fromarray(gt).save(files[0])
+        Image.fromarray(train).save(files[1])
+        Image.fromarray(to_label_id[train].astype(np.uint8)).save(files[2])
     return folders
 
 
@@ -213,19 +234,15 @@ def print_table(rows: dict[str, tuple[float, float, dict]], images: int) -> None
         )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=12, help="pairs at 1024x2048 (12)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per tool, best kept")
-    parser.add_argument("--workers", type=int, default=0, help="evaluate_folders threads (0: auto)")
-    parser.add_argument("--decoders", action="store_true", help="also time the PNG decoders")
-    args = parser.parse_args()
+def measure(images: int, args: argparse.Namespace) -> dict[str, tuple[float, float, dict]]:
+    """Write ``images`` pairs, time the three tools on them, print the table; the rows."""
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="eval_speed_") as tmp:
-        folders = write_pairs(Path(tmp), args.images)
+        folders = write_pairs(Path(tmp), images, distinct=args.distinct)
         gt, train_ids, label_ids = (str(folders[k]) for k in ("gt", "trainIds", "labelIds"))
         if args.decoders:
-            time_decoders(sorted(Path(gt).rglob("*.png")) + sorted(Path(train_ids).glob("*.png")))
+            files = sorted(Path(gt).rglob("*.png"))[: args.distinct]
+            time_decoders(files + sorted(Path(train_ids).glob("*.png"))[: args.distinct])
         load = os.getloadavg()[0]
         cli = [py, "-m", "spcl", "evaluate", "--pred-dir", train_ids, "--gt-dir", gt]
         rows = {
@@ -237,17 +254,36 @@ def main() -> None:
         }
         load_after = os.getloadavg()[0]
     print(
-        f"{args.images} pairs at {HEIGHT}x{WIDTH}, best of {args.repeats}; CPUs "
+        f"\n{images} pairs at {HEIGHT}x{WIDTH}, best of {args.repeats}; CPUs "
         f"{len(os.sched_getaffinity(0))}, load average {load:.2f} -> {load_after:.2f}; "
         f"cityscapesscripts CSUPPORT={rows['cityscapesscripts'][2]['csupport']}"
     )
-    print_table(rows, args.images)
+    print_table(rows, images)
     spcl, official = rows["spcl evaluate_folders"][2], rows["cityscapesscripts"][2]
     print(f"mIoU: spcl {spcl['miou']:.10f}, cityscapesscripts {official['miou']:.10f}")
     if abs(spcl["miou"] - official["miou"]) > 1e-9:
         raise SystemExit("the two tools disagree on the mIoU")
     ratio = official["eval"] / spcl["eval"]
     print(f"evaluation call alone (after imports): spcl {ratio:.2f}x faster")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--images", default="12,500", help="comma list of folder sizes (pairs at 1024x2048)"
+    )
+    parser.add_argument("--distinct", type=int, default=24, help="scenes drawn per folder")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per tool, best kept")
+    parser.add_argument("--workers", type=int, default=0, help="evaluate_folders threads (0: auto)")
+    parser.add_argument("--decoders", action="store_true", help="also time the PNG decoders")
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.images.split(",")]
+    results = {n: measure(n, args) for n in sizes}
+    print("\nstart-up included (wall clock, the CLI against cityscapesscripts):")
+    for n, rows in results.items():
+        official, cli = rows["cityscapesscripts"][0], rows["spcl CLI (python -m spcl)"][0]
+        print(f"  {n:>5} images: {official:7.3f} s vs {cli:7.3f} s = {official / cli:.2f}x")
 
 
 if __name__ == "__main__":

@@ -31,15 +31,15 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
-
-import yaml
 
 __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "STAGE_NAMES",
     "CheckpointError",
     "ConfigError",
     "DatasetError",
@@ -61,6 +61,16 @@ __all__ = [
 IGNORE_INDEX = 255  # label value that losses, metrics and pseudo-labels skip
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # input normalisation of torchvision's ImageNet weights
 IMAGENET_STD = (0.229, 0.224, 0.225)  # (images in [0, 1], RGB)
+STAGE_NAMES = (  # the pipeline's stages in order (spcl.pipeline.STAGES; here for the CLI's help)
+    "warmup",
+    "prototypes",
+    "pseudo_labels",
+    "adapt",
+    "pseudo_labels_2",
+    "self_train",
+    "online",
+    "evaluate",
+)
 FILE_BITS = 0o666  # what open() asks for; the umask removes bits from it
 DIR_BITS = 0o777  # what mkdir() asks for
 _PROC_STATUS = Path("/proc/self/status")  # Linux ≥ 4.7 shows the umask there ("Umask:\t0022")
@@ -110,12 +120,23 @@ class UnknownNameError(UserError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's float syntax added: ``1e-4``, ``-2E+3``, ``.5e1``."""
-
-
 _SCIENTIFIC = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC, list("-+0123456789."))
+
+
+@cache
+def _loader() -> type:
+    """PyYAML's safe loader with YAML 1.2's float syntax added: ``1e-4``, ``-2E+3``, ``.5e1``.
+
+    Built on first use: PyYAML is imported only by the commands that read YAML (``spcl
+    evaluate`` on folders never does; the import costs ~9 ms of its start-up).
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC, list("-+0123456789."))
+    return Loader
 
 
 def load_yaml(text: str) -> Any:
@@ -124,7 +145,9 @@ def load_yaml(text: str) -> Any:
     Raises:
         yaml.YAMLError: the text is not valid YAML.
     """
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
+    import yaml
+
+    return yaml.load(text, Loader=_loader())  # a SafeLoader: plain data only
 
 
 def current_umask() -> int:

@@ -40,7 +40,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from spcl import __version__
-from spcl.base import NonFiniteLossError, UserError, describe_os_error
+from spcl.base import STAGE_NAMES, NonFiniteLossError, UserError, describe_os_error
 from spcl.commands import (
     _cmd_bench,
     _cmd_config,
@@ -52,8 +52,6 @@ from spcl.commands import (
     _cmd_run,
     _cmd_synth,
 )
-from spcl.experiments.rows import ABLATIONS, ROWS
-from spcl.pipeline import STAGE_NAMES as STAGE_CHOICES
 
 __all__ = ["build_parser", "main", "parse_ablations", "parse_seeds"]
 
@@ -99,6 +97,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def parse_ablations(text: str) -> tuple[str, ...]:
     """``--ablate tau,cap`` (or ``all``) → names; ArgumentTypeError listing the valid ones."""
+    from spcl.experiments.rows import ABLATIONS  # the row table: only when the flag is given
+
     names = [p.strip() for p in text.split(",") if p.strip()]
     if names == [ALL_ABLATIONS]:
         return tuple(ABLATIONS)
@@ -112,6 +112,8 @@ def parse_ablations(text: str) -> tuple[str, ...]:
 
 def parse_rows(text: str) -> tuple[str, ...]:
     """``--rows source_only,online`` → row names; ArgumentTypeError listing the valid ones."""
+    from spcl.experiments.rows import ROWS
+
     names = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [n for n in names if n not in ROWS]
     if unknown or not names:
@@ -127,6 +129,17 @@ def _size(text: str) -> tuple[int, int]:
     if not sep or not height.isdigit() or not width.isdigit():
         raise argparse.ArgumentTypeError(f"size must look like 128x256 (HxW), got '{text}'")
     return int(height), int(width)
+
+
+def _positive_int(text: str) -> int:
+    """A count of 1 or more (``--workers``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got '{text}'")
+    return value
 
 
 def _floats(text: str) -> list[float]:
@@ -207,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the SPCL pipeline (resumable) into run.out")
     run.add_argument("config", help="YAML config file, e.g. configs/demo.yaml")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. run.seed=1")
-    stage_help = "one of: " + ", ".join(STAGE_CHOICES)
+    stage_help = "one of: " + ", ".join(STAGE_NAMES)
     run.add_argument(
         "--from", dest="start_from", metavar="STAGE", help=f"re-run from ({stage_help})"
     )
@@ -241,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--on-error", choices=("fail", "skip"), default="fail")
     ev.add_argument("--strict", action="store_true", help="predictions without GT are an error")
+    ev.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="threads scoring PNG folders (default: the CPUs this process may use)",
+    )
     ev.add_argument("--json", metavar="FILE", help="write every score as JSON")
     ev.add_argument("--csv", metavar="FILE", help="write every number as CSV")
     ev.add_argument("--confusion", metavar="PNG", help="write the confusion matrix picture")

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from spcl.base import ConfigError, UsageError, UserError, atomic_write_bytes
+from spcl.base import STAGE_NAMES, ConfigError, UsageError, UserError, atomic_write_bytes
 from spcl.config import config_to_dict, save_config
 from spcl.config_schema import Config
 from spcl.run_history import (
@@ -167,7 +167,8 @@ STAGES: tuple[Stage, ...] = (
         _evaluate_all,
     ),
 )
-STAGE_NAMES = tuple(s.name for s in STAGES)
+if tuple(s.name for s in STAGES) != STAGE_NAMES:  # the CLI lists base.STAGE_NAMES
+    raise RuntimeError("spcl.base.STAGE_NAMES must list spcl.pipeline.STAGES in order")
 STAGE_FOLDERS = {s.name: s.folder for s in STAGES}  # stage name → its folder in a run directory
 TRAINED_MODELS = ("warmup", "adapt", "self_train", "online")  # stages whose output is a model
 EVALUATION = "evaluate"  # the stage that scores the trained models

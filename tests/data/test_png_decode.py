@@ -149,18 +149,37 @@ def test_read_label_contract(tmp_path: Path) -> None:
         read_label(tmp_path / "absent.png")
 
 
-def test_pair_histogram_counts_every_pair(monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(4)
-    rows = every_byte((61, 97), seed=5)
-    cols = rng.integers(0, 256, rows.shape).astype(np.uint8)
+def brute_histogram(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     expected = np.zeros((256, 256), dtype=np.int64)
     for a, b in zip(rows.ravel().tolist(), cols.ravel().tolist(), strict=True):
         expected[a, b] += 1
+    return expected
+
+
+def test_pair_histogram_counts_every_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    rows = every_byte((61, 97), seed=5)
+    cols = rng.integers(0, 256, rows.shape).astype(np.uint8)  # noise: counted per pixel
+    expected = brute_histogram(rows, cols)
     np.testing.assert_array_equal(pair_histogram(rows, cols), expected)
     monkeypatch.setattr(png_decode, "FLOAT32_EXACT", 16)  # the bincount branch of huge maps
     np.testing.assert_array_equal(pair_histogram(rows, cols), expected)
     with pytest.raises(ValueError, match="uint8"):
         pair_histogram(rows.astype(np.uint16), cols)
+
+
+def test_pair_histogram_counts_label_like_maps_as_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = np.repeat(np.repeat(every_byte((8, 32), seed=7), 9, axis=0), 25, axis=1)
+    cols = np.roll(rows, 5, axis=1) // 3  # shifted boundaries, other values
+    cols[20:40, 100:500] = 254
+    cols[-1, -1], rows[0, 0] = 7, 255  # runs of one pixel at both ends
+    expected = brute_histogram(rows, cols)
+    calls: list[object] = []
+    monkeypatch.setattr(png_decode.cv2, "calcHist", lambda *a: calls.append(a))
+    np.testing.assert_array_equal(pair_histogram(rows, cols), expected)
+    assert not calls  # the run branch, not the per-pixel one
+    empty = np.zeros((0, 5), dtype=np.uint8)
+    np.testing.assert_array_equal(pair_histogram(empty, empty), np.zeros((256, 256)))
 
 
 def test_dataset_label_reader_shares_the_decoder(tmp_path: Path) -> None:

@@ -27,12 +27,18 @@ scores the rest); a prediction without ground truth is never scored: a warning n
 count), ``strict=True`` makes it an error. The report lists every file left out and why.
 
 Speed: pairs are counted in threads (OpenCV decodes and counts without the GIL), one joint
-histogram per pair (:mod:`spcl.evaluation.pair_counts`); nothing here imports torch.
+histogram per pair (:mod:`spcl.evaluation.pair_counts`); nothing here imports torch. Every pair
+allocates a few 2-8 MB arrays, which glibc's malloc maps fresh from the kernel and returns on
+every free, so each pair page-faults its buffers in again (~1,250 faults per 1024×2048 pair, and
+the threads' faults queue on one lock). ``spcl evaluate`` therefore calls
+:func:`retain_freed_memory` first: on 500 pairs that cut system time from 0.47 s to 0.10 s and
+wall time by ~8% (``benchmarks/eval_speed.py``); a library caller may do the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import os
@@ -56,6 +62,7 @@ __all__ = [
     "evaluate_folders",
     "match_files",
     "read_id_map",
+    "retain_freed_memory",
     "scores_without_unlabelled",
 ]
 
@@ -82,6 +89,9 @@ UNLABELLED = "<unlabelled>"  # name of the extra confusion column while counting
 SHOWN_NAMES = 5  # how many file names an error about missing predictions lists
 LISTED_UNMATCHED = 50  # how many predictions without ground truth a warning or error lists
 NO_GROUND_TRUTH, NO_PREDICTION, BAD_PAIR = "no_ground_truth", "no_prediction", "bad_pair"
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 << 20  # blocks up to this size come from the heap (glibc's largest allowed)
+TRIM_THRESHOLD = 256 << 20  # free heap memory kept for reuse, up to this much
 
 
 def evaluate_folders(
@@ -235,6 +245,25 @@ def _counted(
         yield from zip(pairs, bar(f.result() for f in futures), strict=True)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def retain_freed_memory() -> bool:
+    """Let this process keep freed memory for reuse instead of unmapping it (glibc only).
+
+    Sets glibc malloc's mmap threshold to 32 MB and its trim threshold to 256 MB, for the whole
+    process: the image-sized buffers of one pair are reused by the next instead of being mapped and
+    page-faulted again. Meant for a short-lived process that scores many files (``spcl
+    evaluate``); the process then holds on to up to 256 MB it no longer uses. Returns whether
+    the settings took effect (False on other C libraries, where nothing changes).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
 
 
 def _usable_cpus() -> int:
