@@ -206,3 +206,19 @@ def test_kill_9_in_the_online_stage_then_rerun_is_bit_identical(tmp_path: Path) 
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}: {key} differs after resume"
+
+
+def test_only_the_source_crop_limits_its_top_class(warm, tmp_path: Path, monkeypatch) -> None:
+    from spcl.stages import builders
+
+    shares: list[float] = []
+    real = builders.build_train_transform
+
+    def spy(**kwargs: Any) -> Any:
+        shares.append(kwargs["crop_max_share"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(builders, "build_train_transform", spy)
+    got = _steps(warm, tmp_path, monkeypatch, 1, "online.source_crop_max_share=0.75")
+    assert shares == [0.75, 1.0]  # the source stream, then the target stream
+    assert all(torch.isfinite(torch.tensor(v)) for v in got["terms"][0].values())

@@ -331,8 +331,10 @@ class OnlineConfig:
     # source order of this stage: "data" follows data.source.sampling; rare_class is DAFormer's
     # RCS (data.source.rcs_*), set here to keep a shared warm-up's sampling unchanged
     crop: Size2 = field(default_factory=lambda: [512, 512])  # random [H, W] crop of source
-    # and target after the resize (DAFormer 512×512; its source crop also retries up to 10 times
-    # until no class covers 75%, not done here); empty: whole images
+    # and target after the resize (DAFormer 512×512); empty: whole images
+    source_crop_max_share: Annotated[float, Range(low=0, low_open=True, high=1)] = 1.0  # below
+    # 1, a source crop is drawn again (up to 10 times) while one class holds this share or more
+    # of its labelled pixels (DAFormer/SePiCo RandomCrop cat_max_ratio 0.75); 1: one draw
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     pseudo: OnlinePseudoConfig = field(default_factory=OnlinePseudoConfig)
     mix: MixConfig = field(default_factory=MixConfig)

@@ -17,9 +17,11 @@ import numpy as np
 
 from spcl.base import IGNORE_INDEX
 
-__all__ = ["PairTransform", "build_eval_transform", "build_train_transform"]
+__all__ = ["ClassLimitedCrop", "PairTransform", "build_eval_transform", "build_train_transform"]
 
 HUE_JITTER = 0.2  # reference colour jitter hue (brightness/contrast/saturation share one strength)
+CROP_RETRIES = 10  # redraws of a crop one class dominates (mmseg RandomCrop, DAFormer's source)
+LABEL_VALUES = 256  # bins of a uint8 label's histogram
 
 
 class PairTransform:
@@ -38,6 +40,49 @@ class PairTransform:
         return out["image"], out["mask"]
 
 
+class ClassLimitedCrop(A.RandomCrop):
+    """A random crop, drawn again while one class dominates it (mmseg's ``cat_max_ratio``).
+
+    DAFormer crops its source images this way (``RandomCrop(cat_max_ratio=0.75)``, lhoyer/DAFormer
+    ``mmseg/datasets/pipelines/transforms.py``): after the first draw, up to ``retries`` times,
+    a crop whose labelled pixels (``ignore_index`` left out) hold fewer than two classes, or one
+    class with a share of ``max_share`` or more, is replaced by a new draw; the last draw is kept
+    either way. Without a mask (unlabelled images) the first draw is kept. Draws come from the
+    transform's seeded generator, so a sample's crop is the same in every run.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        max_share: float,
+        retries: int = CROP_RETRIES,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__(height, width)
+        self.max_share, self.retries, self.ignore_index = max_share, retries, ignore_index
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        chosen = super().get_params_dependent_on_data(params, data)
+        mask = data.get("mask")
+        if mask is None:
+            return chosen
+        for _ in range(self.retries):
+            x0, y0, x1, y1 = chosen["crop_coords"]
+            if self.balanced(mask[y0:y1, x0:x1]):
+                break
+            chosen = super().get_params_dependent_on_data(params, data)
+        return chosen
+
+    def balanced(self, label: np.ndarray) -> bool:
+        """Two classes or more, none with ``max_share`` or more of the labelled pixels."""
+        counts = np.bincount(label.ravel(), minlength=LABEL_VALUES)
+        if self.ignore_index < counts.size:
+            counts[self.ignore_index] = 0
+        present = counts[counts > 0]
+        return present.size > 1 and present.max() < self.max_share * present.sum()
+
+
 def build_train_transform(
     *,
     size: list[int] | tuple[int, ...] = (),
@@ -45,6 +90,7 @@ def build_train_transform(
     color_jitter: float = 0.0,
     scale_range: list[float] | tuple[float, ...] = (),
     crop: list[int] | tuple[int, ...] = (),
+    crop_max_share: float = 1.0,
 ) -> PairTransform:
     """Training augmentation, in the reference's order.
 
@@ -54,6 +100,9 @@ def build_train_transform(
         color_jitter: brightness/contrast/saturation strength (reference 0.5, hue 0.2); 0 = off.
         scale_range: random rescale ``[lo, hi]`` before the crop (reference self-training 0.5–1.5).
         crop: random crop ``[H, W]``, padded with ignore where the image is smaller.
+        crop_max_share: below 1, the crop is drawn again (up to 10 times) while one class holds
+            this share or more of its labelled pixels (:class:`ClassLimitedCrop`; DAFormer's
+            source crop 0.75); 1 takes the first draw.
     """
     ops: list[A.BasicTransform] = []
     if size:
@@ -67,7 +116,10 @@ def build_train_transform(
                 crop[0], crop[1], border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX
             )
         )
-        ops.append(A.RandomCrop(crop[0], crop[1]))
+        if crop_max_share < 1:
+            ops.append(ClassLimitedCrop(crop[0], crop[1], crop_max_share))
+        else:
+            ops.append(A.RandomCrop(crop[0], crop[1]))
     if hflip:
         ops.append(A.HorizontalFlip(p=0.5))
     if color_jitter > 0:

@@ -170,6 +170,7 @@ def domain_dataset(
     color_jitter: float = 0.0,
     scale_range: list[float] | tuple[float, ...] = (),
     crop: list[int] | tuple[int, ...] = (),
+    crop_max_share: float = 1.0,
 ) -> SegmentationList:
     """A dataset for one domain/split, with training augmentation or the test-time resize.
 
@@ -183,6 +184,7 @@ def domain_dataset(
             color_jitter=color_jitter,
             scale_range=scale_range,
             crop=crop,
+            crop_max_share=crop_max_share,
         )
     else:
         transform = build_eval_transform(domain.size)

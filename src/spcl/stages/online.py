@@ -86,8 +86,13 @@ def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
     net = wrap_ddp(ctx, student)
     optimizer, schedule = optimizer_and_schedule(student, cfg.optim)
     augment = {"hflip": cfg.hflip, "crop": cfg.crop}  # no photometric change: the step's own
-    source = source_stream(
-        ctx, cfg.optim.batch_size, SOURCE_STREAM, sampling=cfg.source_sampling, **augment
+    source = source_stream(  # DAFormer limits the top class's share of source crops only
+        ctx,
+        cfg.optim.batch_size,
+        SOURCE_STREAM,
+        sampling=cfg.source_sampling,
+        crop_max_share=cfg.source_crop_max_share,
+        **augment,
     )
     target = train_loader(
         ctx,
