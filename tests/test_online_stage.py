@@ -222,3 +222,22 @@ def test_only_the_source_crop_limits_its_top_class(warm, tmp_path: Path, monkeyp
     got = _steps(warm, tmp_path, monkeypatch, 1, "online.source_crop_max_share=0.75")
     assert shares == [0.75, 1.0]  # the source stream, then the target stream
     assert all(torch.isfinite(torch.tensor(v)) for v in got["terms"][0].values())
+
+
+def test_rare_class_crops_need_their_class_when_the_ratio_is_set(
+    warm, tmp_path: Path, monkeypatch
+) -> None:
+    from spcl.stages import builders
+
+    datasets: list[Any] = []
+    real = builders.train_loader
+
+    def spy(ctx: Any, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        datasets.append(dataset)
+        return real(ctx, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(builders, "train_loader", spy)
+    extra = ("data.source.rcs_min_pixels=6", "data.source.rcs_min_crop_ratio=0.5")
+    got = _steps(warm, tmp_path, monkeypatch, 1, "online.source_sampling=rare_class", *extra)
+    assert [d.min_class_pixels for d in datasets] == [3.0]  # the source stream: 6 × 0.5
+    assert all(torch.isfinite(torch.tensor(v)) for v in got["terms"][0].values())

@@ -229,3 +229,20 @@ def test_a_stage_whose_input_was_replaced_earlier_says_so(tmp_path: Path, calls:
     assert "prototypes: its input 'warmup' changed since it ran" in log
     assert "adapt: it reads prototypes, pseudo_labels, which re-run" in log
     assert sorted(p.name for p in (tmp_path / "history").iterdir()) == ["1", "2"]
+
+
+def test_keys_added_later_leave_fingerprints_alone_at_their_neutral_value() -> None:
+    from spcl.pipeline import NEUTRAL_DEFAULTS, STAGES, fingerprint, stage_config
+
+    stages = {s.name: s for s in STAGES}
+    plain = load_config("demo")
+    for dotted, neutral in NEUTRAL_DEFAULTS.items():
+        section, _, rest = dotted.partition(".")
+        stage = stages["online"] if section == "online" else stages["warmup"]
+        if section == "data" and not rest.startswith("source"):
+            continue  # one domain is enough: the three share the mechanism
+        assert f'"{rest.rpartition(".")[2]}"' not in json.dumps(stage_config(stage, plain))
+        other = 0.5 if neutral in (0.0, 1.0) else neutral / 2
+        changed = load_config("demo", [f"{dotted}={other}"])
+        assert f'"{rest.rpartition(".")[2]}": {other}' in json.dumps(stage_config(stage, changed))
+        assert fingerprint(stage, changed, {}) != fingerprint(stage, plain, {})

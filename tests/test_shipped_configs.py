@@ -94,6 +94,7 @@ def test_online_configs_keep_the_authors_recipe(name: str) -> None:
     assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == (15, 120)
     assert online.mix.enabled and online.ce_over_all_pixels
     assert online.source_crop_max_share == 0.75  # source RandomCrop cat_max_ratio
+    assert config.data.source.rcs_min_crop_ratio == 0.5  # RCS crops: > 1500 px of the class
     assert (
         config.data.source.sampling == "rare_class" and config.data.source.rcs_temperature == 0.01
     )

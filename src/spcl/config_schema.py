@@ -125,6 +125,9 @@ class DomainConfig:
     # 0.01)
     rcs_min_pixels: NonNegativeInt = 3000  # RCS: images with more pixels of c than this
     # (DAFormer, 1914×1052 GTA5 labels; scale it with the label area for smaller images)
+    rcs_min_crop_ratio: NonNegative = 0.0  # RCS: the sample is drawn again (new crop, up to 10
+    # times) until it holds more than rcs_min_pixels × this many pixels of its class (DAFormer
+    # min_crop_ratio 0.5); 0: one draw
 
 
 @dataclass

@@ -68,6 +68,12 @@ __all__ = [
 StageFn = Callable[["RunContext", Path, dict[str, Path]], Path]
 NOT_SEMANTIC = ("data.num_workers", "data.on_error")  # keys that never change a stage's result
 # (on_error decides whether a bad file stops the stage; on good data both finish the same)
+NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left out of the
+    # fingerprints while they hold the value that computes what runs did before them, so a
+    # finished run stays finished after an upgrade (any other value is part of the fingerprint)
+    "online.source_crop_max_share": 1.0,
+    **{f"data.{d}.rcs_min_crop_ratio": 0.0 for d in ("source", "target", "target_val")},
+}
 
 
 @dataclass(frozen=True)
@@ -236,11 +242,17 @@ def _section(config_dict: dict[str, Any], dotted: str) -> Any:
 
 
 def stage_config(stage: Stage, config: Config) -> dict[str, Any]:
-    """The config sections a stage's result depends on (``NOT_SEMANTIC`` keys left out)."""
+    """The config sections a stage's result depends on (``NOT_SEMANTIC`` keys left out, and
+    ``NEUTRAL_DEFAULTS`` keys at their neutral value)."""
     tree = config_to_dict(config)
     for dotted in NOT_SEMANTIC:
         parent, _, leaf = dotted.rpartition(".")
         _section(tree, parent).pop(leaf, None)
+    for dotted, neutral in NEUTRAL_DEFAULTS.items():
+        parent, _, leaf = dotted.rpartition(".")
+        section = _section(tree, parent)
+        if section.get(leaf) == neutral:
+            del section[leaf]
     return {s: _section(tree, s) for s in stage.sections}
 
 

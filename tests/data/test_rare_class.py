@@ -124,3 +124,59 @@ def test_infinite_loader_draws_the_order_and_resumes() -> None:
     resumed = InfiniteLoader(Indices(), batch_size=2, seed=0, order=order)
     resumed.load_state_dict({"epoch": 1, "offset": 1})
     assert next(resumed).tolist() == batches[5]
+
+
+def test_the_sampler_hands_each_draw_its_class() -> None:
+    from spcl.data.loaders import SeededBatchSampler
+
+    order = RareClassOrder(_index(), seed=1, min_pixels=5, length=8)
+    items = [
+        item
+        for batch in SeededBatchSampler(8, 2, seed=0, shuffle=False, order=order)
+        for item in batch
+    ]
+    classes, images = order.draw_classes(0)
+    assert [i for i, _, _ in items] == images.tolist()
+    assert [c for _, _, c in items] == classes.tolist()
+
+    class IndicesOnly:  # the same draws without their classes
+        def __len__(self) -> int:
+            return len(order)
+
+        def __call__(self, epoch: int) -> np.ndarray:
+            return order(epoch)
+
+    plain = SeededBatchSampler(8, 2, seed=0, shuffle=False, order=IndicesOnly())
+    assert [(i, s) for i, s, _ in items] == [item for batch in plain for item in batch]
+
+
+def _striped_list(tmp_path):  # -> SegmentationList
+    from PIL import Image
+
+    from spcl.data.lists import SegmentationList
+    from spcl.data.transforms import build_train_transform
+
+    label = np.zeros((64, 64), dtype=np.uint8)
+    label[:, 48:] = 5  # class 5: the right 16 columns only
+    Image.fromarray(label).save(tmp_path / "l.png")
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(tmp_path / "i.png")
+    transform = build_train_transform(crop=[16, 16])
+    return SegmentationList([tmp_path / "i.png"], [tmp_path / "l.png"], transform=transform)
+
+
+def test_a_rare_class_sample_is_redrawn_until_it_holds_its_class(tmp_path) -> None:
+    data = _striped_list(tmp_path)
+
+    def holding(min_pixels: float) -> int:
+        data.min_class_pixels = min_pixels
+        return sum(int((data[(0, seed, 5)]["label"] == 5).sum() > 40) for seed in range(40))
+
+    assert holding(0) < 20  # one draw: x0 must be ≥ 35 of 0..48 for more than 40 pixels
+    assert holding(40) >= 36  # up to 11 draws: ~1 - 0.71**11 of samples
+    data.min_class_pixels = 0  # off (the default): a triple gives what the pair gives
+    for seed in range(5):
+        np.testing.assert_array_equal(data[(0, seed, 5)]["label"], data[(0, seed)]["label"])
+    data.min_class_pixels = 40
+    first = [data[(0, seed, 5)]["label"] for seed in range(5)]
+    again = [data[(0, seed, 5)]["label"] for seed in range(5)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # seeded redraws

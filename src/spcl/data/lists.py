@@ -31,6 +31,7 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_BIT_DEPTH = 8  # read_label reads 8-bit maps; 16-bit ones are refused (their mode named)
+SAMPLE_RETRIES = 10  # redraws of a rare-class sample short of its class (DAFormer's RCS)
 
 
 def read_image(path: Path, mode: str = "RGB") -> np.ndarray:
@@ -84,8 +85,11 @@ class SegmentationList(Dataset):
     """Explicit lists of images and (optional) same-length labels; the base of every dataset.
 
     Items are indexed by ``(index, seed)`` pairs (the seed drives the transform), or a plain index
-    (seed 0). Each item is a dict ``{"image": (3, H, W) float, "label": (H, W) int64, "name": str}``
-    (no ``"label"`` without labels), plus ``"size"``: the file's (H, W) before any resize. Raw
+    (seed 0), or ``(index, seed, class)`` from rare-class sampling: with ``min_class_pixels`` > 0
+    the transformed sample is drawn again (new crop, up to 10 times) until it holds more than that
+    many pixels of ``class``, as DAFormer's ``get_rare_class_sample``. Each item is a dict
+    ``{"image": (3, H, W) float, "label": (H, W) int64, "name": str}`` (no ``"label"`` without
+    labels), plus ``"size"``: the file's (H, W) before any resize. Raw
     label values go through ``id_lut`` when given.
 
     Args:
@@ -119,9 +123,26 @@ class SegmentationList(Dataset):
         self.id_lut = id_lut
         self.label_reader = label_reader
         self.names = list(names) if names is not None else [p.stem for p in self.images]
+        self.min_class_pixels = 0.0  # set by rare-class sampling (see _transformed); 0: off
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def _transformed(
+        self, image: np.ndarray, label: np.ndarray | None, seed: int, drawn: int | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The transformed sample; redrawn (up to ``SAMPLE_RETRIES`` times, new seeds) while its
+        label holds no more than ``min_class_pixels`` pixels of the ``drawn`` class (DAFormer's
+        rare-class crop rule; the last draw is kept either way)."""
+        out_image, out_label = self.transform(image, label, seed)
+        if drawn is None or label is None or self.min_class_pixels <= 0:
+            return out_image, out_label
+        for attempt in range(1, SAMPLE_RETRIES + 1):
+            if np.count_nonzero(out_label == drawn) > self.min_class_pixels:
+                break
+            retry_seed = int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0] >> 1)
+            out_image, out_label = self.transform(image, label, retry_seed)
+        return out_image, out_label
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The decoded image (H, W, 3) and train-id label (H, W) of item ``index``, untransformed.
@@ -142,12 +163,12 @@ class SegmentationList(Dataset):
             label = self.id_lut[label]
         return image, label
 
-    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | str]:
-        index, seed = item if isinstance(item, tuple) else (item, 0)
+    def __getitem__(self, item: int | tuple[int, ...]) -> dict[str, torch.Tensor | str]:
+        index, seed, *drawn = item if isinstance(item, tuple) else (item, 0)
         image, label = self.load(index)
         size = torch.tensor(image.shape[:2])
         if self.transform is not None:
-            image, label = self.transform(image, label, seed)
+            image, label = self._transformed(image, label, seed, drawn[0] if drawn else None)
         sample: dict[str, torch.Tensor | str] = {
             "image": to_tensor(image),
             "name": self.names[index],

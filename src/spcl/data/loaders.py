@@ -100,7 +100,9 @@ class SeededBatchSampler:
 
     ``order`` (optional) gives epoch ``e``'s index sequence as a pure function of ``e``, e.g.
     :class:`spcl.data.sampling.ClassBalancedOrder` (class-balanced draws, repeats allowed); its
-    ``len()`` is the epoch length and ``shuffle`` is then unused.
+    ``len()`` is the epoch length and ``shuffle`` is then unused. An order that draws a class
+    for each image (:class:`spcl.data.rare_class.RareClassOrder`, ``draw_classes``) gives
+    ``(index, sample_seed, class)`` items, so the dataset can check the sample's crop for it.
     """
 
     def __init__(
@@ -126,18 +128,25 @@ class SeededBatchSampler:
     def __len__(self) -> int:
         return self.size // (self.batch_size * self.world)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
         rng = np.random.default_rng([self.seed, self.epoch])
+        classes = None
         if self.order is None:
             order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
             seeds = rng.integers(0, 2**31 - 1, size=self.size)[order]  # one per image
+        elif hasattr(self.order, "draw_classes"):
+            classes, order = self.order.draw_classes(self.epoch)
+            seeds = rng.integers(0, 2**31 - 1, size=len(order))  # one per draw
         else:
             order = np.asarray(self.order(self.epoch))
             seeds = rng.integers(0, 2**31 - 1, size=len(order))  # one per draw
         mine = np.arange(len(order))[self.rank :: self.world]  # this rank's positions
         for b in range(self.offset, len(self)):
             chunk = mine[b * self.batch_size : (b + 1) * self.batch_size]
-            yield [(int(order[p]), int(seeds[p])) for p in chunk]
+            if classes is None:
+                yield [(int(order[p]), int(seeds[p])) for p in chunk]
+            else:
+                yield [(int(order[p]), int(seeds[p]), int(classes[p])) for p in chunk]
 
 
 class InfiniteLoader:

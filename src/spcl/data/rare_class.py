@@ -6,16 +6,17 @@ DAFormer (lhoyer/DAFormer:mmseg/datasets/uda_dataset.py ``get_rcs_class_probs``,
 * ``n_c`` = pixels of class c over the whole source set (full-resolution label maps), for the
   classes that occur at all; ``f_c = n_c / Σ n``; ``P(c) = softmax((1 − f_c) / T)``, T = 0.01.
 * pool of c = the images with **more than** ``min_pixels`` = 3000 pixels of c.
-* each sample: ``c ~ P``, then an image uniformly from c's pool (then a random crop, re-drawn up
-  to 10 times until it holds > 1500 pixels of c: not done here, see below).
+* each sample: ``c ~ P``, then an image uniformly from c's pool, then a random crop, re-drawn up
+  to 10 times until it holds > ``min_pixels × min_crop_ratio`` = 1500 pixels of c (the loader
+  passes c with each draw, :class:`spcl.data.loaders.SeededBatchSampler`; the dataset redraws,
+  ``data.source.rcs_min_crop_ratio``).
 
 :class:`RareClassOrder` returns an epoch's draws as a pure function of ``(seed, epoch)``, so the
 resumable :class:`spcl.data.loaders.InfiniteLoader` (``order=``) reproduces it after a restart.
 Differences from the reference, each documented: classes are listed in train-id order (the
 reference sorts them by ``n_c``: the same distribution, another random stream); a class with an
 empty pool is an error by default, as the reference's ``assert`` (``empty_pools="drop"`` removes it
-and renormalises P over the others). The crop re-try (``min_crop_ratio`` 0.5) is left out: the
-loader passes only ``(index, seed)`` to the dataset, so the drawn class is not known there.
+and renormalises P over the others).
 
 ``min_pixels`` belongs to the resolution of the counts in the :class:`ClassIndex`. DAFormer's 3000
 is at GTA's full resolution (1914×1052 ≈ 2.0 MP); for counts at another resolution scale it by the

@@ -327,6 +327,8 @@ def source_stream(
     if sampling != "data":
         domain = dataclasses.replace(domain, sampling=sampling)
     dataset = domain_dataset(domain, with_labels=True, train=True, **augment)
+    if domain.sampling == "rare_class":  # DAFormer: a sample short of its class is drawn again
+        dataset.min_class_pixels = domain.rcs_min_pixels * domain.rcs_min_crop_ratio
     return train_loader(ctx, dataset, batch_size, salt, source_order(ctx, domain, dataset, salt))
 
 
