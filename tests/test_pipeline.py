@@ -232,7 +232,8 @@ def test_a_stage_whose_input_was_replaced_earlier_says_so(tmp_path: Path, calls:
 
 
 def test_keys_added_later_leave_fingerprints_alone_at_their_neutral_value() -> None:
-    from spcl.pipeline import NEUTRAL_DEFAULTS, STAGES, fingerprint, stage_config
+    from spcl.pipeline import STAGES
+    from spcl.run_state import NEUTRAL_DEFAULTS, fingerprint, stage_config
 
     stages = {s.name: s for s in STAGES}
     plain = load_config("demo")

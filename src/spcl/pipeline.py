@@ -14,7 +14,7 @@ config keys that changed, per stage) and moves its folder to ``history/N/``
 (:mod:`spcl.run_history`); ``config.yaml`` is rewritten only once a command has succeeded.
 ``run.stages`` selects which stages a run has (e.g. warm-up and
 evaluation only, for a source-only baseline). A lock file keeps a second process out of a run
-directory in use.
+directory in use. Fingerprints and the lock live in :mod:`spcl.run_state`.
 
 Importing this module is cheap (no torch): the stage modules are imported when a stage runs, so
 the command line can list the stages without loading the models.
@@ -22,22 +22,18 @@ the command line can list the stages without loading the models.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import importlib
 import json
-import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from spcl.base import STAGE_NAMES, ConfigError, UsageError, UserError, atomic_write_bytes
-from spcl.config import config_to_dict, save_config
+from spcl.base import STAGE_NAMES, ConfigError, UsageError, atomic_write_bytes
+from spcl.config import save_config
 from spcl.config_schema import Config
 from spcl.run_history import (
     announcement,
@@ -45,6 +41,13 @@ from spcl.run_history import (
     next_history_folder,
     remove_stale_temp_files,
     replacement_reason,
+)
+from spcl.run_state import (
+    RunLockedError,
+    fingerprint,
+    read_json,
+    run_lock,
+    stage_config,
 )
 
 if TYPE_CHECKING:
@@ -66,14 +69,6 @@ __all__ = [
 ]
 
 StageFn = Callable[["RunContext", Path, dict[str, Path]], Path]
-NOT_SEMANTIC = ("data.num_workers", "data.on_error")  # keys that never change a stage's result
-# (on_error decides whether a bad file stops the stage; on good data both finish the same)
-NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left out of the
-    # fingerprints while they hold the value that computes what runs did before them, so a
-    # finished run stays finished after an upgrade (any other value is part of the fingerprint)
-    "online.source_crop_max_share": 1.0,
-    **{f"data.{d}.rcs_min_crop_ratio": 0.0 for d in ("source", "target", "target_val")},
-}
 
 
 @dataclass(frozen=True)
@@ -98,24 +93,6 @@ class Stage:
 def _stage(name: str) -> ModuleType:
     """The module of a stage, imported when the stage first runs (it imports torch)."""
     return importlib.import_module(f"spcl.stages.{name}")
-
-
-def _evaluate_all(ctx: RunContext, out_dir: Path, inputs: dict[str, Path]) -> Path:
-    """Evaluate every trained model of the run; ``summary.json`` maps stage → mIoU.
-
-    Each table (console, log, files) is titled with the model file it scores; the log ends with
-    one line per model.
-    """
-    summary = {}
-    for name, weights in inputs.items():
-        metrics = _stage("evaluate").run(ctx, out_dir / name, weights, stage=name)
-        if ctx.is_main:
-            summary[name] = json.loads(metrics.read_text())["miou"]
-    if ctx.is_main:
-        atomic_write_bytes(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
-        for name, miou in summary.items():
-            ctx.tracker.info(f"[evaluate] {name:>10} model {inputs[name]}: mIoU {miou:.2f}")
-    return out_dir / "summary.json"
 
 
 _COMMON = ("model", "data", "run.seed")
@@ -170,7 +147,7 @@ STAGES: tuple[Stage, ...] = (
         "08_evaluate",
         ("model", "data", "evaluate"),
         ("warmup", "adapt", "self_train", "online"),  # those of them that the run has
-        _evaluate_all,
+        lambda c, d, i: _stage("evaluate").run_all(c, d, i),
     ),
 )
 if tuple(s.name for s in STAGES) != STAGE_NAMES:  # the CLI lists base.STAGE_NAMES
@@ -195,10 +172,6 @@ def metrics_path(run_dir: str | Path, stage: str) -> Path:
     if stage not in TRAINED_MODELS:
         raise UsageError(f"stage {stage!r} trains no model; trained models: {TRAINED_MODELS}")
     return Path(run_dir) / STAGE_FOLDERS[EVALUATION] / stage / METRICS_FILE
-
-
-class RunLockedError(UserError, RuntimeError):
-    """Another process holds the run directory."""
 
 
 def plan(config: Config) -> list[Stage]:
@@ -232,70 +205,6 @@ def stage_inputs(stage: Stage, config: Config) -> tuple[str, ...]:
     if stage.name == ONLINE:
         return stage.needs if config.online.init == "warmup" else ()
     return stage.needs
-
-
-def _section(config_dict: dict[str, Any], dotted: str) -> Any:
-    node: Any = config_dict
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def stage_config(stage: Stage, config: Config) -> dict[str, Any]:
-    """The config sections a stage's result depends on (``NOT_SEMANTIC`` keys left out, and
-    ``NEUTRAL_DEFAULTS`` keys at their neutral value)."""
-    tree = config_to_dict(config)
-    for dotted in NOT_SEMANTIC:
-        parent, _, leaf = dotted.rpartition(".")
-        _section(tree, parent).pop(leaf, None)
-    for dotted, neutral in NEUTRAL_DEFAULTS.items():
-        parent, _, leaf = dotted.rpartition(".")
-        section = _section(tree, parent)
-        if section.get(leaf) == neutral:
-            del section[leaf]
-    return {s: _section(tree, s) for s in stage.sections}
-
-
-def fingerprint(stage: Stage, config: Config, upstream: dict[str, str]) -> str:
-    """Hash of what the stage's result depends on: its config sections and upstream results."""
-    payload = {"stage": stage.name, "config": stage_config(stage, config), "upstream": upstream}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir/.lock`` for the duration (released by the OS even after kill -9).
-
-    Raises:
-        RunLockedError: another process holds it (names the directory and that process's pid).
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ".lock"
-    handle = open(path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            pid = handle.read().strip() or "?"
-            raise RunLockedError(
-                f"run directory {run_dir} is in use by another spcl process (pid {pid}); "
-                f"wait for it to finish or use another run.out"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        handle.close()
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def prepare_data(ctx: RunContext) -> None:
@@ -374,7 +283,7 @@ def _plan_steps(
             raise UsageError(f"stage '{stage.name}' needs {missing}, which have not run")
         key = fingerprint(stage, ctx.config, upstream)
         prints[stage.name] = key
-        done = _read_json(ctx.stage_dir(stage.folder) / DONE_FILE)
+        done = read_json(ctx.stage_dir(stage.folder) / DONE_FILE)
         selected = only is None or stage.name == only
         if done is not None and done["fingerprint"] == key and not (forced and selected):
             steps.append(_Step(stage, key, upstream, run=False))
@@ -426,7 +335,7 @@ def run_pipeline(
     for step in steps:
         stage, out_dir = step.stage, ctx.stage_dir(step.stage.folder)
         if not step.run:
-            done = _read_json(out_dir / DONE_FILE)
+            done = read_json(out_dir / DONE_FILE)
             assert done is not None
             outputs[stage.name] = out_dir / done["output"]
             ctx.tracker.info(f"[{stage.name}] done already ({out_dir}), skipped")
@@ -457,7 +366,7 @@ def _run_stage(
     from spcl.engine.distributed import barrier
 
     stage, key = step.stage, step.key
-    started = _read_json(out_dir / "started.json")
+    started = read_json(out_dir / "started.json")
     if ctx.is_main:
         if (out_dir / DONE_FILE).exists():
             keep_in_history(history[0], out_dir, history[1])  # a finished result: kept

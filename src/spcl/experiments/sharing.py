@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spcl.config_schema import Config
-from spcl.pipeline import STAGES, fingerprint, plan, stage_inputs
+from spcl.pipeline import STAGES, plan, stage_inputs
+from spcl.run_state import fingerprint
 
 __all__ = ["row_seconds", "share_done_stages", "stage_fingerprints", "total_stage_seconds"]
 

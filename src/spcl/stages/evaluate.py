@@ -10,6 +10,7 @@ of them, so the statistics agree across ranks); nothing else in the model change
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spcl.base import DatasetError
+from spcl.base import DatasetError, atomic_write_bytes
 from spcl.context import RunContext
 from spcl.engine.distributed import all_reduce_sum_
 from spcl.evaluation.inference import predict_probs
@@ -124,6 +125,24 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, stage: str | None = None)
         ctx.tracker.info(f"[evaluate] {titled(table, title)}")
         _panels(ctx, model, out_dir)
     return out_dir / "metrics.json"
+
+
+def run_all(ctx: RunContext, out_dir: Path, inputs: dict[str, Path]) -> Path:
+    """Evaluate every trained model of the run; ``summary.json`` maps stage → mIoU.
+
+    Each table (console, log, files) is titled with the model file it scores; the log ends with
+    one line per model.
+    """
+    summary = {}
+    for name, weights in inputs.items():
+        metrics = run(ctx, out_dir / name, weights, stage=name)
+        if ctx.is_main:
+            summary[name] = json.loads(metrics.read_text())["miou"]
+    if ctx.is_main:
+        atomic_write_bytes(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        for name, miou in summary.items():
+            ctx.tracker.info(f"[evaluate] {name:>10} model {inputs[name]}: mIoU {miou:.2f}")
+    return out_dir / "summary.json"
 
 
 PANEL_IMAGES = 4  # target-val images drawn in each evaluation's panels.png and TensorBoard

@@ -1,0 +1,115 @@
+"""What a run directory records and guards: the stage fingerprints and the lock.
+
+A stage's fingerprint hashes the config sections its result depends on and the fingerprints of the
+stages it reads (:func:`fingerprint`); ``done.json`` keeps it, and a re-run compares
+(:mod:`spcl.pipeline`). Keys that never change a result (``NOT_SEMANTIC``) are left out, and so
+are keys added after runs were made while they hold the value that computes what runs did before
+them (``NEUTRAL_DEFAULTS``): an upgrade does not invalidate finished runs. The lock
+(:func:`run_lock`) keeps a second process out of a run directory in use. Torch-free.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spcl.base import UserError
+from spcl.config import config_to_dict
+from spcl.config_schema import Config
+
+if TYPE_CHECKING:
+    from spcl.pipeline import Stage
+
+__all__ = [
+    "NEUTRAL_DEFAULTS",
+    "NOT_SEMANTIC",
+    "RunLockedError",
+    "fingerprint",
+    "read_json",
+    "run_lock",
+    "stage_config",
+]
+
+NOT_SEMANTIC = ("data.num_workers", "data.on_error")  # keys that never change a stage's result
+# (on_error decides whether a bad file stops the stage; on good data both finish the same)
+NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left out of the
+    # fingerprints while they hold the value that computes what runs did before them, so a
+    # finished run stays finished after an upgrade (any other value is part of the fingerprint)
+    "online.source_crop_max_share": 1.0,
+    **{f"data.{d}.rcs_min_crop_ratio": 0.0 for d in ("source", "target", "target_val")},
+}
+
+
+class RunLockedError(UserError, RuntimeError):
+    """Another process holds the run directory."""
+
+
+def _section(config_dict: dict[str, Any], dotted: str) -> Any:
+    node: Any = config_dict
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def stage_config(stage: Stage, config: Config) -> dict[str, Any]:
+    """The config sections a stage's result depends on (``NOT_SEMANTIC`` keys left out, and
+    ``NEUTRAL_DEFAULTS`` keys at their neutral value)."""
+    tree = config_to_dict(config)
+    for dotted in NOT_SEMANTIC:
+        parent, _, leaf = dotted.rpartition(".")
+        _section(tree, parent).pop(leaf, None)
+    for dotted, neutral in NEUTRAL_DEFAULTS.items():
+        parent, _, leaf = dotted.rpartition(".")
+        section = _section(tree, parent)
+        if section.get(leaf) == neutral:
+            del section[leaf]
+    return {s: _section(tree, s) for s in stage.sections}
+
+
+def fingerprint(stage: Stage, config: Config, upstream: dict[str, str]) -> str:
+    """Hash of what the stage's result depends on: its config sections and upstream results."""
+    payload = {"stage": stage.name, "config": stage_config(stage, config), "upstream": upstream}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` for the duration (released by the OS even after kill -9).
+
+    Raises:
+        RunLockedError: another process holds it (names the directory and that process's pid).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    handle = open(path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            raise RunLockedError(
+                f"run directory {run_dir} is in use by another spcl process (pid {pid}); "
+                f"wait for it to finish or use another run.out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when the file is absent or torn."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
