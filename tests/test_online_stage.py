@@ -241,3 +241,55 @@ def test_rare_class_crops_need_their_class_when_the_ratio_is_set(
     got = _steps(warm, tmp_path, monkeypatch, 1, "online.source_sampling=rare_class", *extra)
     assert [d.min_class_pixels for d in datasets] == [3.0]  # the source stream: 6 × 0.5
     assert all(torch.isfinite(torch.tensor(v)) for v in got["terms"][0].values())
+
+
+@pytest.mark.parametrize("regenerate", [True, False])
+def test_the_class_balanced_crop_cuts_whole_target_images(
+    warm, tmp_path: Path, monkeypatch, regenerate: bool
+) -> None:
+    from spcl.stages import online_step
+
+    seen: list[tuple[int, ...]] = []
+    teacher_inputs: list[tuple[int, ...]] = []
+    real = online_step.class_balanced_corners
+
+    def spy(labels: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        seen.append(tuple(labels.shape))
+        return real(labels, *args, **kwargs)
+
+    real_labels = online_step._pseudo_labels
+
+    def labels_spy(parts: Any, images: torch.Tensor, **kwargs: Any) -> Any:
+        teacher_inputs.append(tuple(images.shape[-2:]))
+        return real_labels(parts, images, **kwargs)
+
+    monkeypatch.setattr(online_step, "class_balanced_corners", spy)
+    monkeypatch.setattr(online_step, "_pseudo_labels", labels_spy)
+    got = _steps(
+        warm,
+        tmp_path,
+        monkeypatch,
+        2,
+        "online.pseudo.class_balanced_crop=true",
+        f"online.pseudo.regenerate={str(regenerate).lower()}",
+        "online.crop=[32, 48]",
+        "data.target.size=[64, 128]",
+        "online.masking.enabled=true",
+    )
+    assert seen == [(2, 64, 128)] * 2  # the teacher's labels of the whole target images
+    per_step = [(64, 128), (32, 48)] if regenerate else [(64, 128)]
+    assert teacher_inputs == per_step * 2  # then, regenerating, of the crops
+    assert all(torch.isfinite(torch.tensor(v)) for t in got["terms"] for v in t.values())
+
+
+def test_the_class_balanced_crop_needs_a_crop_and_a_target_size(warm, tmp_path, monkeypatch):
+    from spcl.base import ConfigError
+
+    cbc = "online.pseudo.class_balanced_crop=true"
+    for extra, message in (
+        (("online.crop=[]",), "needs online.crop"),
+        (("online.crop=[32, 48]", "data.target.size=[]"), "needs data.target.size"),
+        (("online.crop=[32, 256]", "data.target.size=[64, 128]"), "larger than data.target.size"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            _steps(warm, tmp_path, monkeypatch, 1, cbc, *extra)

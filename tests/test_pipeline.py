@@ -242,8 +242,9 @@ def test_keys_added_later_leave_fingerprints_alone_at_their_neutral_value() -> N
         stage = stages["online"] if section == "online" else stages["warmup"]
         if section == "data" and not rest.startswith("source"):
             continue  # one domain is enough: the three share the mechanism
-        assert f'"{rest.rpartition(".")[2]}"' not in json.dumps(stage_config(stage, plain))
-        other = 0.5 if neutral in (0.0, 1.0) else neutral / 2
-        changed = load_config("demo", [f"{dotted}={other}"])
-        assert f'"{rest.rpartition(".")[2]}": {other}' in json.dumps(stage_config(stage, changed))
+        assert f'"{rest.rpartition(".")[2]}":' not in json.dumps(stage_config(stage, plain))
+        other = (not neutral) if isinstance(neutral, bool) else 0.5
+        changed = load_config("demo", [f"{dotted}={json.dumps(other)}"])
+        leaf = rest.rpartition(".")[2]
+        assert f'"{leaf}": {json.dumps(other)}' in json.dumps(stage_config(stage, changed))
         assert fingerprint(stage, changed, {}) != fingerprint(stage, plain, {})

@@ -100,6 +100,9 @@ def test_online_configs_keep_the_authors_recipe(name: str) -> None:
     )
     assert online.masking.enabled == ("_mic_" in name)
     assert (online.contrast.source and online.contrast.target) == ("_sepico_" in name)
+    assert online.pseudo.class_balanced_crop == ("_sepico_" in name)  # SePiCo's CBC
+    if "_sepico_" in name:
+        assert config.data.target.size == [640, 1280] and online.crop == [640, 640]
     assert (online.feature_distance.weight > 0) == ("_sepico_" not in name)
     if name.startswith("synthia"):
         assert config.data.num_classes == 16 and config.data.source.kind == "synthia"

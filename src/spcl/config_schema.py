@@ -272,6 +272,11 @@ class OnlinePseudoConfig:
     # at 512 px)
     crop_bottom: NonNegativeInt = 0  # rows zeroed at the bottom: the ego car (DAFormer: 120 at
     # 512 px)
+    class_balanced_crop: bool = False  # SePiCo's CBC (`pseudo_random_crop`): target images come
+    # whole (data.target.size, no loader crop) and are cut to online.crop where the teacher's
+    # labels score best of 10 boxes (>= 2 classes, top share < 0.75, sum of log counts)
+    regenerate: bool = True  # with CBC: the teacher labels the crop again (SePiCo
+    # `regen_pseudo`); False cuts the whole image's labels and weights
 
 
 @dataclass

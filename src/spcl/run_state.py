@@ -42,6 +42,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
     # fingerprints while they hold the value that computes what runs did before them, so a
     # finished run stays finished after an upgrade (any other value is part of the fingerprint)
     "online.source_crop_max_share": 1.0,
+    "online.pseudo.class_balanced_crop": False,
+    "online.pseudo.regenerate": True,
     **{f"data.{d}.rcs_min_crop_ratio": 0.0 for d in ("source", "target", "target_val")},
 }
 

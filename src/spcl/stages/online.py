@@ -79,6 +79,22 @@ def _models(ctx: RunContext, warmup: Path | None) -> tuple[nn.Module, nn.Module,
     return student, _teacher(student), imnet
 
 
+def _check_class_balanced_crop(crop: list[int], target_size: list[int]) -> None:
+    """The class-balanced crop needs a crop size and target images of one size that holds it."""
+    if not crop:
+        raise ConfigError("online.pseudo.class_balanced_crop needs online.crop (e.g. [640, 640])")
+    if not target_size:
+        raise ConfigError(
+            "online.pseudo.class_balanced_crop needs data.target.size (whole target images are "
+            "batched before the crop; SePiCo: [640, 1280])"
+        )
+    if crop[0] > target_size[0] or crop[1] > target_size[1]:
+        raise ConfigError(
+            f"online.crop {crop} is larger than data.target.size {target_size}: the "
+            f"class-balanced crop cuts it from the whole target image"
+        )
+
+
 def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
     """Adapt online from the ImageNet init or the warm-up at ``warmup``; returns ``model.pth``."""
     cfg, data = ctx.config.online, ctx.config.data
@@ -94,6 +110,9 @@ def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
         crop_max_share=cfg.source_crop_max_share,
         **augment,
     )
+    if cfg.pseudo.class_balanced_crop:  # SePiCo: the step crops the whole target images
+        _check_class_balanced_crop(cfg.crop, data.target.size)
+        augment = {**augment, "crop": []}
     target = train_loader(
         ctx,
         domain_dataset(data.target, with_labels=False, train=True, **augment),

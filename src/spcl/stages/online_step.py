@@ -5,7 +5,9 @@ Per iteration (../shared/RECIPES.md §1.3, §2.2, §4.1), with S the student, T 
 1. ``seg``: S on the source crop, CE against its labels.
 2. ``fd``: the ImageNet feature distance on thing-class pixels (only with an ImageNet init).
 3. T on the clean target crop (no gradient): pseudo-labels ŷ and their weight W (DAFormer's
-   share of confident pixels, or per pixel, or 1), zeroed in the PL-crop rows.
+   share of confident pixels, or per pixel, or 1), zeroed in the PL-crop rows. With SePiCo's
+   class-balanced crop (``online.pseudo.class_balanced_crop``) T labels the whole target image,
+   the crop goes where those labels are most varied, and T labels the crop again.
 4. ``mix``: ClassMix of source onto target (image, label, weight), strong augmentation, S's
    weighted CE; without mixing (``online.mix.enabled=false``) ``tgt``: S's weighted CE on the
    strongly augmented target crop against ŷ.
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 
 from spcl.config_schema import OnlineConfig
 from spcl.engine.distributed import all_reduce_sum_
+from spcl.method.class_balanced_crop import class_balanced_corners, crop_at
 from spcl.method.contrastive import pixel_prototype_loss
 from spcl.method.ema import kept_batchnorm_statistics
 from spcl.method.feature_distance import thing_feature_distance
@@ -106,15 +109,35 @@ def _augment(parts: OnlineParts, images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _pseudo_labels(parts: OnlineParts, tgt_images: Tensor) -> tuple[Tensor, Tensor]:
-    """The teacher's pseudo-labels ŷ and their weights W on the clean target batch."""
+def _pseudo_labels(
+    parts: OnlineParts, tgt_images: Tensor, *, pl_crop: bool = True
+) -> tuple[Tensor, Tensor]:
+    """The teacher's pseudo-labels ŷ and their weights W on the clean target batch (W zeroed in
+    the PL-crop rows unless ``pl_crop`` is False)."""
     cfg = parts.cfg.pseudo
     logits = parts.teacher(tgt_images).logits
     logits = upsample_logits(logits, tgt_images.shape[-2:], align_corners=MMSEG_ALIGN_CORNERS)
     mode = "batch_quality" if cfg.weight == "none" else cfg.weight
     pseudo = teacher_pseudo_labels(logits, cfg.threshold, weight_mode=mode)
     weight = torch.ones_like(pseudo.weight) if cfg.weight == "none" else pseudo.weight
+    if not pl_crop:
+        return pseudo.labels, weight
     return pseudo.labels, crop_pseudo_weight(weight, cfg.crop_top, cfg.crop_bottom)
+
+
+@torch.no_grad()
+def _class_balanced_target(parts: OnlineParts, tgt_images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """SePiCo's CBC: the whole target images cut where the teacher's labels are most varied,
+    with ŷ and W of the crops (the teacher labels the crops again with ``regenerate``)."""
+    cfg = parts.cfg
+    labels, weight = _pseudo_labels(parts, tgt_images, pl_crop=False)
+    corners = class_balanced_corners(labels, cfg.crop, parts.generator.generator)
+    images = crop_at(tgt_images, corners, cfg.crop)
+    if cfg.pseudo.regenerate:
+        return (images, *_pseudo_labels(parts, images))
+    cut = crop_at(weight, corners, cfg.crop)
+    kept = crop_pseudo_weight(cut, cfg.pseudo.crop_top, cfg.pseudo.crop_bottom)
+    return images, crop_at(labels, corners, cfg.crop), kept
 
 
 @torch.no_grad()
@@ -184,7 +207,10 @@ def online_step(parts: OnlineParts, src: Batch, tgt: Batch) -> dict[str, Tensor]
             cfg.feature_distance.classes,
             min_ratio=cfg.feature_distance.scale_min_ratio,
         )
-    pseudo, weight = _pseudo_labels(parts, tgt_images)
+    if cfg.pseudo.class_balanced_crop:  # whole target images in, SePiCo's crops out
+        tgt_images, pseudo, weight = _class_balanced_target(parts, tgt_images)
+    else:
+        pseudo, weight = _pseudo_labels(parts, tgt_images)
     tgt_features = None
     if cfg.mix.enabled:
         masks = class_mix_masks(
