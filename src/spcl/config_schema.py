@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+from spcl.base import STAGE_NAMES
+
 __all__ = [
     "REQUIRED",
     "AdaptConfig",
@@ -392,15 +394,7 @@ class RunConfig:
     # per-class IoU to TensorBoard and log.txt; 0 = off; the model handed on is the last one)
     progress: bool = True  # tqdm progress bars
     stages: Annotated[list[str], Length(minimum=1)] = field(
-        default_factory=lambda: [
-            "warmup",
-            "prototypes",
-            "pseudo_labels",
-            "adapt",
-            "pseudo_labels_2",
-            "self_train",
-            "evaluate",
-        ]
+        default_factory=lambda: [n for n in STAGE_NAMES if n != "online"]
     )  # the stages this run has, in pipeline order (see spcl.pipeline): the SPCL chain by
     # default; the online recipe is [online, evaluate] (or [warmup, online, evaluate])
 
