@@ -134,11 +134,11 @@ class SeededBatchSampler:
         if self.order is None:
             order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
             seeds = rng.integers(0, 2**31 - 1, size=self.size)[order]  # one per image
-        elif hasattr(self.order, "draw_classes"):
-            classes, order = self.order.draw_classes(self.epoch)
-            seeds = rng.integers(0, 2**31 - 1, size=len(order))  # one per draw
         else:
-            order = np.asarray(self.order(self.epoch))
+            if hasattr(self.order, "draw_classes"):  # rare-class sampling: each draw's class too
+                classes, order = self.order.draw_classes(self.epoch)
+            else:
+                order = np.asarray(self.order(self.epoch))
             seeds = rng.integers(0, 2**31 - 1, size=len(order))  # one per draw
         mine = np.arange(len(order))[self.rank :: self.world]  # this rank's positions
         for b in range(self.offset, len(self)):
