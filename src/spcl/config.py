@@ -7,6 +7,12 @@ that do not go together (a section's ``problems()``) say what would work, a requ
 unset says how to set it. Numbers may be written ``1e-4`` (read as YAML 1.2 does), and a whole
 number written ``4e4`` fits an integer key. A YAML file may start from another with
 ``base: other.yaml`` (relative to the file); its keys are merged over the base's.
+
+An inherited key is removed or replaced by the conventions users know from mmengine and Hydra: in
+a YAML file, a mapping holding ``_delete_: true`` replaces the inherited mapping instead of being
+merged into it (``options: {_delete_: true, fusion: sepaspp}``; an empty ``{_delete_: true}``
+clears it); on the command line, ``~dotted.key`` removes a key (a schema key returns to its
+default). See docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ __all__ = [
 ]
 
 BASE_KEY = "base"  # top-level YAML key naming a file to inherit from
+DELETE_KEY = "_delete_"  # in a mapping: replace the inherited mapping, do not merge (mmengine)
+REMOVE_PREFIX = "~"  # command line: ``~a.b`` removes key a.b (Hydra)
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"  # configs shipped with spcl (demo, ...)
 
 
@@ -58,6 +66,9 @@ def load_config(
     if path is not None:
         _merge(raw, origins, _read_yaml(Path(path), seen=()), "", lambda key: str(path))
     for text in overrides:
+        if text.startswith(REMOVE_PREFIX):
+            _remove(raw, origins, text)
+            continue
         key, value = _parse_override(text)
         _merge(raw, origins, _nest(key, value), "", lambda _k, t=text: f"override '{t}'")
     config = _build(Config, raw, "", origins)
@@ -165,14 +176,86 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
 
 
 def _merge(dst: dict, origins: dict[str, str], src: dict, prefix: str, origin_of) -> None:
-    """Merge ``src`` into ``dst`` recursively, recording where each leaf came from."""
+    """Merge ``src`` into ``dst`` recursively, recording where each leaf came from.
+
+    A mapping of ``src`` holding ``_delete_: true`` replaces ``dst``'s mapping at that key
+    instead of merging into it (its marker is dropped).
+    """
     for key, value in src.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+        if key == DELETE_KEY:
+            raise ConfigError(
+                f"{origin_of(dotted)}: '{DELETE_KEY}' belongs inside a mapping it replaces "
+                f"(e.g. options: {{{DELETE_KEY}: true, ...}}), not at the top level"
+            )
+        replace = isinstance(value, dict) and _replaces(value, dotted, origin_of)
+        if isinstance(value, dict) and isinstance(dst.get(key), dict) and not replace:
+            _merge(dst[key], origins, value, dotted + ".", origin_of)
+        elif isinstance(value, dict):
+            dst[key] = {}
+            _forget(origins, dotted)
             _merge(dst[key], origins, value, dotted + ".", origin_of)
         else:
             dst[key] = value
         origins[dotted] = origin_of(dotted)
+
+
+def _replaces(mapping: dict, dotted: str, origin_of) -> bool:
+    """Whether ``mapping`` asks to replace what it would merge into; removes the marker."""
+    if DELETE_KEY not in mapping:
+        return False
+    flag = mapping.pop(DELETE_KEY)
+    if not isinstance(flag, bool):
+        raise ConfigError(
+            f"{origin_of(dotted)}: '{dotted}.{DELETE_KEY}' must be true or false, got {flag!r}"
+        )
+    return flag
+
+
+def _forget(origins: dict[str, str], dotted: str) -> None:
+    """Drop the recorded origins of every key under ``dotted`` (it was removed or replaced)."""
+    for key in [k for k in origins if k.startswith(dotted + ".")]:
+        del origins[key]
+
+
+def _remove(raw: dict, origins: dict[str, str], text: str) -> None:
+    """Apply ``~dotted.key``: remove the key from the merged YAML (the schema default applies).
+
+    Raises:
+        ConfigError: malformed, or the key is neither set nor a key of the schema.
+    """
+    dotted = text[len(REMOVE_PREFIX) :]
+    parts = dotted.split(".")
+    if "=" in dotted or not dotted or any(not part for part in parts):
+        raise ConfigError(
+            f"override '{text}' is not of the form ~dotted.key (removes the key; to set a value "
+            f"write dotted.key=value)"
+        )
+    node = raw
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and parts[-1] in node:
+        del node[parts[-1]]
+        _forget(origins, dotted)
+        origins[dotted] = f"override '{text}'"
+        return
+    if not _schema_has(Config, parts):
+        raise ConfigError(
+            f"override '{text}': there is no key '{dotted}' to remove (it is neither set by the "
+            f"config nor a key of the schema)"
+        )
+
+
+def _schema_has(cls: type, parts: list[str]) -> bool:
+    """Whether the dotted ``parts`` name a key of the dataclass schema ``cls``."""
+    for part in parts:
+        if not dataclasses.is_dataclass(cls):
+            return False
+        hints = typing.get_type_hints(cls, include_extras=True)
+        if part not in hints:
+            return False
+        cls = hints[part]
+    return True
 
 
 def _origin(origins: dict[str, str], dotted: str) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from spcl.base import STAGE_NAMES
+from spcl.model_catalog import option_problems
 
 __all__ = [
     "REQUIRED",
@@ -110,6 +111,11 @@ class ModelConfig:
     frozen_bn_eps: NonNegative = 0.0  # reference quirk: frozen BN without eps during training
     options: dict[str, Any] = field(default_factory=dict)  # constructor keywords of the model,
     # e.g. {fusion: sepaspp, projection_dim: 512} for daformer_mit_b5 (spcl.models.build)
+
+    def problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
+        """An unknown model name, or options the model does not take (spcl.model_catalog)."""
+        for key, message in option_problems(self.name, self.options):
+            yield (key,), message
 
 
 @dataclass

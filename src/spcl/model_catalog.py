@@ -1,0 +1,55 @@
+"""The registered segmenters and the options each takes, without importing torch.
+
+Loading a config checks ``model.name`` and ``model.options`` against this table, so that
+``spcl config CONFIG`` (which never imports torch) already refuses a model option the model would
+refuse when it is built. :data:`spcl.models.build.MODEL_REGISTRY` holds the constructors; a test
+(tests/models/test_models_build.py) keeps both in step: the same names, and the options here are
+exactly the keyword parameters of each constructor that ``model.options`` may set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+__all__ = ["MODEL_OPTIONS", "model_names", "option_problems"]
+
+RESNET_DEPTHS = (18, 34, 50, 101)  # spcl.models.resnet.RESNET_DEPTHS
+MIT_VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")  # spcl.models.mit.MIT_VARIANTS
+DINOV2_VARIANTS = ("vits14", "vitb14", "vitl14", "vitg14")  # spcl.models.vit.DINOV2_VARIANTS
+
+_DEEPLAB = ("projection_dim", "dilations", "style", "input_convention")
+_MIT = ("decoder_channels", "projection_dim", "drop_path_rate", "dropout")
+_DINOV2 = ("feature_blocks", "freeze_backbone", "input_scale")
+
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {  # registry name → what model.options may set
+    **{f"deeplabv2_resnet{depth}": _DEEPLAB for depth in RESNET_DEPTHS},
+    **{f"daformer_mit_{variant}": ("fusion", *_MIT) for variant in MIT_VARIANTS},
+    **{f"segformer_mit_{variant}": _MIT for variant in MIT_VARIANTS},
+    **{
+        f"dinov2_{variant}{suffix}": _DINOV2
+        for variant in DINOV2_VARIANTS
+        for suffix in ("", "_reg")
+    },
+}
+
+
+def model_names() -> list[str]:
+    """Every registered model name, sorted."""
+    return sorted(MODEL_OPTIONS)
+
+
+def option_problems(name: str, options: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(key, what is wrong) for an unknown model name or options the model does not take."""
+    if name not in MODEL_OPTIONS:
+        yield "name", f"unknown model {name!r}; valid names: {model_names()}"
+        return
+    accepted = MODEL_OPTIONS[name]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        yield (
+            "options",
+            f"model {name!r} has no option(s) {unknown}; its options: {list(accepted)} (an "
+            f"option inherited from a base config is removed with ~model.options.{unknown[0]} "
+            f"on the command line, or options: {{_delete_: true, ...}} in YAML)",
+        )
