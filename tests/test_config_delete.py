@@ -1,4 +1,5 @@
-"""Removing or replacing an inherited key: ``_delete_: true`` in YAML, ``~key`` on the command line."""
+"""Removing or replacing an inherited key: ``_delete_: true`` in YAML, ``~key`` on the command
+line."""
 
 from __future__ import annotations
 

@@ -225,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--from", dest="start_from", metavar="STAGE", help=f"re-run from ({stage_help})"
     )
     run.add_argument("--only", metavar="STAGE", help="run only this stage (inputs must be done)")
+    run.add_argument(
+        "--fast-dev-run",
+        nargs="?",
+        const=2,
+        type=_positive_int,
+        metavar="N",
+        help="every stage for N (default 2) iterations on a few images, into a temporary "
+        "directory: what to run before booking a GPU",
+    )
+    run.add_argument("--keep", action="store_true", help="--fast-dev-run: keep its directory")
     run.set_defaults(handler=_cmd_run)
 
     ev = sub.add_parser(

@@ -55,6 +55,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from spcl.pipeline import run_lock, run_pipeline
 
     config = load_config(args.config, args.overrides)
+    if args.fast_dev_run is not None:
+        from spcl.rehearsal import run_fast_dev
+
+        if args.start_from or args.only:
+            raise UsageError("--fast-dev-run runs every stage: it takes no --from or --only")
+        run_fast_dev(config, name=str(args.config), iterations=args.fast_dev_run, keep=args.keep)
+        return 0
+    if args.keep:
+        raise UsageError("--keep goes with --fast-dev-run (a run directory is always kept)")
     with open_run(config) as ctx:
         lock = run_lock(ctx.run_dir) if ctx.is_main else contextlib.nullcontext()
         with lock:

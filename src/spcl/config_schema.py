@@ -129,6 +129,8 @@ class DomainConfig:
     sampling: Literal["uniform", "class_balanced", "rare_class"] = "uniform"  # SPCL reference:
     # class_balanced source; DAFormer: rare_class (RCS)
     class_index: str = ""  # class-statistics cache of both; "" = beside the data (else run dir)
+    max_items: NonNegativeInt = 0  # use only the first N files of this split (0: all); set by
+    # spcl run --fast-dev-run, handy to try a config on a few images
     rcs_temperature: Positive = 0.01  # RCS: P(c) = softmax((1 − f_c) / T) (DAFormer class_temp
     # 0.01)
     rcs_min_pixels: NonNegativeInt = 3000  # RCS: images with more pixels of c than this

@@ -22,11 +22,13 @@ the command line can list the stages without loading the models.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -69,6 +71,7 @@ __all__ = [
 ]
 
 StageFn = Callable[["RunContext", Path, dict[str, Path]], Path]
+Observer = Callable[[str], AbstractContextManager[None]]  # wraps each stage that runs (by name)
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,11 @@ def _plan_steps(
 
 
 def run_pipeline(
-    ctx: RunContext, *, start_from: str | None = None, only: str | None = None
+    ctx: RunContext,
+    *,
+    start_from: str | None = None,
+    only: str | None = None,
+    observe: Observer | None = None,
 ) -> dict[str, Path]:
     """Run (or resume) the planned stages; returns each stage's output path.
 
@@ -318,6 +325,8 @@ def run_pipeline(
         ctx: the run context (config, run directory, device, tracker).
         start_from: re-run this stage and every later one even if done.
         only: run just this stage (the stages it reads must be done).
+        observe: a context manager around each stage that runs, given its name (``spcl run
+            --fast-dev-run`` times it and measures its memory).
 
     Raises:
         UsageError: ``start_from``/``only`` not a stage of the run, or ``only`` without its inputs.
@@ -341,7 +350,8 @@ def run_pipeline(
             ctx.tracker.info(f"[{stage.name}] done already ({out_dir}), skipped")
             continue
         inputs = {n: outputs[n] for n in step.upstream}
-        outputs[stage.name] = _run_stage(ctx, step, out_dir, inputs, (history, replaced))
+        observer = observe or (lambda _name: contextlib.nullcontext())
+        outputs[stage.name] = _run_stage(ctx, step, out_dir, inputs, (history, replaced), observer)
     if ctx.is_main:  # only now: a failed command keeps the config.yaml of the last good one
         save_config(ctx.config, ctx.run_dir / CONFIG_FILE)
     return outputs
@@ -362,6 +372,7 @@ def _run_stage(
     out_dir: Path,
     inputs: dict[str, Path],
     history: tuple[Path, dict[str, str]],
+    observe: Observer,
 ) -> Path:
     from spcl.engine.distributed import barrier
 
@@ -380,7 +391,8 @@ def _run_stage(
     barrier()
     ctx.tracker.info(f"[{stage.name}] running into {out_dir}")
     begin = time.perf_counter()
-    output = stage.fn(ctx, out_dir, inputs)
+    with observe(stage.name):
+        output = stage.fn(ctx, out_dir, inputs)
     seconds = time.perf_counter() - begin
     if ctx.is_main:
         record = {

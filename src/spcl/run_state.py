@@ -44,7 +44,11 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
     "online.source_crop_max_share": 1.0,
     "online.pseudo.class_balanced_crop": False,
     "online.pseudo.regenerate": True,
-    **{f"data.{d}.rcs_min_crop_ratio": 0.0 for d in ("source", "target", "target_val")},
+    **{
+        f"data.{d}.{key}": value
+        for d in ("source", "target", "target_val")
+        for key, value in (("rcs_min_crop_ratio", 0.0), ("max_items", 0))
+    },
 }
 
 

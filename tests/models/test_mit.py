@@ -14,6 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from official_layouts import IMAGENET_CLASSES as IMAGENET
+from official_layouts import MIT_ARCH as ARCH
+from official_layouts import mit_shapes as official_shapes
 from spcl.base import CheckpointError
 from spcl.models.build import build_model, load_mit_weights
 from spcl.models.mit import (
@@ -24,57 +27,10 @@ from spcl.models.mit import (
     mit_variant_of,
 )
 
-# (channels, depths) per variant; heads 1,2,5,8 and reduction 8,4,2,1 in all of them
-ARCH = {
-    "b0": ((32, 64, 160, 256), (2, 2, 2, 2)),
-    "b1": ((64, 128, 320, 512), (2, 2, 2, 2)),
-    "b2": ((64, 128, 320, 512), (3, 4, 6, 3)),
-    "b3": ((64, 128, 320, 512), (3, 4, 18, 3)),
-    "b4": ((64, 128, 320, 512), (3, 8, 27, 3)),
-    "b5": ((64, 128, 320, 512), (3, 6, 40, 3)),
-}
-SR_RATIOS = (8, 4, 2, 1)
-KERNELS = (7, 3, 3, 3)
-MLP = 4
-IMAGENET = 1000
 # RECIPES §5.4 "computed, encoder only" (millions, 2 decimals)
 ENCODER_MILLIONS = {"b0": 3.32, "b1": 13.15, "b2": 24.20, "b3": 44.07, "b4": 60.84, "b5": 81.44}
 # SegFormer paper, ADE20K (150 classes) totals, as listed on paperswithcode.com for the paper
 SEGFORMER_ADE_MILLIONS = {"b0": 3.8, "b4": 64.1, "b5": 84.7}
-
-
-def official_shapes(variant: str) -> dict[str, tuple[int, ...]]:
-    """Keys and shapes of the official ImageNet file, without its ``head.*`` classifier."""
-    dims, depths = ARCH[variant]
-    shapes: dict[str, tuple[int, ...]] = {}
-    previous = 3
-    for stage, (c, depth) in enumerate(zip(dims, depths, strict=True), start=1):
-        k, sr = KERNELS[stage - 1], SR_RATIOS[stage - 1]
-        shapes[f"patch_embed{stage}.proj.weight"] = (c, previous, k, k)
-        for name in (
-            "patch_embed{}.proj.bias",
-            "patch_embed{}.norm.weight",
-            "patch_embed{}.norm.bias",
-        ):
-            shapes[name.format(stage)] = (c,)
-        for j in range(depth):
-            b = f"block{stage}.{j}."
-            for norm in ("norm1", "norm2"):
-                shapes[b + norm + ".weight"] = shapes[b + norm + ".bias"] = (c,)
-            shapes[b + "attn.q.weight"], shapes[b + "attn.q.bias"] = (c, c), (c,)
-            shapes[b + "attn.kv.weight"], shapes[b + "attn.kv.bias"] = (2 * c, c), (2 * c,)
-            shapes[b + "attn.proj.weight"], shapes[b + "attn.proj.bias"] = (c, c), (c,)
-            if sr > 1:
-                shapes[b + "attn.sr.weight"], shapes[b + "attn.sr.bias"] = (c, c, sr, sr), (c,)
-                shapes[b + "attn.norm.weight"] = shapes[b + "attn.norm.bias"] = (c,)
-            hidden = MLP * c
-            shapes[b + "mlp.fc1.weight"], shapes[b + "mlp.fc1.bias"] = (hidden, c), (hidden,)
-            shapes[b + "mlp.dwconv.dwconv.weight"] = (hidden, 1, 3, 3)
-            shapes[b + "mlp.dwconv.dwconv.bias"] = (hidden,)
-            shapes[b + "mlp.fc2.weight"], shapes[b + "mlp.fc2.bias"] = (c, hidden), (c,)
-        shapes[f"norm{stage}.weight"] = shapes[f"norm{stage}.bias"] = (c,)
-        previous = c
-    return shapes
 
 
 def official_file(path: Path, variant: str, seed: int = 0, wrap: bool = False) -> dict:

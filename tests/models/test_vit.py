@@ -13,68 +13,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from official_layouts import DINOV2_ARCH as OFFICIAL
+from official_layouts import DINOV2_REGISTERS as REGISTERS
+from official_layouts import dinov2_layout as official_layout
 from spcl.base import CheckpointError, ConfigError
 from spcl.models.build import build_model, load_dinov2_weights
 from spcl.models.vit import DINOv2Encoder, resize_pos_embed
 
-# name → (embed dim, depth, FFN hidden, SwiGLU) of the published models
-OFFICIAL = {
-    "vits14": (384, 12, 1536, False),
-    "vitb14": (768, 12, 3072, False),
-    "vitl14": (1024, 24, 4096, False),
-    "vitg14": (1536, 40, 4096, True),  # (int(6144 · 2/3) + 7) // 8 · 8 = 4096, SwiGLU
-}
 # parameter counts, millions: computed from the layout (RECIPES §7.1) and the README's
 COMPUTED_M = {"vits14": 22.1, "vitb14": 86.6, "vitl14": 304.4, "vitg14": 1136.5}
 README_M = {"vits14": 21, "vitb14": 86, "vitl14": 300, "vitg14": 1100}
 README_TOLERANCE = 0.06  # the README rounds (ViT-S: 22.06 M listed as 21 M)
-POS_TOKENS = 1370  # 37 × 37 patches at 518 px + the class token
-REGISTERS = 4
-
-
-def official_layout(variant: str, registers: bool) -> dict[str, tuple[int, ...]]:
-    """Key → shape of ``dinov2_<variant>[_reg4]_pretrain.pth`` (RECIPES §7.1)."""
-    d, depth, hidden, swiglu = OFFICIAL[variant]
-    layout: dict[str, tuple[int, ...]] = {
-        "cls_token": (1, 1, d),
-        "pos_embed": (1, POS_TOKENS, d),
-        "mask_token": (1, d),
-        "patch_embed.proj.weight": (d, 3, 14, 14),
-        "patch_embed.proj.bias": (d,),
-        "norm.weight": (d,),
-        "norm.bias": (d,),
-    }
-    if registers:
-        layout["register_tokens"] = (1, REGISTERS, d)
-    for n in range(depth):
-        b = f"blocks.{n}."
-        layout |= {
-            b + "norm1.weight": (d,),
-            b + "norm1.bias": (d,),
-            b + "attn.qkv.weight": (3 * d, d),
-            b + "attn.qkv.bias": (3 * d,),
-            b + "attn.proj.weight": (d, d),
-            b + "attn.proj.bias": (d,),
-            b + "ls1.gamma": (d,),
-            b + "norm2.weight": (d,),
-            b + "norm2.bias": (d,),
-            b + "ls2.gamma": (d,),
-        }
-        if swiglu:
-            layout |= {
-                b + "mlp.w12.weight": (2 * hidden, d),
-                b + "mlp.w12.bias": (2 * hidden,),
-                b + "mlp.w3.weight": (d, hidden),
-                b + "mlp.w3.bias": (d,),
-            }
-        else:
-            layout |= {
-                b + "mlp.fc1.weight": (hidden, d),
-                b + "mlp.fc1.bias": (hidden,),
-                b + "mlp.fc2.weight": (d, hidden),
-                b + "mlp.fc2.bias": (d,),
-            }
-    return layout
 
 
 def _meta_encoder(variant: str, registers: bool) -> DINOv2Encoder:

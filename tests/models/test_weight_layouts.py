@@ -16,6 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from official_layouts import (
+    ASPP_RATES,
+    EXPANSION,
+    RESNET_BLOCKS,
+    aspp_tensors,
+    coco_init_state,
+    random_tensors,
+    resnet_shapes,
+)
 from spcl.base import CheckpointError, ConfigError
 from spcl.cli import main
 from spcl.config import load_config
@@ -31,76 +40,21 @@ from spcl.pipeline import model_path, run_pipeline
 from tiny import TINY
 
 WIDTH = 4  # base channels: a ResNet-101 this narrow runs in milliseconds
-BLOCKS_101 = (3, 4, 23, 3)
-BLOCKS_50 = (3, 4, 6, 3)
-RATES = (6, 12, 18, 24)
+BLOCKS_101 = RESNET_BLOCKS[101]
+BLOCKS_50 = RESNET_BLOCKS[50]
+RATES = ASPP_RATES
 CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # ADVENT / AdaptSegNet, B, G, R
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 BN_EPS = 1e-5
-EXPANSION = 4
 
 
 # ---- files built from the architecture facts -------------------------------------------------
 
 
-def resnet_shapes(width: int, blocks: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """Parameter/buffer shapes of a bottleneck ResNet under torchvision's names (no counters)."""
-    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (width, 3, 7, 7)}
-    bn = ("weight", "bias", "running_mean", "running_var")
-    shapes |= {f"bn1.{b}": (width,) for b in bn}
-    inplanes = width
-    for layer, count in enumerate(blocks, start=1):
-        planes = width * 2 ** (layer - 1)
-        for j in range(count):
-            pre = f"layer{layer}.{j}."
-            cin = inplanes if j == 0 else planes * EXPANSION
-            shapes[pre + "conv1.weight"] = (planes, cin, 1, 1)
-            shapes[pre + "conv2.weight"] = (planes, planes, 3, 3)
-            shapes[pre + "conv3.weight"] = (planes * EXPANSION, planes, 1, 1)
-            for k, c in (("bn1", planes), ("bn2", planes), ("bn3", planes * EXPANSION)):
-                shapes |= {f"{pre}{k}.{b}": (c,) for b in bn}
-            if j == 0:
-                shapes[pre + "downsample.0.weight"] = (planes * EXPANSION, inplanes, 1, 1)
-                shapes |= {f"{pre}downsample.1.{b}": (planes * EXPANSION,) for b in bn}
-        inplanes = planes * EXPANSION
-    return shapes
-
-
-def random_tensors(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, Tensor]:
-    """Weights that keep a deep random ResNet's activations in range."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, shape in shapes.items():
-        if key.endswith("running_var"):
-            out[key] = torch.rand(shape, generator=gen) + 0.5
-        elif key.endswith(("running_mean", "bias")):
-            out[key] = torch.randn(shape, generator=gen) * 0.1
-        elif len(shape) == 1:  # BN scale; small on the last BN of a block (tame residual growth)
-            scale = 0.2 if ".bn3." in key or "downsample" in key else 1.0
-            out[key] = (torch.rand(shape, generator=gen) * 0.5 + 0.5) * scale
-        else:
-            fan_in = int(np.prod(shape[1:]))
-            out[key] = torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5
-    return out
-
-
-def aspp_tensors(channels: int, classes: int, seed: int) -> dict[str, Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for i in range(len(RATES)):
-        out[f"conv2d_list.{i}.weight"] = torch.randn(classes, channels, 3, 3, generator=gen) * 0.01
-        out[f"conv2d_list.{i}.bias"] = torch.randn(classes, generator=gen) * 0.1
-    return out
-
-
 def coco_state(classes: int = 21, blocks: tuple[int, ...] = BLOCKS_101) -> dict[str, Tensor]:
     """The DeepLab_resnet_pretrained_init layout: ``Scale.*``, ``Scale.layer5`` = 21-class ASPP."""
-    backbone = random_tensors(resnet_shapes(WIDTH, blocks), seed=1)
-    head = aspp_tensors(WIDTH * 8 * EXPANSION, classes, seed=2)
-    return {f"Scale.{k}": v for k, v in backbone.items()} | {
-        f"Scale.layer5.{k}": v for k, v in head.items()
-    }
+    return coco_init_state(WIDTH, blocks, classes)
 
 
 def reference_state(frozen_bn: bool, classes: int = 19) -> dict:

@@ -71,10 +71,15 @@ class DatasetFiles:
     dataset_type: type[SegmentationList] = SegmentationList
     labels_rescaled: bool = False
 
-    def dataset(self, transform: PairTransform | None = None) -> SegmentationList:
-        """The dataset of these files: items ``{"image", "label" (train ids), "name"}``."""
+    def dataset(
+        self, transform: PairTransform | None = None, max_items: int = 0
+    ) -> SegmentationList:
+        """The dataset of these files: items ``{"image", "label" (train ids), "name"}``;
+        ``max_items`` > 0 keeps the first that many (in the reader's order)."""
+        keep = slice(None if max_items <= 0 else max_items)
+        labels = None if self.labels is None else self.labels[keep]
         return self.dataset_type(
-            self.images, self.labels, transform, label_reader=self.decoder, names=self.names
+            self.images[keep], labels, transform, label_reader=self.decoder, names=self.names[keep]
         )
 
 

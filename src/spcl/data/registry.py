@@ -110,6 +110,7 @@ def build_dataset(
     *,
     with_labels: bool,
     transform: PairTransform | None = None,
+    max_items: int = 0,
     **options: Any,
 ) -> SegmentationList:
     """The dataset of ``kind`` at ``root``: items ``{"image", "label" (train ids), "name"}``.
@@ -120,10 +121,11 @@ def build_dataset(
         split: split to read; None = ``train``.
         with_labels: read labels (train ids, 255 = ignore) as well as images.
         transform: paired augmentation or test-time resize (``spcl.data.transforms``).
+        max_items: > 0: only the first that many items (``data.*.max_items``, fast dev runs).
         **options: the reader's options (:func:`dataset_options`).
 
     Raises:
         KeyError: unknown kind. ValueError / FileNotFoundError: see :func:`scan_dataset`.
     """
     files = scan_dataset(kind, root, split, with_labels=with_labels, **options)
-    return files.dataset(transform)
+    return files.dataset(transform, max_items)

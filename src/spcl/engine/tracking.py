@@ -66,6 +66,12 @@ class Tracker:
         if self.enabled:
             self.logger.info(message, extra={"console": console})
 
+    def mute_console(self) -> None:
+        """From now on, lines go to ``log.txt`` only (``--fast-dev-run`` prints its own)."""
+        for handler in list(self.logger.handlers):
+            if isinstance(handler, _TqdmHandler):
+                self.logger.removeHandler(handler)
+
     def scalars(self, tag: str, values: Mapping[str, float], step: int) -> None:
         """Scalars in TensorBoard and one line in ``log.txt`` (on the console without bars)."""
         if self.enabled:

@@ -194,6 +194,7 @@ def domain_dataset(
         domain.split,
         with_labels=with_labels,
         transform=transform,
+        max_items=domain.max_items,
         **domain.options,
     )
 
