@@ -115,3 +115,15 @@ def test_unknown_model_names_and_options_are_refused_when_the_config_loads() -> 
         load_config(None, [*ROOTS, "model.name=resnet9"])
     with pytest.raises(ConfigError, match=r"'model.options'.*no option\(s\) \['fuson'\]"):
         load_config(None, [*ROOTS, "model.name=daformer_mit_b0", "model.options.fuson=aspp"])
+
+
+def test_removals_may_follow_the_options_on_the_command_line(tmp_path: Path, capsys) -> None:
+    from spcl.cli import main
+
+    argv = ["config", "gta5_to_cityscapes_daformer_dlv2", "model.name=daformer_mit_b0"]
+    assert main(argv) == 2
+    assert "~model.options.dilations" in capsys.readouterr().err
+    assert (
+        main([*argv, "--save", str(tmp_path / "c.yaml"), "~model.options.dilations", *ROOTS]) == 0
+    )
+    assert "dilations" not in (tmp_path / "c.yaml").read_text()

@@ -331,12 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(text: str) -> bool:
+    """``key=value`` or ``~key`` (a removal), as opposed to a misspelt option."""
+    return not text.startswith("-") and ("=" in text or text.startswith("~"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (a bug's exception propagates: exit 1)."""
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:  # key=value overrides may also follow the options
-        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extras):
+        if not hasattr(args, "overrides") or any(not _is_override(e) for e in extras):
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         args.overrides = [*args.overrides, *extras]
     handler: Callable[[argparse.Namespace], int] = args.handler
