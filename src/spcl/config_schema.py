@@ -392,7 +392,8 @@ class RunConfig:
     seed: NonNegativeInt = 0  # training seed
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     deterministic: bool = False  # deterministic kernels (bit-exact resume on CPU)
-    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast on CUDA
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast: bf16 on CUDA or CPU, fp16 on CUDA
+    # only (ignored on CPU)
     channels_last: bool = False  # NHWC memory format on CUDA
     log_every: Count = 20  # iterations between logged scalars
     ckpt_every: Count = 500  # iterations between resumable checkpoints

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
 StepFn = Callable[[], Mapping[str, torch.Tensor]]
 AfterStep = Callable[[int], None]  # called with the number of optimiser steps done so far
 TOTAL = "loss"  # the logged name of the weighted sum
+SECONDS = "sec_per_iter"  # logged: wall seconds per iteration since the last log line
 
 
 class Stateful(Protocol):
@@ -59,7 +61,7 @@ class LoopConfig:
     log_every: int = 20  # iterations between logged scalar means
     grad_accum: int = 1  # micro-batches per optimiser step
     clip_grad_norm: float = 0.0  # 0 = no clipping
-    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype on CUDA
+    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype (bf16: CUDA or CPU; fp16: CUDA)
     device_type: str = "cpu"  # for autocast
     extra_scalars: Callable[[], Mapping[str, float]] | None = field(default=None, repr=False)
 
@@ -108,10 +110,12 @@ def weighted_total(terms: Mapping[str, torch.Tensor], weights: Mapping[str, floa
 
 
 def _autocast(config: LoopConfig) -> contextlib.AbstractContextManager:
-    if config.amp == "off" or config.device_type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if config.amp == "bf16" else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    """bf16 autocast on CUDA and CPU; fp16 on CUDA only (CPU fp16 kernels are few and slow)."""
+    if config.amp == "bf16" and config.device_type in ("cuda", "cpu"):
+        return torch.autocast(device_type=config.device_type, dtype=torch.bfloat16)
+    if config.amp == "fp16" and config.device_type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
 def _save(config: LoopConfig, iteration: int, state: Mapping[str, Stateful], scaler: Any) -> None:
@@ -196,6 +200,7 @@ def train_loop(
     params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
     sums: dict[str, float] = {}
     counted = 0  # iterations summed into ``sums`` since the last log
+    window_start = time.perf_counter()  # when the iterations summed into ``sums`` began
     bar = tracker.bar(config.stop_iter, initial=start, desc=config.tag)
     for iteration in range(start, config.stop_iter):
         for opt in optimizers:
@@ -228,11 +233,13 @@ def train_loop(
         if done % config.log_every == 0 or done == config.stop_iter:
             means = {k: v / counted for k, v in sums.items()}
             means["lr"] = optimizers[0].param_groups[0]["lr"]
+            means[SECONDS] = (time.perf_counter() - window_start) / counted  # per iteration
             if config.extra_scalars is not None:
                 means.update(config.extra_scalars())
             tracker.scalars(config.tag, means, done)
             bar.set_postfix(loss=f"{means['loss']:.3f}")
             sums, counted = {}, 0
+            window_start = time.perf_counter()
         if done % config.ckpt_every == 0 or done == config.stop_iter:
             _save(config, done, state, scaler)
             saved = done
