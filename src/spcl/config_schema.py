@@ -389,7 +389,15 @@ class RunConfig:
         0  # iterations between validations on target_val during training (mIoU and
     )
     # per-class IoU to TensorBoard and log.txt; 0 = off; the model handed on is the last one)
-    progress: bool = True  # tqdm progress bars
+    progress: bool = True  # progress bars (on a terminal; plain lines every 30 s to a file)
+    collapse_every: NonNegativeInt = 500  # iterations per class-collapse check of the online
+    # and self-training stages: each class's share of the teacher's pseudo-labels (self-training:
+    # of the model's predictions) over those iterations, with bincount; 0 = off. Watching only:
+    # training is the same with any value (spcl.method.collapse)
+    collapse_checks: Count = 3  # a class seen above collapse_share that stays below it this many
+    # checks in a row (or validations, for its val IoU) is named in log.txt, TensorBoard and the
+    # stage's collapse.json (a seed that loses a class, lhoyer/MIC#9, is seen early)
+    collapse_share: Fraction = 1e-4  # "about zero": a share of pixels, or an IoU as a fraction
     stages: Annotated[list[str], Length(minimum=1)] = field(
         default_factory=lambda: [n for n in STAGE_NAMES if n != "online"]
     )  # the stages this run has, in pipeline order (see spcl.pipeline): the SPCL chain by
