@@ -59,7 +59,7 @@ def run_class_table(data: DataConfig) -> ClassTable:
         raise ConfigError(
             f"data.num_classes is {data.num_classes} but the source ({_describe(data.source)}) "
             f"has {table.num_classes} classes {list(table.names)}; set "
-            f"data.num_classes={table.num_classes} or leave it out (the class table decides)"
+            f"data.num_classes={table.num_classes} or null (the class table decides)"
         )
     val = data.target_val
     try:
