@@ -42,11 +42,12 @@ def _roots(root: Path) -> list[str]:
 
 
 def _folder(root: Path, out: Path, *extra: str) -> list[str]:
-    """A tiny run on the folder at ``root``, num_classes left to the class table."""
+    """A tiny run on the folder at ``root`` (``data.num_classes`` set, as main needed it)."""
     return [
         *TINY,
         "model.name=deeplabv2_resnet18",
         "model.freeze_bn=false",
+        f"data.num_classes={COUNT}",
         f"data.source={{kind: folder, root: {root}}}",
         f"data.target={{kind: folder, root: {root}}}",
         f"data.target_val={{kind: folder, root: {root}, split: val}}",
@@ -100,7 +101,7 @@ _TINY_OPTIM = {"max_iter": 2, "stop_iter": 2, "batch_size": 2}
 def test_num_classes_comes_from_the_class_table_and_a_given_one_is_checked(
     own: Path, tmp_path: Path
 ) -> None:
-    ctx = _start(tmp_path, _folder(own, tmp_path))
+    ctx = _start(tmp_path, _folder(own, tmp_path, "data.num_classes=null"))  # left to the table
     assert ctx.config.data.num_classes == COUNT
     with pytest.raises(ConfigError, match=r"data.num_classes is 19 but the source .* 4 classes"):
         _start(tmp_path, _folder(own, tmp_path, "data.num_classes=19"))
@@ -142,12 +143,12 @@ def test_a_start_that_fails_names_the_key_and_writes_no_config_yaml(
     own: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "run"
-    argv = ["run", "folder_example", *_roots(own), f"run.out={out}"]
-    assert main([*argv, "data.target_val.split=vall"]) == 2
+    argv = _run(tmp_path, _folder(own, out, "run.stages=[warmup, evaluate]"))
+    assert main([*argv, "data.target_val.split=vall"]) == 2  # before: after the warm-up trained
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "data.target_val (folder dataset at" in err
     assert "split 'vall' not found" in err and "splits found: ['train', 'val']" in err
-    assert not (out / "config.yaml").exists()
+    assert not (out / "01_warmup").exists() and not (out / "config.yaml").exists()
     assert main([*argv, "data.num_classes=19"]) == 2  # refused at the start before, too
     assert "data.num_classes is 19" in capsys.readouterr().err
     assert not (out / "config.yaml").exists()  # before: written by the failed start

@@ -209,15 +209,13 @@ def stage_inputs(stage: Stage, config: Config) -> tuple[str, ...]:
 
 def prepare_data(ctx: RunContext) -> None:
     """Generate the synthetic pair at the source root if ``data.synthetic.generate`` and absent,
-    then check every path, class set and class id the run reads, and take ``data.num_classes``
-    from the source's class table when unset (before any training; an unknown ``model.name``
-    is refused first).
+    then check what the run reads, before any training (:mod:`spcl.stages.start_checks`, which
+    sets an unset ``data.num_classes``); an unknown ``model.name`` is refused first.
 
     Raises:
         UnknownNameError: ``model.name`` is not a registered model.
-        ConfigError: ``generate`` is set but the source is not of kind ``synthetic``, or what
-            :func:`spcl.stages.start_checks.check_run_start` refuses.
-        MissingFileError: a dataset, split or file the run reads is not there.
+        ConfigError, MissingFileError: ``generate`` is set but the source is not of kind
+            ``synthetic``, or what :func:`spcl.stages.start_checks.check_run_start` refuses.
     """
     from spcl.stages.class_sets import check_model_name  # imports torch
     from spcl.stages.start_checks import check_run_start
