@@ -51,6 +51,8 @@ def test_a_fractional_number_is_no_iteration_count() -> None:
         ("run.log_every=0", "'run.log_every' must be >= 1, got 0"),
         ("warmup.optim.lr=-1e-3", "'warmup.optim.lr' must be >= 0, got -0.001"),
         ("warmup.optim.lr=.nan", "'warmup.optim.lr' must be a number, got nan"),
+        ("warmup.optim.lr=.inf", "'warmup.optim.lr' must be a finite number, got inf"),
+        ("online.teacher.alpha=-.inf", "'online.teacher.alpha' must be a finite number"),
         ("pseudo_labels.cap=0", "'pseudo_labels.cap' must be > 0, got 0.0"),
         ("adapt.temperature=0", "'adapt.temperature' must be > 0, got 0.0"),
         ("adapt.momentum=1.5", "'adapt.momentum' must be <= 1, got 1.5"),
@@ -88,6 +90,21 @@ def test_stop_iter_above_max_iter_names_both_keys_and_the_file(tmp_path: Path) -
     path.write_text("online:\n  optim:\n    max_iter: 10\n")
     with pytest.raises(ConfigError, match=rf"^{path}: 'online.optim.stop_iter'"):
         load_config(path, ROOTS)
+
+
+def test_values_that_make_no_sense_together_are_refused_at_load() -> None:
+    """Before: accepted; the contrast never started, every pseudo-label weight was 0."""
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [*ROOTS, "online.contrast.target=true", "online.optim.stop_iter=2000"])
+    assert "'online.contrast.start_iter' and 'online.optim.stop_iter'" in str(error.value)
+    assert "starts at iteration 3000 but the stage stops at 2000" in str(error.value)
+    load_config(None, [*ROOTS, "online.optim.stop_iter=2000"])  # no contrast: nothing to start
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [*ROOTS, "online.pseudo.crop_top=100000"])
+    assert str(error.value).startswith("override 'online.pseudo.crop_top=100000': ")
+    assert "100000 + 0 rows zeroed of a target crop 512 pixels high (online.crop)" in str(
+        error.value
+    )
 
 
 def test_scale_range_must_be_ordered() -> None:

@@ -243,8 +243,21 @@ def test_keys_added_later_leave_fingerprints_alone_at_their_neutral_value() -> N
         if section == "data" and not rest.startswith("source"):
             continue  # one domain is enough: the three share the mechanism
         assert f'"{rest.rpartition(".")[2]}":' not in json.dumps(stage_config(stage, plain))
-        other = (not neutral) if isinstance(neutral, bool) else 0.5
+        if isinstance(neutral, bool):
+            other = not neutral
+        else:
+            other = neutral + 3 if isinstance(neutral, int) else 0.5  # counts stay whole
         changed = load_config("demo", [f"{dotted}={json.dumps(other)}"])
         leaf = rest.rpartition(".")[2]
         assert f'"{leaf}": {json.dumps(other)}' in json.dumps(stage_config(stage, changed))
         assert fingerprint(stage, changed, {}) != fingerprint(stage, plain, {})
+
+
+def test_only_runs_its_stage_even_when_it_is_done(tmp_path: Path, calls: list[str]) -> None:
+    """Before, ``--only evaluate`` on a finished run skipped the evaluation it asked for."""
+    pipeline.run_pipeline(_ctx(tmp_path))
+    calls.clear()
+    pipeline.run_pipeline(_ctx(tmp_path), only="evaluate")
+    assert calls == ["evaluate"]
+    assert "evaluate: --only evaluate" in (tmp_path / "log.txt").read_text()
+    assert (tmp_path / "history" / "1" / "08_evaluate" / "done.json").is_file()  # kept

@@ -40,10 +40,10 @@ def test_validation_logs_the_curve_and_changes_no_weight(data: Path, tmp_path: P
     assert all(torch.equal(a[k], b[k]) for k in a)  # same RNG draws, last model handed on
     log = (tmp_path / "watched" / "log.txt").read_text()
     for step in (2, 4):
-        assert f"[warmup/val] iteration {step}: miou=" in log
+        assert f"[warmup] iteration {step}: val/miou=" in log
         assert f"[warmup] iteration {step}: val mIoU" in log
-    assert "iou/road=" in log
-    assert "/val]" not in (tmp_path / "plain" / "log.txt").read_text()
+    assert "val/iou/road=" in log
+    assert "val/miou" not in (tmp_path / "plain" / "log.txt").read_text()
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -360,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"spcl: error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
     except KeyboardInterrupt as exc:
+        from spcl.progress import end_bar_lines  # torch-free, imports no tqdm
+
+        end_bar_lines()  # the stopped loop's bar is left half drawn: the line goes below it
         shown = sys.argv[1:] if argv is None else list(argv)
         print(_stopped_message(exc, args.command, shown), file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED

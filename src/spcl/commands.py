@@ -186,6 +186,8 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> (SegmentationScores, t
     device = resolve_device(config.run.device)
     model, info = load_model_file(args.model, device)
     table = check_model_classes(args.model, info, config.data)
+    if config.data.num_classes is None:  # not given: the split's class table decides
+        config.data.num_classes = table.num_classes
     tracker = Tracker(".", enabled=False)
     tracker.progress = config.run.progress
     ctx = RunContext(config, Path("."), device, tracker)

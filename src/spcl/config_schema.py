@@ -4,10 +4,12 @@ Defaults are the reference recipe (BinhuiXie/SPCL, GTA5 → Cityscapes, DeepLab-
 a comment says otherwise; ``configs/*.yaml`` override what differs. Loading and overrides live in
 :mod:`spcl.config`.
 
-Each value's valid range is part of its type, declared beside it: ``batch_size: Count`` (1, 2, …),
-``cap: Fraction`` ([0, 1]), ``betas: Annotated[list[Beta], Length(2)]``; values that must go
-together are checked by a section's ``problems()`` (e.g. ``stop_iter ≤ max_iter``). Loading checks
-both and names the key and where its value came from.
+Each value's valid range is part of its type, declared beside it (:mod:`spcl.config_types`):
+``batch_size: Count`` (1, 2, …), ``cap: Fraction`` ([0, 1]), ``betas: Annotated[list[Beta],
+Length(2)]``; values that must go together are checked by a section's ``problems()`` (e.g.
+``stop_iter ≤ max_iter``). Loading checks both and names the key and where its value came from.
+What needs the files on disk (class ids against the dataset's class table, paths, image heights)
+is checked when a run starts (:mod:`spcl.stages.start_checks`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,17 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from spcl.base import STAGE_NAMES
+from spcl.config_types import (
+    Beta,
+    Count,
+    Fraction,
+    Length,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    Range,
+    Size2,
+)
 from spcl.model_catalog import option_problems
 
 __all__ = [
@@ -51,51 +64,6 @@ __all__ = [
 ]
 
 REQUIRED: str = "???"  # a value the user must set; loading fails naming the key if it is left
-
-
-@dataclass(frozen=True)
-class Range:
-    """Bounds of a number: ``low ≤ value ≤ high`` (``<`` where the bound is open)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def problem(self, value: float) -> str | None:
-        """What is wrong with ``value`` (None when it is in range)."""
-        if value != value:  # NaN is in no range
-            return "a number"
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
-        return None
-
-
-@dataclass(frozen=True)
-class Length:
-    """The allowed lengths of a list: one of ``sizes``, or at least ``minimum`` when no sizes."""
-
-    sizes: tuple[int, ...] = ()
-    minimum: int = 0
-
-    def problem(self, value: list) -> str | None:
-        """What is wrong with the list's length (None when it is allowed)."""
-        if self.sizes and len(value) not in self.sizes:
-            return f"a list of {' or '.join(map(str, self.sizes))} values"
-        if len(value) < self.minimum:
-            return "a non-empty list" if self.minimum == 1 else f"a list of {self.minimum}+ values"
-        return None
-
-
-Count = Annotated[int, Range(low=1)]  # 1, 2, …: sizes, iterations, batch sizes
-NonNegativeInt = Annotated[int, Range(low=0)]  # 0, 1, …
-NonNegative = Annotated[float, Range(low=0)]  # weights, multipliers, jitter strengths
-Positive = Annotated[float, Range(low=0, low_open=True)]  # temperatures, scales
-Fraction = Annotated[float, Range(low=0, high=1)]  # shares, probabilities, EMA momenta
-Beta = Annotated[float, Range(low=0, high=1, high_open=True)]  # Adam's β1, β2
-Size2 = Annotated[list[Count], Length((0, 2))]  # [H, W], or empty for "as it is"
 
 
 @dataclass
@@ -153,8 +121,9 @@ class SynthConfig:
 
 @dataclass
 class DataConfig:
-    num_classes: Annotated[int, Range(1, 255)] = 19  # Cityscapes train ids (checked against the
-    # datasets' class tables when a run starts; 255 is the ignore label)
+    num_classes: Annotated[int, Range(1, 255)] | None = None  # None: the source's class table
+    # decides when a run starts (19 for GTA5/Cityscapes, a folder's classes.yaml); a number is
+    # checked against it (255 is the ignore label)
     source: DomainConfig = field(default_factory=DomainConfig)  # labelled source, train split
     target: DomainConfig = field(default_factory=DomainConfig)  # unlabelled target, train split
     target_val: DomainConfig = field(default_factory=DomainConfig)  # target labels, evaluation
@@ -373,6 +342,34 @@ class OnlineConfig:
     )  # DAFormer: AdamW lr 6e-5, wd 0.01, head ×10, 1500 warm-up iterations, poly power 1 over
     # 40k iterations of 2 source + 2 target crops (schedules/adamw.py, poly10warm.py)
 
+    def problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
+        """(keys, what is wrong) for values that do not go together."""
+        contrast = self.contrast
+        if (contrast.source or contrast.target) and contrast.start_iter >= self.optim.stop_iter:
+            yield (
+                ("contrast.start_iter", "optim.stop_iter"),
+                f"the contrast starts at iteration {contrast.start_iter} but the stage stops at "
+                f"{self.optim.stop_iter}: its terms would stay 0; lower contrast.start_iter or "
+                f"turn contrast.source/target off",
+            )
+        if self.crop:
+            yield from pseudo_crop_problems(self.pseudo, self.crop[0], "online.crop")
+
+
+def pseudo_crop_problems(
+    pseudo: OnlinePseudoConfig, height: int, source: str
+) -> Iterator[tuple[tuple[str, ...], str]]:
+    """The pseudo-label crop rows must leave rows of a ``height``-pixel target crop (``source``
+    names where the height comes from); otherwise every pseudo-label weight is 0."""
+    rows = pseudo.crop_top + pseudo.crop_bottom
+    if rows >= height:
+        yield (
+            ("pseudo.crop_top", "pseudo.crop_bottom"),
+            f"{pseudo.crop_top} + {pseudo.crop_bottom} rows zeroed of a target crop "
+            f"{height} pixels high ({source}) leave no pseudo-label: every weight would be 0; "
+            f"give rows at the crop's scale (DAFormer: 15 and 120 of 512)",
+        )
+
 
 @dataclass
 class EvalConfig:
@@ -401,7 +398,15 @@ class RunConfig:
         0  # iterations between validations on target_val during training (mIoU and
     )
     # per-class IoU to TensorBoard and log.txt; 0 = off; the model handed on is the last one)
-    progress: bool = True  # tqdm progress bars
+    progress: bool = True  # progress bars (on a terminal; plain lines every 30 s to a file)
+    collapse_every: NonNegativeInt = 500  # iterations per class-collapse check of the online
+    # and self-training stages: each class's share of the teacher's pseudo-labels (self-training:
+    # of the model's predictions) over those iterations, with bincount; 0 = off. Watching only:
+    # training is the same with any value (spcl.method.collapse)
+    collapse_checks: Count = 3  # a class seen above collapse_share that stays below it this many
+    # checks in a row (or validations, for its val IoU) is named in log.txt, TensorBoard and the
+    # stage's collapse.json (a seed that loses a class, lhoyer/MIC#9, is seen early)
+    collapse_share: Fraction = 1e-4  # "about zero": a share of pixels, or an IoU as a fraction
     stages: Annotated[list[str], Length(minimum=1)] = field(
         default_factory=lambda: [n for n in STAGE_NAMES if n != "online"]
     )  # the stages this run has, in pipeline order (see spcl.pipeline): the SPCL chain by

@@ -18,7 +18,6 @@ import torch
 
 from spcl import __version__
 from spcl.base import atomic_write_bytes
-from spcl.config import save_config
 from spcl.config_schema import Config
 from spcl.engine.distributed import (
     init_distributed,
@@ -88,8 +87,9 @@ def environment(device: torch.device) -> dict[str, object]:
 def open_run(config: Config, run_dir: Path | None = None) -> Iterator[RunContext]:
     """Set up device, torchrun, seeds and tracker; save the environment.
 
-    The resolved config is saved as ``config.yaml`` here only in a new run directory; an existing
-    one is replaced by :func:`spcl.pipeline.run_pipeline` once the command has succeeded.
+    ``config.yaml`` is written by :func:`spcl.pipeline.run_pipeline`: in a new run directory once
+    the run has started well (its data and classes checked), in an existing one once the command
+    has succeeded; a run that fails at its start leaves none.
     """
     run_dir = Path(run_dir or config.run.out)
     device = resolve_device(config.run.device)
@@ -98,8 +98,6 @@ def open_run(config: Config, run_dir: Path | None = None) -> Iterator[RunContext
     tracker = Tracker(run_dir, enabled=is_main(), progress=config.run.progress)
     try:
         if is_main():
-            if not (run_dir / "config.yaml").exists():
-                save_config(config, run_dir / "config.yaml")
             env = json.dumps(environment(device), indent=2).encode()
             atomic_write_bytes(run_dir / "env.json", env)
         yield RunContext(config, run_dir, device, tracker, rank(), world_size())

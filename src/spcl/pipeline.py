@@ -212,19 +212,20 @@ def stage_inputs(stage: Stage, config: Config) -> tuple[str, ...]:
 
 def prepare_data(ctx: RunContext) -> None:
     """Generate the synthetic pair at the source root if ``data.synthetic.generate`` and absent,
-    then check that config, datasets and model files agree on the classes (before any training;
-    an unknown ``model.name`` is refused first).
+    then check what the run reads, before any training (:mod:`spcl.stages.start_checks`, which
+    sets an unset ``data.num_classes``); an unknown ``model.name`` is refused first.
 
     Raises:
         UnknownNameError: ``model.name`` is not a registered model.
-        ConfigError: ``generate`` is set but the source is not of kind ``synthetic``, or two
-            sides name different classes (:func:`spcl.stages.class_sets.check_class_sets`).
+        ConfigError, MissingFileError: ``generate`` is set but the source is not of kind
+            ``synthetic``, or what :func:`spcl.stages.start_checks.check_run_start` refuses.
     """
-    from spcl.stages.class_sets import check_class_sets, check_model_name  # imports torch
+    from spcl.stages.class_sets import check_model_name  # imports torch
+    from spcl.stages.start_checks import check_run_start
 
     check_model_name(ctx.config.model.name)
     _generate_data(ctx)
-    check_class_sets(ctx)
+    check_run_start(ctx)
 
 
 def _generate_data(ctx: RunContext) -> None:
@@ -288,7 +289,8 @@ def _plan_steps(
         prints[stage.name] = key
         done = read_json(ctx.stage_dir(stage.folder) / DONE_FILE)
         selected = only is None or stage.name == only
-        if done is not None and done["fingerprint"] == key and not (forced and selected):
+        asked = selected and (forced or only is not None)  # --from, --only: run even if done
+        if done is not None and done["fingerprint"] == key and not asked:
             steps.append(_Step(stage, key, upstream, run=False))
             continue
         if not selected:
@@ -301,7 +303,7 @@ def _plan_steps(
             rerun_inputs = [n for n in needs if n in reruns]
             sections = stage_config(stage, ctx.config)
             why = replacement_reason(done, key, sections, upstream, rerun_inputs)
-            replaces = why or f"--from {start_from}"
+            replaces = why or (f"--from {start_from}" if forced else f"--only {only}")
         reruns.add(stage.name)
         steps.append(_Step(stage, key, upstream, run=True, replaces=replaces))
     return steps
@@ -319,12 +321,13 @@ def run_pipeline(
     Before anything runs, the finished stages that will be replaced are listed with the reason
     (the config keys that changed, old → new; an input that re-runs; ``--from``); their folders
     move to ``history/N/`` of the run directory. ``config.yaml`` is written when every stage
-    asked for has finished, so a command that fails leaves the previous one in place.
+    asked for has finished, so a command that fails leaves the previous one in place (a new run
+    directory gets it once the start's checks have passed).
 
     Args:
         ctx: the run context (config, run directory, device, tracker).
         start_from: re-run this stage and every later one even if done.
-        only: run just this stage (the stages it reads must be done).
+        only: run just this stage, even if done (the stages it reads must be done).
         observe: a context manager around each stage that runs, given its name (``spcl run
             --fast-dev-run`` times it and measures its memory).
 
@@ -337,9 +340,11 @@ def run_pipeline(
     for flag, value in (("--from", start_from), ("--only", only)):
         if value is not None and value not in names:
             raise UsageError(f"{flag} {value}: not a stage of this run; stages: {names}")
+    prepare_data(ctx)  # sets data.num_classes when unset: before any fingerprint
     steps = _plan_steps(ctx, stages, start_from, only)
     replaced, history = _announce_replacements(ctx, steps)
-    prepare_data(ctx)
+    if ctx.is_main and not (ctx.run_dir / CONFIG_FILE).exists():  # a new run that started well
+        save_config(ctx.config, ctx.run_dir / CONFIG_FILE)
     outputs: dict[str, Path] = {}
     for step in steps:
         stage, out_dir = step.stage, ctx.stage_dir(step.stage.folder)

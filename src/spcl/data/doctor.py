@@ -22,7 +22,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from spcl.base import DatasetError
 from spcl.data.label_decoder import LabelValueError
@@ -31,6 +30,7 @@ from spcl.data.lists import read_image
 from spcl.data.readers.synscapes import same_aspect
 from spcl.data.registry import dataset_options, scan_dataset
 from spcl.data.sampling import ClassIndex, class_pixel_counts, default_class_index_path
+from spcl.progress import progress_bar
 
 __all__ = ["DatasetReport", "Problem", "check_dataset", "dataset_stats"]
 
@@ -213,6 +213,11 @@ class _ItemChecks(torch.utils.data.Dataset):
         return result
 
 
+def _named(problem: Problem) -> str:
+    """The problem's text, with its file's path unless the text already names it."""
+    return problem.detail if problem.path in problem.detail else f"{problem.path}: {problem.detail}"
+
+
 def _identity(item: _ItemResult) -> _ItemResult:
     return item
 
@@ -237,7 +242,7 @@ def _inspect(
     progress: bool,
     num_workers: int | None,
     options: dict[str, Any],
-) -> tuple[DatasetReport, list[np.ndarray | None], DatasetFiles]:
+) -> tuple[DatasetReport, list[_ItemResult], DatasetFiles]:
     policy = options.pop("missing_labels", dataset_options(kind).get("missing_labels", "error"))
     files = scan_dataset(
         kind, root, split, with_labels=with_labels, warn=False, missing_labels="skip", **options
@@ -264,18 +269,19 @@ def _inspect(
         problems=_listing_problems(files, "warning" if policy == "skip" else "error"),
     )
     sizes: Counter[str] = Counter()
-    rows: list[np.ndarray | None] = []
-    for result in tqdm(loader, desc=f"{kind} {files.split}", disable=not progress, unit="img"):
+    items: list[_ItemResult] = []
+    bar = progress_bar(loader, desc=f"{kind} {files.split}", disable=not progress, unit="img")
+    for result in bar:
         report.problems += result.problems
         sizes.update([result.size] if result.size else [])
-        if len(rows) < len(files.images):  # the dataset's items come first
-            rows.append(None if result.problems else result.counts)
+        if len(items) < len(files.images):  # the dataset's items come first
+            items.append(result)
         if result.counts is not None:
             report.pixel_counts += result.counts
             report.image_counts += result.counts > 0
             report.ignored_pixels += result.ignored
     report.image_sizes = dict(sizes)
-    return report, rows, files
+    return report, items, files
 
 
 def check_dataset(
@@ -299,7 +305,9 @@ def check_dataset(
         class_index_out: where to write the class index (default: beside the data, see
             :func:`~spcl.data.sampling.default_class_index_path`).
         write_class_index: write it at all (labelled datasets only). Items with an error get
-            all-zero rows, so class-balanced sampling never draws them.
+            all-zero rows, so class-balanced sampling never draws them, and are listed in the
+            index with their errors: a run that uses it refuses them, or names each one it
+            leaves out (``data.on_error: skip``).
         progress: show a progress bar.
         num_workers: reader processes (default: up to 8, capped by the CPU count).
         **options: the reader's options (e.g. ``classes=16``, ``class_file=...``).
@@ -308,7 +316,7 @@ def check_dataset(
         KeyError: unknown kind. FileNotFoundError / ValueError: the layout cannot be listed
         (missing root, split or folder; no images; unknown option).
     """
-    report, rows, files = _inspect(
+    report, items, files = _inspect(
         kind,
         root,
         split,
@@ -323,9 +331,14 @@ def check_dataset(
         path = default_class_index_path(files.root, kind, files.split, num_classes)
         path = Path(class_index_out) if class_index_out is not None else path
         empty = np.zeros(num_classes, np.int64)
-        counts = np.stack([empty if r is None else r for r in rows])
+        counts = np.stack([empty if r.problems else r.counts for r in items])
+        excluded = {  # a run using the index refuses or names these (data.on_error)
+            name: "; ".join(_named(p) for p in r.problems)
+            for name, r in zip(files.names, items, strict=True)
+            if r.problems
+        }
         try:
-            ClassIndex(list(files.names), counts).save(path)
+            ClassIndex(list(files.names), counts, excluded).save(path)
             report.class_index_path = path
         except OSError as exc:
             report.notes.append(f"class index not written ({exc}); pass class_index_out")

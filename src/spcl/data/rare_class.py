@@ -30,6 +30,7 @@ from typing import Literal
 
 import numpy as np
 
+from spcl.base import DatasetError
 from spcl.data.sampling import ClassIndex
 
 __all__ = [
@@ -83,7 +84,7 @@ def rare_class_probabilities(
     totals = np.asarray(pixel_counts, dtype=np.int64).sum(axis=0)  # (K,)
     classes = np.flatnonzero(totals > 0)
     if classes.size == 0:
-        raise ValueError("no class has any pixel in the class index: RCS is impossible")
+        raise DatasetError("no class has any pixel in the class index: RCS is impossible")
     frequency = totals[classes] / totals[classes].sum()
     logits = (1.0 - frequency) / temperature
     weights = np.exp(logits - logits.max())  # stable softmax
@@ -135,14 +136,14 @@ class RareClassOrder:
         pools = rare_class_pools(index.pixel_counts, min_pixels)
         empty = [int(c) for c in classes if pools[c].size == 0]
         if empty and empty_pools == "raise":
-            raise ValueError(
+            raise DatasetError(
                 f"RCS: classes {empty} occur but no image has more than {min_pixels} pixels of "
                 f"them; lower min_pixels (scaled_min_pixels() for small labels) or pass "
                 f"empty_pools='drop'"
             )
         keep = np.array([pools[c].size > 0 for c in classes])
         if not keep.any():
-            raise ValueError(f"RCS: no image has more than {min_pixels} pixels of any class")
+            raise DatasetError(f"RCS: no image has more than {min_pixels} pixels of any class")
         self.classes = classes[keep]
         self.probs = probs[keep] / probs[keep].sum()
         self.pools = [pools[c] for c in self.classes]

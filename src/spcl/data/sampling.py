@@ -16,22 +16,28 @@ classes without any image get weight 0 (the reference raises IndexError on them)
 per-class lists start from a fresh permutation (the reference carries its cursors across
 sub-epochs and, on a wrap, skips the first element of the reshuffled list). The index is an
 ``.npz`` (pixels per image and class) written atomically; ``spcl data check`` writes it.
+
+An item that cannot be read (an unreadable image or label, values outside the class table, sizes
+that differ) gets a row of zeros, so sampling never draws it, and is listed in the index's
+``excluded`` with what is wrong: the run that uses the index refuses it or names it
+(``data.on_error``, :func:`spcl.stages.builders.source_order`); nothing is left out unsaid. When a
+cached index is loaded, its excluded items are read again: a file repaired since is counted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from spcl.base import DatasetError, atomic_file
 from spcl.data.lists import SegmentationList
+from spcl.progress import progress_bar
 
 __all__ = [
     "SUB_EPOCH_SIZE",
@@ -49,7 +55,8 @@ __all__ = [
 SUB_EPOCH_SIZE = 3000  # draws per sub-epoch (reference SUB_EPOCH_SIZE)
 FREQUENCY_OFFSET = 1.01  # weights 1 / log(1.01 + p) (reference: log(1 + 1e-2 + dist))
 ORDER_SALT = 0x5EC1  # keeps the class-balanced stream apart from the batch sampler's seeds
-INDEX_FORMAT = "spcl-class-index-1"  # bump when the file layout changes
+INDEX_FORMAT = "spcl-class-index-2"  # bump when the file layout changes (2: excluded items;
+# a format-1 index may hide unreadable items as rows of zeros, so it is counted again)
 BINCOUNT_SIZE = 256  # uint8 train ids, ignore included
 
 
@@ -70,10 +77,13 @@ class ClassIndex:
     Attributes:
         names: the dataset's item names, in item order (checked against the dataset on load).
         pixel_counts: (N, K) int64, pixels of class k in image n (0 for unreadable images).
+        excluded: item name → what is wrong with it, for the items that could not be read (their
+            rows are zeros: never drawn).
     """
 
     names: list[str]
     pixel_counts: np.ndarray
+    excluded: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -96,6 +106,8 @@ class ClassIndex:
                 format=np.array(INDEX_FORMAT),
                 names=np.array(self.names, dtype=str),
                 pixel_counts=self.pixel_counts,
+                excluded_names=np.array(list(self.excluded), dtype=str),
+                excluded_reasons=np.array(list(self.excluded.values()), dtype=str),
             )
 
     @classmethod
@@ -106,15 +118,20 @@ class ClassIndex:
                 if str(data["format"]) != INDEX_FORMAT:
                     raise DatasetError(f"format {data['format']!s}, expected {INDEX_FORMAT}")
                 names, counts = data["names"].tolist(), data["pixel_counts"].astype(np.int64)
+                reasons = data["excluded_reasons"].tolist()
+                excluded = dict(zip(data["excluded_names"].tolist(), reasons, strict=True))
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise DatasetError(f"cannot read class index {path}: {exc}") from exc
         if counts.ndim != 2 or counts.shape[0] != len(names):
             raise DatasetError(f"class index {path} is inconsistent: {counts.shape}, {len(names)}")
-        return cls(names, counts)
+        return cls(names, counts, excluded)
+
+
+Counted = tuple[np.ndarray | None, str]  # an item's (K,) pixel counts, or None and what is wrong
 
 
 class _LabelCounts(torch.utils.data.Dataset):
-    """Item i → its label's per-class pixel counts (reads labels only)."""
+    """Item i → its label's per-class pixel counts (reads labels only), or what is wrong."""
 
     def __init__(self, dataset: SegmentationList, num_classes: int) -> None:
         self.dataset, self.num_classes = dataset, num_classes
@@ -122,14 +139,17 @@ class _LabelCounts(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> np.ndarray:
-        label = self.dataset.label_reader(self.dataset.labels[index])
+    def __getitem__(self, index: int) -> Counted:
+        try:
+            label = self.dataset.label_reader(self.dataset.labels[index])
+        except ValueError as exc:  # unreadable, or values outside the class table (names it)
+            return None, str(exc)
         if self.dataset.id_lut is not None:
             label = self.dataset.id_lut[label]
-        return class_pixel_counts(label, self.num_classes)
+        return class_pixel_counts(label, self.num_classes), ""
 
 
-def _identity(item: np.ndarray) -> np.ndarray:
+def _identity(item: Counted) -> Counted:
     return item
 
 
@@ -138,8 +158,11 @@ def build_class_index(
 ) -> ClassIndex:
     """Read every label of ``dataset`` once and count its classes.
 
+    A label that cannot be read, or holds values outside the class table, gets a row of zeros
+    and is listed in ``excluded`` with the reason (which names the file).
+
     Raises:
-        ValueError: the dataset has no labels, or a label cannot be read (names the file).
+        ValueError: the dataset has no labels.
     """
     if not dataset.labels:
         raise DatasetError("a class index needs a labelled dataset (with_labels=True)")
@@ -149,8 +172,29 @@ def build_class_index(
         num_workers=num_workers,
         collate_fn=_identity,
     )
-    rows = list(tqdm(loader, desc="class index", disable=not progress, unit="label"))
-    return ClassIndex(list(dataset.names), np.stack(rows).astype(np.int64))
+    items = list(progress_bar(loader, desc="class index", disable=not progress, unit="label"))
+    empty = np.zeros(num_classes, np.int64)
+    rows = [empty if counts is None else counts for counts, _ in items]
+    names = list(dataset.names)
+    excluded = {n: why for n, (counts, why) in zip(names, items, strict=True) if counts is None}
+    return ClassIndex(names, np.stack(rows).astype(np.int64), excluded)
+
+
+def _recount_excluded(index: ClassIndex, dataset: SegmentationList) -> bool:
+    """Read the excluded items again (image and label); count those that read now. Returns
+    whether any was repaired."""
+    position = {name: i for i, name in enumerate(index.names)}
+    repaired = []
+    for name in index.excluded:
+        try:
+            _, label = dataset.load(position[name])
+        except ValueError:
+            continue  # still unusable: stays excluded, with the reason found first
+        index.pixel_counts[position[name]] = class_pixel_counts(label, index.num_classes)
+        repaired.append(name)
+    for name in repaired:
+        del index.excluded[name]
+    return bool(repaired)
 
 
 def load_or_build_class_index(
@@ -161,12 +205,18 @@ def load_or_build_class_index(
     num_workers: int = 0,
     progress: bool = False,
 ) -> ClassIndex:
-    """The cached index at ``path`` if it matches ``dataset``, else a new one written there."""
+    """The cached index at ``path`` if it matches ``dataset``, else a new one written there.
+
+    The cached index's excluded items are read again; those repaired since are counted and the
+    index is written back.
+    """
     path = Path(path)
     if path.is_file():
         with contextlib.suppress(ValueError):
             index = ClassIndex.load(path)
             if index.names == list(dataset.names) and index.num_classes == num_classes:
+                if index.excluded and _recount_excluded(index, dataset):
+                    index.save(path)
                 return index
     index = build_class_index(dataset, num_classes, num_workers=num_workers, progress=progress)
     index.save(path)

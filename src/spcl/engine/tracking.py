@@ -1,6 +1,8 @@
 """What a run tells the person watching: progress bars, TensorBoard scalars and images, a log file.
 
-Only rank 0 writes; other ranks get a tracker that does nothing.
+Only rank 0 writes; other ranks get a tracker that does nothing. Console lines are written above a
+live progress bar, never on its line; when the output is not a terminal, bars are plain lines
+(:mod:`spcl.progress`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+
+from spcl.progress import progress_bar
 
 __all__ = ["Tracker"]
 
@@ -73,22 +77,31 @@ class Tracker:
                 self.logger.removeHandler(handler)
 
     def scalars(self, tag: str, values: Mapping[str, float], step: int) -> None:
-        """Scalars in TensorBoard and one line in ``log.txt`` (on the console without bars)."""
+        """Scalars in TensorBoard (``TAG/key``) and one line in ``log.txt`` (on the console
+        without bars), prefixed with the stage alone: ``online/val`` logs ``[online] iteration
+        N: val/miou=…``, one prefix per stage."""
         if self.enabled:
-            text = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-            self.info(f"[{tag}] iteration {step}: {text}", console=not self.progress)
+            stage, _, group = tag.partition("/")
+            group = f"{group}/" if group else ""
+            text = " ".join(f"{group}{k}={v:.4g}" for k, v in values.items())
+            self.info(f"[{stage}] iteration {step}: {text}", console=not self.progress)
             for key, value in values.items():
                 self.writer.add_scalar(f"{tag}/{key}", value, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        """A note in TensorBoard's text tab (an alert), beside the scalars of ``step``."""
+        if self.enabled:
+            self.writer.add_text(tag, text, step)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:
         """An (H, W, 3) uint8 picture in TensorBoard."""
         if self.enabled:
             self.writer.add_image(tag, image, step, dataformats="HWC")
 
-    def bar(self, total: int, initial: int = 0, desc: str = "") -> tqdm:
-        return tqdm(
-            total=total, initial=initial, desc=desc, disable=not self.progress, dynamic_ncols=True
-        )
+    def bar(self, total: int, initial: int = 0, desc: str = "") -> Any:
+        """A progress bar: tqdm's on a terminal, plain lines every 30 s when the output is a file
+        (:func:`spcl.progress.progress_bar`); nothing with ``progress`` off."""
+        return progress_bar(total=total, initial=initial, desc=desc, disable=not self.progress)
 
     def close(self) -> None:
         if self._writer is not None:

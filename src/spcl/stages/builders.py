@@ -7,7 +7,6 @@ The run's class table and its checks live in :mod:`spcl.stages.class_sets` (re-e
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,17 +20,10 @@ from spcl.config_schema import DomainConfig, OptimConfig
 from spcl.context import RunContext
 from spcl.data.lists import SegmentationList
 from spcl.data.loaders import InfiniteLoader, build_eval_loader
-from spcl.data.rare_class import RareClassOrder
 from spcl.data.registry import build_dataset
-from spcl.data.sampling import (
-    ClassBalancedOrder,
-    EpochOrder,
-    default_class_index_path,
-    load_or_build_class_index,
-)
+from spcl.data.sampling import EpochOrder
 from spcl.data.transforms import build_eval_transform, build_train_transform
 from spcl.engine.checkpoint import clean_state_dict, load_state
-from spcl.engine.distributed import barrier
 from spcl.engine.loop import LoopConfig
 from spcl.engine.optim import optimizer_from_groups, param_groups, poly_scheduler
 from spcl.models.build import build_model
@@ -44,6 +36,7 @@ from spcl.stages.class_sets import (
     class_table,
     run_class_table,
 )
+from spcl.stages.source_order import source_order
 
 __all__ = [
     "PairOutput",
@@ -197,36 +190,6 @@ def domain_dataset(
         max_items=domain.max_items,
         **domain.options,
     )
-
-
-def source_order(
-    ctx: RunContext, domain: DomainConfig, dataset: SegmentationList, salt: int
-) -> EpochOrder | None:
-    """The source stream's epoch order when ``domain.sampling`` asks for one.
-
-    ``class_balanced``: the SPCL reference's scheme; ``rare_class``: DAFormer's rare-class
-    sampling (``rcs_temperature``, ``rcs_min_pixels``). Both read the class → images index,
-    built once (rank 0), cached at ``domain.class_index`` or beside the data (the run directory
-    when the data folder is read-only), and read by every rank.
-    """
-    if domain.sampling == "uniform":
-        return None
-    k = ctx.config.data.num_classes
-    path = Path(domain.class_index) if domain.class_index else None
-    if path is None:
-        path = default_class_index_path(domain.root, domain.kind, domain.split, k)
-        if not os.access(path.parent, os.W_OK):
-            path = ctx.run_dir / path.name
-    if ctx.is_main:
-        load_or_build_class_index(dataset, k, path, progress=ctx.config.run.progress)
-    barrier()
-    index = load_or_build_class_index(dataset, k, path)
-    seed = ctx.config.run.seed * 1000 + salt
-    if domain.sampling == "rare_class":
-        return RareClassOrder(
-            index, seed, domain.rcs_temperature, domain.rcs_min_pixels, empty_pools="drop"
-        )
-    return ClassBalancedOrder(index, seed=seed)
 
 
 def pseudo_labelled_dataset(

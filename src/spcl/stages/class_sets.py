@@ -51,15 +51,15 @@ def run_class_table(data: DataConfig) -> ClassTable:
     """The run's classes: the source dataset's table, checked against the config and target val.
 
     Raises:
-        ConfigError: ``data.num_classes`` differs from the source's class count, or the labelled
-            target split names other classes than the source (both sides are named).
+        ConfigError: ``data.num_classes`` is set and differs from the source's class count, or
+            the labelled target split names other classes than the source (both sides named).
     """
     table = _domain_table(data.source)
-    if table.num_classes != data.num_classes:
+    if data.num_classes is not None and table.num_classes != data.num_classes:
         raise ConfigError(
             f"data.num_classes is {data.num_classes} but the source ({_describe(data.source)}) "
             f"has {table.num_classes} classes {list(table.names)}; set "
-            f"data.num_classes={table.num_classes}"
+            f"data.num_classes={table.num_classes} or null (the class table decides)"
         )
     val = data.target_val
     try:
@@ -110,19 +110,25 @@ def check_model_name(name: str) -> None:
         )
 
 
-def check_class_sets(ctx: RunContext) -> None:
+def check_class_sets(ctx: RunContext) -> ClassTable:
     """Check at start-up that every side agrees on the classes, before any stage trains.
 
-    The config (``data.num_classes``), the source's class table, the labelled target split and
-    the unlabelled target (where its reader knows a table, e.g. a folder's classes.yaml) must
-    name the same classes. A ``model.pretrained`` that is an spcl model file of other classes is
-    reported: only its backbone is loaded, its classifier is not.
+    The config (``data.num_classes``, set from the source's class table when it is None), the
+    source's class table, the labelled target split and the unlabelled target (where its reader
+    knows a table, e.g. a folder's classes.yaml) must name the same classes. A
+    ``model.pretrained`` that is an spcl model file of other classes is reported: only its
+    backbone is loaded, its classifier is not.
+
+    Returns:
+        The run's class table.
 
     Raises:
         ConfigError: two sides disagree (both are named, with their classes).
     """
     data = ctx.config.data
     table = class_table(ctx)  # config vs source vs target val
+    if data.num_classes is None:  # not given: the source's class table decides
+        data.num_classes = table.num_classes
     target = _target_table(data.target)
     if target is not None and target.names != table.names:
         raise ConfigError(
@@ -140,6 +146,7 @@ def check_class_sets(ctx: RunContext) -> None:
             f"{found[1]}; this run has {table.num_classes} {list(table.names)}: only its "
             f"backbone is loaded, the classifier starts from scratch"
         )
+    return table
 
 
 def check_model_classes(path: str | Path, info: Mapping[str, Any], data: DataConfig) -> ClassTable:
@@ -154,12 +161,12 @@ def check_model_classes(path: str | Path, info: Mapping[str, Any], data: DataCon
         The split's class table (names for a model file saved without them).
 
     Raises:
-        ConfigError: ``data.num_classes`` differs from the split's classes.
+        ConfigError: ``data.num_classes`` is set and differs from the split's classes.
         CheckpointError: the model's classes (count or names) differ from the split's.
     """
     val = data.target_val
     table = _domain_table(val)
-    if data.num_classes != table.num_classes:
+    if data.num_classes is not None and data.num_classes != table.num_classes:
         raise ConfigError(
             f"data.num_classes is {data.num_classes} but the target val split ({_describe(val)}) "
             f"has {table.num_classes} classes {list(table.names)}; set "

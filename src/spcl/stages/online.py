@@ -46,6 +46,7 @@ from spcl.stages.builders import (
     train_loader,
     wrap_ddp,
 )
+from spcl.stages.collapse import PSEUDO_LABEL_SHARE, CollapseAlert
 from spcl.stages.online_step import OnlineParts, SeededGenerator, online_step, online_weights
 from spcl.stages.validation import validation_hooks
 
@@ -124,6 +125,7 @@ def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
         dim = student.feature_channels  # the projection's size when the model has one
         bank = PrototypeBank(data.num_classes, dim, cfg.contrast.momentum, "keep").to(ctx.device)
     generator = SeededGenerator(ctx.config.run.seed * 1000 + AUGMENT_SALT + ctx.rank)
+    alert = CollapseAlert(ctx, out_dir, "online", PSEUDO_LABEL_SHARE, cfg.optim.stop_iter)
     parts = OnlineParts(
         cfg=cfg,
         num_classes=data.num_classes,
@@ -136,6 +138,7 @@ def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
         imnet=imnet,
         bank=bank,
         schedule=schedule,
+        watch=alert.observe,
     )
 
     def ema_step(done: int) -> None:  # the loop's after-step hook
@@ -166,7 +169,11 @@ def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
         schedulers=[schedule],
         config=loop_config(ctx, cfg.optim, out_dir, "online"),
         tracker=ctx.tracker,
-        after_step=[ema_step, *validation_hooks(ctx, handed_on, "online")],
+        after_step=[
+            ema_step,
+            *validation_hooks(ctx, handed_on, "online", alert.validated),
+            alert.after_step,  # the class-collapse alert (no draw, no forward pass)
+        ],
     )
     if ctx.world > 1:
         spread = max(max_difference_across_ranks(p.detach()) for p in teacher.parameters())

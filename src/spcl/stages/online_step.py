@@ -22,7 +22,7 @@ stage's after-step hook).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,8 @@ class OnlineParts:
     schedule: Any  # the lr schedule: its last_epoch is the iteration
     imnet: nn.Module | None = None  # frozen ImageNet model (feature distance)
     bank: PrototypeBank | None = None  # class prototypes from teacher features (contrast)
+    watch: Callable[[Tensor, Tensor], None] | None = None  # given ŷ and W of each step (the
+    # class-collapse alert counts them; spcl.stages.collapse)
 
 
 MMSEG_ALIGN_CORNERS = False  # DAFormer/MIC/SePiCo resize logits with align_corners=False
@@ -211,6 +213,8 @@ def online_step(parts: OnlineParts, src: Batch, tgt: Batch) -> dict[str, Tensor]
         tgt_images, pseudo, weight = _class_balanced_target(parts, tgt_images)
     else:
         pseudo, weight = _pseudo_labels(parts, tgt_images)
+    if parts.watch is not None:
+        parts.watch(pseudo, weight)
     tgt_features = None
     if cfg.mix.enabled:
         masks = class_mix_masks(

@@ -27,6 +27,7 @@ from spcl.engine.distributed import all_reduce_sum_, barrier
 from spcl.evaluation.inference import predict_probs
 from spcl.method.adabn import recalibrate_batchnorm
 from spcl.method.pseudo_labels import ThresholdEstimator, threshold_predictions
+from spcl.pipeline import STAGE_FOLDERS
 from spcl.stages.builders import (
     build_segmenter,
     class_table,
@@ -38,15 +39,18 @@ from spcl.stages.builders import (
 
 __all__ = ["run"]
 
+STAGE_OF_FOLDER = {folder: name for name, folder in STAGE_FOLDERS.items()}  # the log's prefix
+
 
 @torch.no_grad()
 def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
     """Pseudo-label the target training split with the model at ``weights``; returns ``labels/``."""
     cfg, data = ctx.config.pseudo_labels, ctx.config.data
+    stage = STAGE_OF_FOLDER.get(out_dir.name, out_dir.name)  # pseudo_labels or pseudo_labels_2
     model = load_weights(build_segmenter(ctx, freeze_bn=False), weights)
     if cfg.adabn:
         layers = recalibrate_batchnorm(model, target_train_images(ctx))
-        ctx.tracker.info(f"[pseudo-labels] AdaBN: re-estimated {layers} BatchNorm layers on target")
+        ctx.tracker.info(f"[{stage}] AdaBN: re-estimated {layers} BatchNorm layers on target")
     model.eval()
     with_labels = _has_labels(ctx)
     dataset = domain_dataset(data.target, with_labels=with_labels, train=False)
@@ -90,7 +94,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
         stats = _write_stats(
             out_dir, thresholds, counts.cpu().numpy(), class_table(ctx).names, with_labels
         )
-        _log_stats(ctx, out_dir.name, stats)
+        _log_stats(ctx, stage, stats)
     barrier()
     return labels_dir
 

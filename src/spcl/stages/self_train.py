@@ -7,6 +7,7 @@ reference's augmentation (random scale 0.5–1.5, crop, flip, colour jitter) and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from spcl.stages.builders import (
     train_loader,
     wrap_ddp,
 )
+from spcl.stages.collapse import PREDICTED_SHARE, CollapseAlert
 from spcl.stages.validation import validation_hooks
 
 __all__ = ["SELF_TRAIN_WEIGHTS", "run", "self_train_step"]
@@ -35,10 +37,21 @@ PLAIN_CE = 1.0  # self-training uses the untempered cross-entropy
 SELF_TRAIN_WEIGHTS = {"seg": 1.0}  # the loss is the target CE alone
 
 
-def self_train_step(net: nn.Module, device: torch.device, batch: dict[str, Tensor]) -> dict:
-    """One self-training step's loss term: ``seg``, the CE on the pseudo-labelled batch."""
+def self_train_step(
+    net: nn.Module,
+    device: torch.device,
+    batch: dict[str, Tensor],
+    observe: Callable[[Tensor], None] | None = None,
+) -> dict:
+    """One self-training step's loss term: ``seg``, the CE on the pseudo-labelled batch.
+
+    ``observe`` is given the batch's predictions (the argmax of the logits the step computed;
+    the class-collapse alert counts them).
+    """
     labels = batch["label"].to(device, non_blocking=True)
     logits = upsample_logits(net(batch["image"].to(device)).logits, labels.shape[-2:])
+    if observe is not None:
+        observe(logits.detach().argmax(dim=1))
     return {"seg": tempered_cross_entropy(logits, labels, PLAIN_CE)}
 
 
@@ -58,15 +71,16 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, labels_dir: Path) -> Path
         crop=cfg.crop,
     )
     target = train_loader(ctx, dataset, cfg.optim.batch_size, TARGET_STREAM)
+    alert = CollapseAlert(ctx, out_dir, "self_train", PREDICTED_SHARE, cfg.optim.stop_iter)
     model.train()
     train_loop(
-        lambda: self_train_step(net, ctx.device, next(target)),
+        lambda: self_train_step(net, ctx.device, next(target), alert.observe),
         weights=SELF_TRAIN_WEIGHTS,
         state={"model": model, "optimizer": optimizer, "schedule": schedule, "target": target},
         optimizers=[optimizer],
         schedulers=[schedule],
         config=loop_config(ctx, cfg.optim, out_dir, "self_train"),
         tracker=ctx.tracker,
-        after_step=validation_hooks(ctx, model, "self_train"),
+        after_step=[*validation_hooks(ctx, model, "self_train", alert.validated), alert.after_step],
     )
     return save_weights(ctx, model, out_dir / "model.pth")

@@ -11,18 +11,25 @@ afterwards so that a run with validation trains exactly as one without.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from spcl.context import RunContext
 from spcl.engine.loop import AfterStep
+from spcl.evaluation.scores import SegmentationScores
 from spcl.stages.evaluate import evaluate_model
 
 __all__ = ["validation_hooks"]
 
 
-def validation_hooks(ctx: RunContext, model: nn.Module, tag: str) -> list[AfterStep]:
+def validation_hooks(
+    ctx: RunContext,
+    model: nn.Module,
+    tag: str,
+    on_scores: Callable[[int, SegmentationScores], None] | None = None,
+) -> list[AfterStep]:
     """The after-step hooks that validate ``model`` every ``run.val_every`` steps (none if 0).
 
     Args:
@@ -30,6 +37,7 @@ def validation_hooks(ctx: RunContext, model: nn.Module, tag: str) -> list[AfterS
         model: the model the stage hands on (not a DDP wrapper: each rank scores its share of
             the images and the confusion matrices are summed).
         tag: the stage's TensorBoard prefix (``warmup``, ``adapt``, …).
+        on_scores: also given each validation's scores, with the step (the collapse alert).
     """
     every = ctx.config.run.val_every
     if every <= 0:
@@ -48,5 +56,7 @@ def validation_hooks(ctx: RunContext, model: nn.Module, tag: str) -> list[AfterS
         }
         ctx.tracker.scalars(f"{tag}/val", {"miou": scores.miou, **per_class}, done)
         ctx.tracker.info(f"[{tag}] iteration {done}: val mIoU {scores.miou:.2f}")
+        if on_scores is not None:
+            on_scores(done, scores)
 
     return [validate]

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from tqdm import tqdm
 
 from spcl.base import (
     IGNORE_INDEX,
@@ -54,6 +53,7 @@ from spcl.data.synthetic.style import (
     domain_geometry,
     material_colours,
 )
+from spcl.progress import progress_bar
 
 __all__ = [
     "DOMAINS",
@@ -217,7 +217,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def _render_all(tasks: list, workers: int, progress: bool) -> None:
-    bar = tqdm(total=len(tasks), desc="synthetic pair", unit="img", disable=not progress)
+    bar = progress_bar(total=len(tasks), desc="synthetic pair", unit="img", disable=not progress)
     with bar:
         if workers == 1:
             for task in tasks:
@@ -255,7 +255,7 @@ def generate_pair(
         size: (H, W), each a multiple of 8 and at least 32.
         overwrite: replace a non-empty ``out``.
         preview: also write ``out/preview.png``.
-        progress: show a tqdm progress bar.
+        progress: show a progress bar (:func:`spcl.progress.progress_bar`).
         workers: processes rendering in parallel (the bytes do not depend on it).
         shift: explicit knobs replacing the preset's (recorded as preset 'custom' if they differ).
 
