@@ -22,6 +22,10 @@ evaluation counts predictions of ignored ids. The confusion matrix therefore get
 "unlabelled" column while counting; the returned scores hold the K×K part and the report the
 per-class counts of that column (``unlabelled_predictions``).
 
+``spcl predict``'s output folder (``--out``: ``color/``, ``overlay/``, ``trainIds/``, ...) given as
+``pred_dir`` is read from its sub-folder of ``pred_format`` (``trainIds/`` or ``labelIds/``); the
+report's ``pred_dir`` names the folder scored.
+
 Unmatched files, both ways. Ground truth without a prediction is an error (``on_error="skip"``
 scores the rest); a prediction without ground truth is never scored: a warning names it (and the
 count), ``strict=True`` makes it an error. The report lists every file left out and why.
@@ -61,6 +65,7 @@ __all__ = [
     "OnError",
     "evaluate_folders",
     "match_files",
+    "predictions_in",
     "read_id_map",
     "retain_freed_memory",
     "scores_without_unlabelled",
@@ -88,6 +93,10 @@ GT_SUFFIXES: dict[str, tuple[str, ...]] = {
 UNLABELLED = "<unlabelled>"  # name of the extra confusion column while counting
 SHOWN_NAMES = 5  # how many file names an error about missing predictions lists
 LISTED_UNMATCHED = 50  # how many predictions without ground truth a warning or error lists
+PREDICT_PICTURES = (
+    "color",
+    "overlay",
+)  # folders spcl predict writes beside trainIds/ (spcl.predict)
 NO_GROUND_TRUTH, NO_PREDICTION, BAD_PAIR = "no_ground_truth", "no_prediction", "bad_pair"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # blocks up to this size come from the heap (glibc's largest allowed)
@@ -140,7 +149,7 @@ def evaluate_folders(
     """
     names = _check_arguments(pred_format, gt_format, classes, on_error)
     own = classes if isinstance(classes, ClassTable) else None
-    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    pred_dir, gt_dir = predictions_in(Path(pred_dir), pred_format), Path(gt_dir)
     pairs, unmatched, missing = match_files(pred_dir, gt_dir, gt_format)
     if missing and on_error == "fail":
         raise DatasetError(
@@ -183,6 +192,19 @@ def evaluate_folders(
         "unlabelled_predictions": dict(zip(names, confusion[:k, k].tolist(), strict=True)),
     }
     return scores, report
+
+
+def predictions_in(pred_dir: Path, pred_format: str) -> Path:
+    """``pred_dir``, or its ``trainIds/`` (``labelIds/``) when it is ``spcl predict``'s ``--out``.
+
+    Its colour pictures would otherwise be matched too (``color/x.png`` and ``overlay/x.png``
+    both standing for image ``x``).
+    """
+    own = pred_dir / pred_format
+    if own.is_dir() and any((pred_dir / kind).is_dir() for kind in PREDICT_PICTURES):
+        logger.info("%s is the output of spcl predict: scoring %s", pred_dir, own)
+        return own
+    return pred_dir
 
 
 def _skip(
