@@ -174,6 +174,10 @@ def test_custom_classes_get_distinct_colours_and_no_label_ids(tmp_path: Path) ->
     path = model_file(tmp_path / "m.pth", ("cat", "dog", "grass"))
     written = predict_paths(path, [str(tmp_path / "x.png")], tmp_path / "out", progress=False)
     assert {p.parent.name for p in written} == {"color", "overlay", "trainIds"}
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "gt" / "x.png")
+    with pytest.raises(ValueError, match=r"out is the output of spcl predict but has no labelIds/"):
+        evaluate_folders(tmp_path / "out", tmp_path / "gt", pred_format="labelIds")
 
 
 def test_wrong_checkpoints_are_refused(tmp_path: Path) -> None:

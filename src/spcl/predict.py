@@ -25,11 +25,11 @@ Predictions have the image's own size, upright as its EXIF orientation says
 (:func:`spcl.predict_io.read_image`; 16-bit images are reduced to 8 bits): the image may be resized
 for the network (``size``, as evaluation does), and probabilities come back at full resolution from
 the one shared inference function (flip, scales, optional sliding window; images smaller than a
-MiT encoder accepts are padded there). An image over ``LARGE_IMAGE_FACTOR`` (4) times the pixels of
-the input the model trained on gets a one-line hint to pass ``size`` (when that input is known:
-:func:`spcl.predict_io.recorded_input_size`). An image that cannot be read or segmented stops the
-run with one line naming it, or with ``on_error="skip"`` is left out, named, and the run goes on.
-Messages are written on their own line, above the progress bar.
+MiT encoder accepts are padded there). An image over 4 times the pixels of the input the model
+trained on (:data:`spcl.predict_io.LARGE_IMAGE_FACTOR`) gets a one-line hint to pass ``size`` (when
+that input is known: :func:`spcl.predict_io.recorded_input_size`). An image that cannot be read or
+segmented stops the run with one line naming it, or with ``on_error="skip"`` is left out, named,
+and the run goes on. Messages are written on their own line, above the progress bar.
 """
 
 from __future__ import annotations

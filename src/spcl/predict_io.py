@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -70,13 +71,16 @@ def read_image(path: Path) -> np.ndarray:
         ValueError: unreadable file, or samples that are floating-point or beyond 16 bits (the
             message names the file).
     """
-    try:
-        with Image.open(path) as image:
+    with contextlib.ExitStack() as stack:
+        try:
+            image = stack.enter_context(Image.open(path))
             image.load()
-            upright = ImageOps.exif_transpose(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}") from exc
-    return _rgb8(path, upright)
+            ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
+            raise DatasetError(f"cannot read image {path}: {exc}") from exc
+        except ValueError as exc:  # a malformed EXIF block
+            raise DatasetError(f"cannot read image {path}: {exc}") from exc
+        return _rgb8(path, image)
 
 
 def _rgb8(path: Path, image: Image.Image) -> np.ndarray:

@@ -30,6 +30,7 @@ GT_SUFFIXES: dict[str, tuple[str, ...]] = {
     "trainIds": ("_gtFine_labelTrainIds", "_gtCoarse_labelTrainIds"),
 }
 PREDICT_PICTURES = ("color", "overlay")  # what spcl predict writes beside trainIds/ (spcl.predict)
+ID_FOLDERS = ("trainIds", "labelIds")  # its id maps, one per --pred-format
 
 
 def predictions_in(pred_dir: Path, pred_format: str) -> Path:
@@ -39,10 +40,17 @@ def predictions_in(pred_dir: Path, pred_format: str) -> Path:
     both standing for image ``x``).
     """
     own = pred_dir / pred_format
-    if own.is_dir() and any((pred_dir / kind).is_dir() for kind in PREDICT_PICTURES):
-        logger.info("%s is the output of spcl predict: scoring %s", pred_dir, own)
-        return own
-    return pred_dir
+    pictures = any((pred_dir / kind).is_dir() for kind in PREDICT_PICTURES)
+    id_maps = [kind for kind in ID_FOLDERS if (pred_dir / kind).is_dir()]
+    if not (pictures and id_maps):
+        return pred_dir
+    if not own.is_dir():
+        raise DatasetError(
+            f"{pred_dir} is the output of spcl predict but has no {pred_format}/ (it holds "
+            f"{', '.join(f'{k}/' for k in id_maps)}): pass --pred-format {id_maps[0]}"
+        )
+    logger.info("%s is the output of spcl predict: scoring %s", pred_dir, own)
+    return own
 
 
 def match_files(
