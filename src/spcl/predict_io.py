@@ -57,6 +57,13 @@ STAGE_INPUT_KEYS: dict[str, tuple[str, ...]] = {  # config keys holding the inpu
 }
 FALLBACK_KEYS = ("data.target_val.size",)  # the size the run evaluated the model at
 SYNTHETIC_KEY = "data.synthetic.size"  # the generated pair's size, for synthetic data
+UNREADABLE = (  # what decoding a bad file raises (ValueError: a malformed EXIF block)
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    OSError,
+    SyntaxError,
+    ValueError,
+)
 LARGE_IMAGE_FACTOR = 4  # an image over this many times the training input's pixels gets a hint
 OUTPUT_KINDS = ("color", "overlay", "trainIds", "labelIds", "confidence", "entropy")  # predict's
 SHOWN_EXISTING = 10  # how many existing output files the refusal lists
@@ -76,9 +83,7 @@ def read_image(path: Path) -> np.ndarray:
             image = stack.enter_context(Image.open(path))
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
-            raise DatasetError(f"cannot read image {path}: {exc}") from exc
-        except ValueError as exc:  # a malformed EXIF block
+        except UNREADABLE as exc:
             raise DatasetError(f"cannot read image {path}: {exc}") from exc
         return _rgb8(path, image)
 
