@@ -77,5 +77,5 @@ def test_predict_lists_the_images_it_skipped(
     with caplog.at_level(logging.WARNING):
         assert main([*argv, "--on-error", "skip"]) == 0
     assert f"--on-error skip: skipped 1 of 2 image(s): {tmp_path / 'in' / 'bad.png'}" in caplog.text
-    assert main(argv) == 2
-    assert "pass --overwrite to replace them" in _last_error(capsys)
+    assert main(argv) == 2  # a re-run skips good.png (all its outputs exist), tries bad.png again
+    assert f"cannot read image {tmp_path / 'in' / 'bad.png'}" in _last_error(capsys)

@@ -276,15 +276,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_test_time_flags(ev)
     ev.set_defaults(handler=_cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="segment your own images with a model file")
+    pr = sub.add_parser(
+        "predict",
+        help="segment your own images with a model file",
+        description="Writes OUT/color, overlay, trainIds (and labelIds for Cityscapes classes, "
+        "--uncertainty maps) per image; a re-run skips the images already done. See "
+        "docs/predict.md.",
+    )
     pr.add_argument("model", help="model file: a stage's model.pth, an exported .safetensors")
     pr.add_argument("inputs", nargs="+", help="images, folders or glob patterns")
     pr.add_argument("--out", required=True, help="output folder")
-    pr.add_argument("--size", type=_ints(2), metavar="H,W", help="resize before inference")
+    pr.add_argument(
+        "--size",
+        type=_ints(2),
+        metavar="H,W",
+        help="resize each image to H,W for the network (the outputs keep the image's size)",
+    )
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     pr.add_argument("--uncertainty", choices=("confidence", "entropy"), help="also write this map")
     pr.add_argument("--on-error", choices=("fail", "skip"), default="fail")
-    pr.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    pr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="predict every image again, replacing outputs (default: skip the images already "
+        "predicted by this model with these settings; refuse other outputs)",
+    )
     _add_test_time_flags(pr)
     pr.set_defaults(handler=_cmd_predict)
 

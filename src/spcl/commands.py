@@ -101,7 +101,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             strict=args.strict,
             workers=args.workers,
         )
-        title = f"predictions {args.pred_dir} against {args.gt_dir}"
+        title = f"predictions {report['pred_dir']} against {args.gt_dir}"
     else:
         if not (args.model and args.config):
             raise UsageError("give --pred-dir/--gt-dir, or a model file and a config (--config)")

@@ -11,24 +11,35 @@ For every input image (files, folders searched recursively, or glob patterns) it
 - optionally ``confidence/<name>.png`` (max probability × 255) or ``entropy/<name>.png``
   (entropy / ln K × 255).
 
-Existing outputs are never replaced unless asked (``overwrite``, ``--overwrite``): before any image
-is predicted, every file the run would write is checked, and if any of them exists the run stops
-with an error listing them and writes nothing. Other files in ``out_dir`` are left alone. Every file
-is encoded in memory and written atomically (temporary file beside it, then renamed), so a crash
-never leaves a half-written PNG under an output name, and a replaced file is either old or new.
+Resuming. ``out_dir/predict.json`` records the model file (by SHA-256) and the test-time
+settings that wrote the outputs. A run with the same model and settings skips every image whose
+outputs all exist and predicts the rest (an image cut short by a crash is done again), so an
+interrupted run continues where it stopped. Outputs written by another model or with other
+settings (or without a ``predict.json``) are never replaced unless asked (``overwrite``,
+``--overwrite``, which also redoes every image): before any image is predicted the run stops with
+an error listing them and writes nothing. Other files in ``out_dir`` are left alone. Every file is
+encoded in memory and written atomically (temporary file beside it, then renamed), so a crash never
+leaves a half-written PNG under an output name, and a replaced file is either old or new.
 
-Predictions have the image's own size: the image may be resized for the network (``size``, as
-evaluation does), and probabilities come back at full resolution from the one shared inference
-function (flip, scales, optional sliding window).
+Predictions have the image's own size, upright as its EXIF orientation says
+(:func:`spcl.predict_io.read_image`; 16-bit images are reduced to 8 bits): the image may be resized
+for the network (``size``, as evaluation does), and probabilities come back at full resolution from
+the one shared inference function (flip, scales, optional sliding window; images smaller than a
+MiT encoder accepts are padded there). An image over 4 times the pixels of the input the model
+trained on (:data:`spcl.predict_io.LARGE_IMAGE_FACTOR`) gets a one-line hint to pass ``size`` (when
+that input is known: :func:`spcl.predict_io.recorded_input_size`). An image that cannot be read or
+segmented stops the run with one line naming it, or with ``on_error="skip"`` is left out, named,
+and the run goes on. Messages are written on their own line, above the progress bar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -37,20 +48,28 @@ import torch
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from spcl.base import (
     DatasetError,
     MissingFileError,
-    OutputExistsError,
     UsageError,
     atomic_write_bytes,
 )
 from spcl.data.labels import ClassTable, class_table_for
-from spcl.data.lists import IMAGE_SUFFIXES, read_image, to_tensor
+from spcl.data.lists import IMAGE_SUFFIXES, to_tensor
 from spcl.data.transforms import build_eval_transform
 from spcl.evaluation.inference import predict_probs
 from spcl.evaluation.sliding import parse_slide, predict_probs_sliding
 from spcl.models.files import load_model_file
+from spcl.predict_io import (
+    images_to_predict,
+    large_image_hint,
+    read_image,
+    recorded_input_size,
+    settings_record,
+    write_record,
+)
 
 __all__ = [
     "OVERLAY_ALPHA",
@@ -69,7 +88,6 @@ Uncertainty = Literal["confidence", "entropy"]
 OVERLAY_ALPHA = 0.5  # weight of the colour mask in the overlay (the image gets 1 - alpha)
 MAX_UINT8 = 255
 GLOB_CHARS = ("*", "?", "[")
-SHOWN_EXISTING = 10  # how many existing output files the refusal lists
 
 
 def predict_paths(
@@ -105,55 +123,112 @@ def predict_paths(
         save_confidence: also write an uncertainty map.
         uncertainty: ``"confidence"`` (max probability) or ``"entropy"`` (normalised by ln K).
         num_classes: when given, the model file must have this many classes.
-        on_error: an unreadable image: ``"fail"`` raises, ``"skip"`` logs a warning naming it
-            and goes on (and a last warning lists every image skipped).
-        overwrite: replace output files that already exist (default: refuse, write nothing).
+        on_error: an image that cannot be read or segmented: ``"fail"`` raises, ``"skip"``
+            logs a warning naming it and goes on (and a last warning lists every image skipped).
+        overwrite: predict every image and replace existing outputs (default: skip the images
+            already predicted with this model and these settings; refuse other outputs).
         progress: show a tqdm bar.
 
     Returns:
-        The written files, in input order.
+        The written files, in input order (none for the images skipped).
 
     Raises:
         FileNotFoundError: an input path (or a pattern's matches) does not exist.
         CheckpointError: the model file does not fit its architecture or ``num_classes``.
-        FileExistsError: without ``overwrite``, files the run would write already exist (named;
-            nothing is written).
-        ValueError: bad arguments, two inputs that would write the same file, or (``"fail"``)
-            an unreadable image, named.
+        FileExistsError: without ``overwrite``, outputs of another model or other settings
+            already exist (named; nothing is written).
+        ValueError: bad arguments, ``out_dir`` is a file, two inputs that would write the same
+            file, or (``"fail"``) an image that cannot be read or segmented, named.
     """
     if on_error not in ("fail", "skip"):
         raise UsageError(f"--on-error must be fail or skip, got {on_error!r}")
     if uncertainty not in ("confidence", "entropy"):
         raise UsageError(f"--uncertainty must be confidence or entropy, got {uncertainty!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; give a folder for the predictions")
+    if slide is not None:
+        _check_slide(slide)
     images = collect_images(inputs)
     model, info = load_model_file(model_file, device, num_classes=num_classes)
     table = class_table_for(
         info["class_names"], info["arch"]["num_classes"], model_file, info["palette"]
     )
-    out_dir = Path(out_dir)
-    kinds = output_kinds(table, uncertainty if save_confidence else None)
+    kind = uncertainty if save_confidence else None
+    kinds = output_kinds(table, kind)
+    record = settings_record(Path(model_file), flip=flip, scales=scales, slide=slide, size=size)
+    todo = images
     if not overwrite:
-        _refuse_existing(out_dir, [output_path(out_dir, k, n) for _, n in images for k in kinds])
+        planned = {name: [output_path(out_dir, k, name) for k in kinds] for _, name in images}
+        left = set(images_to_predict(out_dir, planned, record))
+        todo = [(path, name) for path, name in images if name in left]
+    if todo:
+        write_record(out_dir, record)
+    trained = recorded_input_size(Path(model_file)) if size is None else None
     written: list[Path] = []
     skipped: list[Path] = []
-    for path, name in tqdm(images, desc="predict", unit="img", disable=not progress):
-        try:
-            image = read_image(path)
-        except ValueError as exc:
-            if on_error == "fail":
-                raise
-            logger.warning("skipped %s: %s", path, exc)
-            skipped.append(path)
-            continue
-        probs = predict_image(model, image, flip=flip, scales=scales, slide=slide, size=size)
-        kind = uncertainty if save_confidence else None
-        written += _write_outputs(out_dir, name, image, probs, table, kind)
+    hinted = False
+    with _messages_above(progress):
+        for path, name in tqdm(todo, desc="predict", unit="img", disable=not progress):
+            try:
+                image = read_image(path)
+                if not hinted and (hint := large_image_hint(path, image.shape[:2], trained)):
+                    logger.warning(hint)
+                    hinted = True
+                probs = _segment(model, path, image, flip, scales, slide, size)
+            except DatasetError as exc:
+                if on_error == "fail":
+                    raise
+                logger.warning("skipped %s: %s", path, exc)
+                skipped.append(path)
+                continue
+            written += _write_outputs(out_dir, name, image, probs, table, kind)
     if skipped:
         logger.warning(
             "--on-error skip: skipped %d of %d image(s): %s",
             len(skipped), len(images), ", ".join(map(str, skipped)),
         )  # fmt: skip
     return written
+
+
+def _check_slide(slide: Sequence[int]) -> None:
+    """UsageError for a ``slide`` that :func:`parse_slide` refuses (before any image is read)."""
+    try:
+        parse_slide(slide)
+    except ValueError as exc:
+        raise UsageError(f"--slide: {exc}") from exc
+
+
+def _segment(
+    model: nn.Module,
+    path: Path,
+    image: np.ndarray,
+    flip: bool,
+    scales: Sequence[float],
+    slide: Sequence[int] | None,
+    size: Sequence[int] | None,
+) -> torch.Tensor:
+    """:func:`predict_image`, with a model's failure (e.g. out of memory) a DatasetError naming
+    the image."""
+    try:
+        return predict_image(model, image, flip=flip, scales=scales, slide=slide, size=size)
+    except RuntimeError as exc:
+        height, width = image.shape[:2]
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatasetError(
+            f"cannot segment {path} ({height}x{width} pixels): {first}; --size H,W or --slide "
+            f"resize or cut it for the network"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _messages_above(progress: bool) -> Iterator[None]:
+    """While a progress bar shows, log lines are written above it, each on its own line."""
+    if not progress:
+        yield
+        return
+    with logging_redirect_tqdm():
+        yield
 
 
 def collect_images(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
@@ -261,19 +336,6 @@ def output_kinds(table: ClassTable, uncertainty: Uncertainty | None) -> tuple[st
 def output_path(out_dir: Path, kind: str, name: Path) -> Path:
     """Where the ``kind`` output of image ``name`` (relative, without suffix) is written."""
     return out_dir / kind / name.parent / f"{name.name}.png"
-
-
-def _refuse_existing(out_dir: Path, planned: list[Path]) -> None:
-    """FileExistsError listing the planned outputs that already exist, if any."""
-    existing = [p for p in planned if p.exists()]
-    if not existing:
-        return
-    shown = ", ".join(str(p.relative_to(out_dir)) for p in existing[:SHOWN_EXISTING])
-    more = f" and {len(existing) - SHOWN_EXISTING} more" if len(existing) > SHOWN_EXISTING else ""
-    raise OutputExistsError(
-        f"{len(existing)} output file(s) under {out_dir} already exist: {shown}{more}; nothing "
-        f"was written: pass --overwrite to replace them, or choose another --out"
-    )
 
 
 def _write_outputs(

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from spcl.evaluation.inference import predict_probs
+from spcl.evaluation.inference import min_input_side, predict_probs
 from spcl.evaluation.sliding import parse_slide, predict_probs_sliding, window_starts
+from spcl.models.build import build_model
 from spcl.models.deeplab_v2 import SegOutput
 
 K = 5
@@ -104,6 +105,48 @@ def test_multi_scale_is_the_mean_of_single_scales() -> None:
         singles.append(naive_probs(model, scaled, size))
     expected = sum(singles) / 3
     assert_close(predict_probs(model, x, size, scales=(0.5, 1.0, 1.5)), expected)
+
+
+# ---- inputs smaller than an encoder accepts ----------------------------------------------------
+
+
+def mit_model() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("segformer_mit_b0", K, width=16).eval()
+
+
+def test_min_input_side_is_where_a_mit_starts_to_run() -> None:
+    model = mit_model()
+    assert min_input_side(model) == 29
+    model(torch.zeros(1, 3, 29, 29))
+    with pytest.raises(RuntimeError, match="Kernel size can't be greater"):
+        model(torch.zeros(1, 3, 28, 29))  # main 3f6f3d3 raised this from predict_probs
+    assert min_input_side(context_model()) == 1
+    assert min_input_side(build_model("deeplabv2_resnet18", K, width=8)) == 1
+
+
+def test_small_views_are_padded_with_zeros_and_cut_back() -> None:
+    model, x = mit_model(), images(5, (2, 3, 20, 30))
+    size = (40, 60)
+
+    def naive(view: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(view, (0, 0, 0, 9))  # 20 rows → 29, the minimum; 30 columns suffice
+        logits = model(padded).logits
+        logits = F.interpolate(logits, size=(29, 30), mode="bilinear", align_corners=True)
+        logits = logits[..., :20, :30]
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=True).softmax(1)
+
+    assert_close(predict_probs(model, x, size), naive(x))
+    expected = 0.5 * (naive(x) + naive(x.flip(-1)).flip(-1))
+    assert_close(predict_probs(model, x, size, flip=True), expected)
+    windows = predict_probs_sliding(model, x, size, crop=(16, 16), stride=(8, 8))
+    assert windows.shape == (2, K, *size)
+    assert_close(windows.sum(dim=1), torch.ones(2, *size))
+
+
+def test_views_at_or_above_the_minimum_take_the_unpadded_path() -> None:
+    model, x = mit_model(), images(6, (1, 3, 29, 47))
+    assert torch.equal(predict_probs(model, x, (58, 94)), naive_probs(model, x, (58, 94)))
 
 
 # ---- sliding windows ----------------------------------------------------------------------------

@@ -238,6 +238,62 @@ def test_unreadable_and_colour_predictions_are_named(tmp_path: Path) -> None:
         )
 
 
+def own_four_class_folders(root: Path) -> None:
+    """A user's 4-class data: raw label values 10/20/30/40 (classes.yaml), predictions 0..3."""
+    (root / "classes.yaml").write_text(
+        "names: [grass, road, wall, sky]\nid_to_train: {10: 0, 20: 1, 30: 2, 40: 3}\n"
+    )
+    rng = np.random.default_rng(9)
+    for name in ("a", "b"):
+        gt = rng.choice([10, 20, 30, 40, IGNORE], (6, 8))
+        gt[0, 0] = 40
+        save(root / "labels" / f"{name}.png", gt)
+        save(root / "pred" / f"{name}.png", rng.integers(0, 4, (6, 8)))
+
+
+def test_ids_outside_the_assumed_classes_are_an_error_naming_file_and_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # main 3f6f3d3 scored these files as Cityscapes' 19 classes: mIoU 0.00, exit 0
+    own_four_class_folders(tmp_path)
+    pattern = (
+        r"ground truth .*labels/a\.png .*holds id 40.*Cityscapes label ids are 0\.\.33.*--classes"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        evaluate_folders(tmp_path / "pred", tmp_path / "labels", progress=False)
+    from spcl.cli import main
+
+    args = ["evaluate", "--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "labels")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds id 40" in err and "--classes" in err
+    assert main([*args, "--classes", str(tmp_path)]) == 0  # its own classes: scored
+    assert "mIoU" in capsys.readouterr().out
+    save(tmp_path / "labels" / "a.png", np.full((6, 8), 7))  # Cityscapes road: a valid label id
+    with pytest.raises(ValueError, match=r"labels/b\.png .*holds id 40"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "labels", progress=False)
+    with pytest.raises(ValueError, match=r"Cityscapes train ids are 0\.\.18.*--classes"):
+        evaluate_folders(
+            tmp_path / "pred", tmp_path / "labels", gt_format="trainIds", progress=False
+        )
+
+
+def test_label_id_predictions_outside_cityscapes_ids_are_an_error(tmp_path: Path) -> None:
+    save(tmp_path / "g" / "a.png", np.array([[ROAD_ID, 255, UNLABELLED_ID]]))  # 255: ignored
+    save(tmp_path / "p" / "a.png", np.array([[ROAD_ID, 255, 33]]))
+    scores, _ = evaluate_folders(
+        tmp_path / "p", tmp_path / "g", pred_format="labelIds", progress=False
+    )
+    assert scores.iou[ROAD] == 100.0
+    save(tmp_path / "p" / "a.png", np.array([[ROAD_ID, 255, 34]]))  # 34: no Cityscapes id
+    with pytest.raises(ValueError, match=r"prediction .*p/a\.png .*holds id 34.*0\.\.33"):
+        evaluate_folders(tmp_path / "p", tmp_path / "g", pred_format="labelIds", progress=False)
+    sixteen_bit = np.array([[ROAD_ID, 300, UNLABELLED_ID]], dtype=np.uint16)
+    Image.fromarray(sixteen_bit).save(tmp_path / "g" / "a.png")
+    with pytest.raises(ValueError, match=r"ground truth .*g/a\.png .*holds id 300"):
+        evaluate_folders(tmp_path / "p", tmp_path / "g", progress=False)
+
+
 def test_invalid_arguments_are_named(tmp_path: Path) -> None:
     for kwargs, name in (
         ({"pred_format": "ids"}, "pred_format"),

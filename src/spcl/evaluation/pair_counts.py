@@ -10,6 +10,13 @@ the same integer counts as mapping every pixel and counting with one bincount.
 
 The counts form a (K+1)×(K+1) matrix: rows are ground-truth classes (an extra empty row), columns
 predicted classes plus column K for predictions that name no evaluated class.
+
+Every value of both files must belong to the assumed label space, so that a folder of other classes
+is never scored as if it were Cityscapes: Cityscapes label ids are 0..33 (cityscapesscripts'
+``labels.py``; the licence plate's -1 is never drawn) and 255, Cityscapes train ids 0..18 and 255,
+and a dataset's own table allows its own values. Any other value (e.g. 40 in a 4-class dataset's
+labels scored as the default 19 classes) is an error naming the file, the value and ``--classes``.
+The check reads the values off the joint histogram the counting needs anyway (no extra pass).
 """
 
 from __future__ import annotations
@@ -27,7 +34,13 @@ from spcl.data.png_decode import BYTE_VALUES, decode_id_png, pair_histogram
 __all__ = ["IdTables", "id_tables", "pair_confusion", "read_id_map"]
 
 INVALID = -1  # lookup-table value of a file value that is not allowed
+LAST_CITYSCAPES_ID = 33  # Cityscapes label ids are 0..33 (bicycle); 34..254 are no label id
+CLASSES_HINT = (
+    "if the files hold your own classes, pass --classes with their classes.yaml or the folder "
+    "dataset's root"
+)
 LABEL_VALUES = 65536  # values of a 16-bit label map (a dataset's own raw label values)
+SHOWN_VALUES = 12  # valid values an error message lists
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,7 @@ class IdTables:
         pred_onehot: (256, K+1) int64, row v = one-hot class of 8-bit prediction value v.
         gt_identity, pred_identity: the same for maps already mapped through the tables (value v
             is class v; ground-truth 255 is ignored, prediction K is "no class").
-        pred_hint: what a valid prediction holds (for error messages).
+        gt_hint, pred_hint: what valid ground truth and predictions hold (for error messages).
     """
 
     num_classes: int
@@ -53,6 +66,7 @@ class IdTables:
     pred_onehot: np.ndarray
     gt_identity: np.ndarray
     pred_identity: np.ndarray
+    gt_hint: str
     pred_hint: str
 
 
@@ -72,11 +86,6 @@ def id_tables(
     else:
         gt_lut, pred_lut = _own_lut(table, gt_format, IGNORE_INDEX), _own_lut(table, pred_format, k)
     identity = np.arange(BYTE_VALUES)
-    hint = (
-        f"train ids must be 0..{k - 1} or {IGNORE_INDEX}"
-        if pred_format == "trainIds"
-        else "check the format and classes arguments"
-    )
     return IdTables(
         num_classes=k,
         gt_lut=gt_lut,
@@ -85,8 +94,29 @@ def id_tables(
         pred_onehot=_onehot(pred_lut[:BYTE_VALUES], k),
         gt_identity=_onehot(np.where(identity < k, identity, INVALID), k),
         pred_identity=_onehot(identity, k),
-        pred_hint=hint,
+        gt_hint=_hint(gt_format, k, table, ground_truth=True),
+        pred_hint=_hint(pred_format, k, table, ground_truth=False),
     )
+
+
+def _hint(file_format: str, k: int, table: ClassTable | None, *, ground_truth: bool) -> str:
+    """What a valid file of ``file_format`` holds, and what to do when the files differ."""
+    option = f"--{'gt' if ground_truth else 'pred'}-format {file_format}"
+    if table is not None:
+        if file_format == "trainIds":
+            return f"the class table allows train ids 0..{k - 1} and {IGNORE_INDEX} ({option})"
+        values = sorted(table.id_to_train)
+        shown = ", ".join(map(str, values[:SHOWN_VALUES])) + (
+            ", ..." if len(values) > SHOWN_VALUES else ""
+        )
+        return f"the class table allows the label values {shown} and {IGNORE_INDEX} ({option})"
+    if file_format == "labelIds":
+        valid = f"Cityscapes label ids are 0..{LAST_CITYSCAPES_ID} or {IGNORE_INDEX}"
+    elif ground_truth:
+        valid = f"Cityscapes train ids are 0..{CITYSCAPES.num_classes - 1} or {IGNORE_INDEX}"
+    else:
+        valid = f"train ids must be 0..{k - 1} or {IGNORE_INDEX}"
+    return f"{valid} ({option}); {CLASSES_HINT}"
 
 
 def _onehot(lut: np.ndarray, k: int) -> np.ndarray:
@@ -110,7 +140,7 @@ def _gt_lut(gt_format: str, names: Sequence[str]) -> np.ndarray:
     """Ground-truth file value → evaluated class index or ignore (-1: an invalid value)."""
     space = _space_lut(names)
     if gt_format == "labelIds":
-        return space[CITYSCAPES.id_lut().astype(np.int64)]
+        return _only_label_ids(space[CITYSCAPES.id_lut().astype(np.int64)])
     lut = np.full(IGNORE_INDEX + 1, INVALID, dtype=np.int64)  # Cityscapes train ids: 0..18, 255
     lut[: CITYSCAPES.num_classes] = space[: CITYSCAPES.num_classes]
     lut[IGNORE_INDEX] = IGNORE_INDEX
@@ -122,11 +152,17 @@ def _pred_lut(pred_format: str, names: Sequence[str]) -> np.ndarray:
     k = len(names)
     if pred_format == "labelIds":
         space = _space_lut(names)[CITYSCAPES.id_lut().astype(np.int64)]
-        return np.where(space == IGNORE_INDEX, k, space)
+        return _only_label_ids(np.where(space == IGNORE_INDEX, k, space))
     lut = np.full(IGNORE_INDEX + 1, INVALID, dtype=np.int64)
     lut[:k] = np.arange(k)
     lut[IGNORE_INDEX] = k
     return lut
+
+
+def _only_label_ids(lut: np.ndarray) -> np.ndarray:
+    """``lut`` with every value that is no Cityscapes label id (34..254, 256..) made invalid."""
+    values = np.arange(lut.size)
+    return np.where((values > LAST_CITYSCAPES_ID) & (values != IGNORE_INDEX), INVALID, lut)
 
 
 def _own_lut(table: ClassTable, file_format: str, unlabelled: int) -> np.ndarray:
@@ -200,7 +236,7 @@ def pair_confusion(pred_path: Path, gt_path: Path, tables: IdTables) -> np.ndarr
     if pred_raw:
         pred_bad = _first_invalid(cols, pred, tables.pred_lut)
     for role, value, path, other, hint in (
-        ("ground truth", gt_bad, gt_path, pred_path, "check the format and classes arguments"),
+        ("ground truth", gt_bad, gt_path, pred_path, tables.gt_hint),
         ("prediction", pred_bad, pred_path, gt_path, tables.pred_hint),
     ):
         if value is not None:

@@ -1,9 +1,10 @@
 """Score a folder of prediction PNGs against a folder of ground-truth PNGs (``spcl evaluate``).
 
-Files are matched by name, understanding Cityscapes naming: the image ``X_leftImg8bit.png`` has the
-ground truth ``X_gtFine_labelIds.png`` / ``X_gtFine_labelTrainIds.png`` (``gtCoarse`` too), and its
-prediction may be called ``X.png`` or ``X_leftImg8bit.png``. Both folders are searched recursively
-(Cityscapes keeps one sub-folder per city). Other folders use the plain file stem.
+Files are matched by name (:mod:`spcl.evaluation.file_matching`), understanding Cityscapes naming:
+the image ``X_leftImg8bit.png`` has the ground truth ``X_gtFine_labelIds.png`` /
+``X_gtFine_labelTrainIds.png`` (``gtCoarse`` too), and its prediction may be called ``X.png`` or
+``X_leftImg8bit.png``. Both folders are searched recursively (Cityscapes keeps one sub-folder per
+city). Other folders use the plain file stem.
 
 Label spaces. ``classes`` picks the evaluation classes: Cityscapes' 19, or SYNTHIA's 16 or 13
 (the paper's Tables 1–2), or a dataset's own class table (a :class:`~spcl.data.labels.ClassTable`,
@@ -13,14 +14,20 @@ Cityscapes ids: ``labelIds`` (raw ids, mapped with the official table) or ``trai
 in ``labelIds`` are mapped the same way; predictions in ``trainIds`` are class indices of the
 evaluated class list (0..K-1, as a K-class model writes them). With an own table both sides are in
 that table's values: ``trainIds`` its class indices (255 = ignore / no prediction), ``labelIds``
-the raw label values its ``id_to_train`` maps (as the folder reader reads them).
+the raw label values its ``id_to_train`` maps (as the folder reader reads them). A value outside
+the label space (a Cityscapes label id above 33 other than 255, a train id of no class) is an error
+naming the file, the value and ``--classes`` (:mod:`spcl.evaluation.pair_counts`).
 
-A predicted pixel that names no evaluated class (255 in a train-id map, an ignored or unknown label
-id, or a class outside the subset) on a counted ground-truth pixel is a miss: a false negative of
+A predicted pixel that names no evaluated class (255 in a train-id map, an ignored label id, or a
+class outside the subset) on a counted ground-truth pixel is a miss: a false negative of
 the ground-truth class, a false positive of none, exactly as cityscapesscripts' pixel-level
 evaluation counts predictions of ignored ids. The confusion matrix therefore gets one extra
 "unlabelled" column while counting; the returned scores hold the K×K part and the report the
 per-class counts of that column (``unlabelled_predictions``).
+
+``spcl predict``'s output folder (``--out``: ``color/``, ``overlay/``, ``trainIds/``, ...) given as
+``pred_dir`` is read from its sub-folder of ``pred_format`` (``trainIds/`` or ``labelIds/``); the
+report's ``pred_dir`` names the folder scored.
 
 Unmatched files, both ways. Ground truth without a prediction is an error (``on_error="skip"``
 scores the rest); a prediction without ground truth is never scored: a warning names it (and the
@@ -43,15 +50,16 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from spcl.base import DatasetError, MissingFileError
+from spcl.base import DatasetError
 from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES, ClassTable
+from spcl.evaluation.file_matching import IdFormat, match_files, predictions_in
 from spcl.evaluation.pair_counts import IdTables, id_tables, pair_confusion, read_id_map
 from spcl.evaluation.scores import SegmentationScores, scores_from_confusion
 
@@ -61,6 +69,7 @@ __all__ = [
     "OnError",
     "evaluate_folders",
     "match_files",
+    "predictions_in",
     "read_id_map",
     "retain_freed_memory",
     "scores_without_unlabelled",
@@ -68,7 +77,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IdFormat = Literal["trainIds", "labelIds"]
 OnError = Literal["fail", "skip"]
 
 CLASS_LISTS: dict[int, tuple[str, ...]] = {  # ``classes=`` → evaluated class names, in id order
@@ -78,13 +86,6 @@ CLASS_LISTS: dict[int, tuple[str, ...]] = {  # ``classes=`` → evaluated class 
 }
 FORMATS: tuple[str, ...] = ("trainIds", "labelIds")
 ON_ERROR: tuple[str, ...] = ("fail", "skip")
-PNG = ".png"
-IMAGE_TAG = "_leftImg8bit"  # Cityscapes image suffix, also accepted on prediction files
-GT_TAGS = ("_gtFine_", "_gtCoarse_")  # a file with one of these marks a Cityscapes-style GT folder
-GT_SUFFIXES: dict[str, tuple[str, ...]] = {
-    "labelIds": ("_gtFine_labelIds", "_gtCoarse_labelIds"),
-    "trainIds": ("_gtFine_labelTrainIds", "_gtCoarse_labelTrainIds"),
-}
 UNLABELLED = "<unlabelled>"  # name of the extra confusion column while counting
 SHOWN_NAMES = 5  # how many file names an error about missing predictions lists
 LISTED_UNMATCHED = 50  # how many predictions without ground truth a warning or error lists
@@ -140,7 +141,7 @@ def evaluate_folders(
     """
     names = _check_arguments(pred_format, gt_format, classes, on_error)
     own = classes if isinstance(classes, ClassTable) else None
-    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    pred_dir, gt_dir = predictions_in(Path(pred_dir), pred_format), Path(gt_dir)
     pairs, unmatched, missing = match_files(pred_dir, gt_dir, gt_format)
     if missing and on_error == "fail":
         raise DatasetError(
@@ -320,82 +321,3 @@ def scores_without_unlabelled(matrix: Any, class_names: Sequence[str]) -> Segmen
 def _nan_mean(values: np.ndarray) -> float:
     present = values[~np.isnan(values)]
     return float(present.mean()) if present.size else math.nan
-
-
-# ---- matching files ----------------------------------------------------------------------------
-
-
-def match_files(
-    pred_dir: Path, gt_dir: Path, gt_format: IdFormat
-) -> tuple[list[tuple[Path, Path]], list[str], list[str]]:
-    """Pair prediction and ground-truth PNGs by key.
-
-    Returns:
-        ``(pairs, unmatched_predictions, missing_predictions)``: (prediction, ground truth) paths
-        sorted by key; prediction files without ground truth; ground-truth files without a
-        prediction (both as path strings).
-
-    Raises:
-        FileNotFoundError: a folder does not exist.
-        ValueError: no pair matches, or two files of one folder have the same key.
-    """
-    for role, folder in (("prediction", pred_dir), ("ground-truth", gt_dir)):
-        if not folder.is_dir():
-            raise MissingFileError(f"{role} folder not found: {folder}")
-    preds = _keyed(sorted(pred_dir.rglob(f"*{PNG}")), _pred_key, pred_dir)
-    gts = _keyed(_gt_files(gt_dir, gt_format), _gt_key, gt_dir)
-    common = sorted(preds.keys() & gts.keys())
-    unmatched = [str(preds[k]) for k in sorted(preds.keys() - gts.keys())]
-    missing = [str(gts[k]) for k in sorted(gts.keys() - preds.keys())]
-    if not common:
-        raise DatasetError(
-            f"no prediction in {pred_dir} ({len(preds)} PNGs) matches a ground-truth file in "
-            f"{gt_dir} ({len(gts)} {gt_format} PNGs); predictions are matched as X.png or "
-            f"X{IMAGE_TAG}.png to X.png or X_gtFine_labelIds.png / X_gtFine_labelTrainIds.png; "
-            f"e.g. predictions {[p.name for p in list(preds.values())[:3]]}, "
-            f"ground truth {[p.name for p in list(gts.values())[:3]]}"
-        )
-    return [(preds[k], gts[k]) for k in common], unmatched, missing
-
-
-def _gt_files(gt_dir: Path, gt_format: IdFormat) -> list[Path]:
-    """The ground-truth PNGs of ``gt_format`` (Cityscapes layout) or all PNGs (plain layout)."""
-    files = sorted(gt_dir.rglob(f"*{PNG}"))
-    if not any(tag in p.name for p in files for tag in GT_TAGS):
-        return files
-    chosen = [p for p in files if p.stem.endswith(GT_SUFFIXES[gt_format])]
-    if not chosen:
-        other = "trainIds" if gt_format == "labelIds" else "labelIds"
-        raise DatasetError(
-            f"{gt_dir} is a Cityscapes ground-truth folder without any "
-            f"*{GT_SUFFIXES[gt_format][0]}.png; pass --gt-format {other} (or create train-id "
-            f"labels with cityscapesscripts' csCreateTrainIdLabelImgs)"
-        )
-    return chosen
-
-
-def _pred_key(path: Path) -> str:
-    stem = path.stem
-    return stem[: -len(IMAGE_TAG)] if stem.endswith(IMAGE_TAG) else stem
-
-
-def _gt_key(path: Path) -> str:
-    stem = path.stem
-    for suffix in (*GT_SUFFIXES["labelIds"], *GT_SUFFIXES["trainIds"]):
-        if stem.endswith(suffix):
-            return stem[: -len(suffix)]
-    return stem
-
-
-def _keyed(files: list[Path], key_of: Callable[[Path], str], folder: Path) -> dict[str, Path]:
-    """Key → file; ValueError naming both files when two share a key."""
-    keyed: dict[str, Path] = {}
-    for path in files:
-        key = key_of(path)
-        if key in keyed:
-            raise DatasetError(
-                f"{keyed[key]} and {path} in {folder} both stand for image {key!r}; "
-                f"keep one of them"
-            )
-        keyed[key] = path
-    return keyed

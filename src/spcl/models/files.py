@@ -179,6 +179,11 @@ def load_model_file(
         model = _rebuild(path, info["arch"], weights)
         return model.to(device).eval(), info
     state = load_state(path)
+    if "_loop" in state:  # spcl.engine.loop's resume record: a stage's checkpoint.pth
+        raise CheckpointError(
+            f"{path}: a training checkpoint (what `spcl run` resumes from), not a model file: "
+            f"use model.pth beside it (written when the stage finishes)"
+        )
     layout = detect_layout(state)
     if layout == "spcl_reference":
         model, info = _import_reference(path, state)
