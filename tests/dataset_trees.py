@@ -24,6 +24,7 @@ REAL_SIZES = {  # (width, height) of the distributed files
     "synscapes_image": (2048, 1024),  # img/rgb-2k
     "synscapes_label": (1440, 720),  # img/class (whatever the image folder)
     "cityscapes": (2048, 1024),
+    "folder": (1024, 512),  # a user's own frames (any size; the example config resizes them)
 }
 
 
@@ -124,4 +125,23 @@ def write_cityscapes(
             _save_grey(labels / f"{stem}_gtFine_labelIds.png", ids)
             _save_grey(labels / f"{stem}_gtFine_instanceIds.png", ids * 0 + 1)
             _save_rgb(labels / f"{stem}_gtFine_color.png", _image(rng, ids, size))
+    return root
+
+
+def write_folder(
+    root: Path, splits: dict[str, int] | None = None, scale: int = 8, seed: int = 4
+) -> Path:
+    """A user's own dataset (kind ``folder``): ``classes.yaml`` with four classes,
+    ``images/<split>/NAME.jpg`` and ``labels/<split>/NAME.png`` (class ids, 255 unlabelled),
+    1024×512 ÷ ``scale`` (JPEG images, as cameras write them)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.yaml").write_text("names: [road, car, person, sky]\n")
+    size = _size("folder", scale)
+    for split, count in (splits or {"train": 8, "val": 4}).items():
+        for i in range(count):
+            ids = _blocks(rng, (0, 1, 2, 3, 255), size)
+            image = root / "images" / split / f"frame_{i:04d}.jpg"
+            _save_rgb(image, _image(rng, ids, size))
+            _save_grey(root / "labels" / split / f"frame_{i:04d}.png", ids)
     return root

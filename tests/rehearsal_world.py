@@ -14,7 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from dataset_trees import write_cityscapes, write_gta5, write_synscapes, write_synthia
+from dataset_trees import (
+    write_cityscapes,
+    write_folder,
+    write_gta5,
+    write_synscapes,
+    write_synthia,
+)
 from official_layouts import (
     coco_init_state,
     dinov2_layout,
@@ -63,6 +69,7 @@ class Rehearsal:
             "synthia": write_synthia(root / "synthia", images, scale),
             "synscapes": write_synscapes(root / "synscapes", images, scale),
             "cityscapes": write_cityscapes(root / "cityscapes", val, scale),
+            "folder": write_folder(root / "folder", val, scale),
         }
 
     def data_root(self, kind: str) -> Path:
