@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from spcl.engine.disk_errors import LogFile, NamedWriter
+
 __all__ = ["Tracker"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -46,7 +48,7 @@ class Tracker:
         self._writer: Any = None
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            file_handler = logging.FileHandler(self.run_dir / "log.txt")
+            file_handler = LogFile(self.run_dir / "log.txt")  # a failed write names the file
             file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
             console = _TqdmHandler()
             console.setFormatter(logging.Formatter("%(message)s"))
@@ -58,7 +60,8 @@ class Tracker:
         if self._writer is None and self.enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            folder = self.run_dir / "tensorboard"
+            self._writer = NamedWriter(SummaryWriter(log_dir=str(folder)), folder)
         return self._writer
 
     def info(self, message: str, console: bool = True) -> None:
