@@ -2,8 +2,10 @@
 
 Each case runs the command line on a tiny synthetic pair (every stage, a few steps each) and checks
 the message, the exit status, that finished stages and the last checkpoint are intact, and that
-the re-run ends where an undisturbed run ends. Faults are injected where they would happen: a
-file's fsync (a full disk, Ctrl-C or kill -9 while a checkpoint is written), a label PNG's save,
+the re-run ends where an undisturbed run ends. Faults are injected where they would happen: the
+writes inside torch.save (a full disk: the kernel's ENOSPC once the free bytes are used, see
+tests/full_disk.py), a file's fsync (Ctrl-C or kill -9 while a checkpoint is written), a label
+PNG's save,
 the first write into the run directory (a read-only folder). kill -9 runs in a child process
 (slow); the rest in this one.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from full_disk import fill_disk_at, needs_dev_full
 from spcl import base, cli
 from spcl.data.synthetic import generate_pair
 from tiny import TINY
@@ -148,12 +151,13 @@ def test_unreadable_target_image_is_skipped_when_configured(
 # --- a full disk while a stage writes ---------------------------------------------------------
 
 
+@needs_dev_full
 def test_full_disk_while_a_checkpoint_is_written(
     data: Path, straight: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
-        _on_fsync(patch, "06_self_train/.checkpoint.pth", 2, _full_disk)
+        fill_disk_at(patch, "06_self_train/.checkpoint.pth", 2, free=2**20)  # inside torch.save
         status, err = _spcl(capsys, _args(data, out))
     assert status == 2
     checkpoint = out / "06_self_train" / "checkpoint.pth"
@@ -227,20 +231,20 @@ def test_read_only_run_directory_is_a_named_error_that_changes_nothing(
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     read_only = OSError(errno.EROFS, os.strerror(errno.EROFS))
     if os.geteuid() == 0:  # root writes through file modes: a read-only mount is simulated
-        real_open, real_mkstemp = logging.FileHandler._open, base.tempfile.mkstemp
+        real_open, real_os_open = logging.FileHandler._open, os.open
 
         def handler_open(self):
             if self.baseFilename.startswith(str(out)):
                 raise OSError(read_only.errno, read_only.strerror, self.baseFilename)
             return real_open(self)
 
-        def mkstemp(*args, dir=None, **kwargs):
-            if dir is not None and str(dir).startswith(str(out)):
-                raise OSError(read_only.errno, read_only.strerror, str(dir))
-            return real_mkstemp(*args, dir=dir, **kwargs)
+        def os_open(file, flags, *args, **kwargs):  # the atomic writes' temporary files
+            if flags & os.O_CREAT and str(file).startswith(str(out)):
+                raise OSError(read_only.errno, read_only.strerror, str(file))
+            return real_os_open(file, flags, *args, **kwargs)
 
         monkeypatch.setattr(logging.FileHandler, "_open", handler_open)
-        monkeypatch.setattr(base.tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(base.os, "open", os_open)
     else:
         for path in [out, *out.rglob("*")]:
             path.chmod(path.stat().st_mode & ~0o222)

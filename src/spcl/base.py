@@ -28,7 +28,7 @@ import contextlib
 import errno
 import os
 import re
-import tempfile
+import secrets
 import threading
 from collections.abc import Iterator
 from functools import cache
@@ -75,6 +75,10 @@ FILE_BITS = 0o666  # what open() asks for; the umask removes bits from it
 DIR_BITS = 0o777  # what mkdir() asks for
 _PROC_STATUS = Path("/proc/self/status")  # Linux ≥ 4.7 shows the umask there ("Umask:\t0022")
 _UMASK_LOCK = threading.Lock()  # the fallback sets the umask for a moment: one thread at a time
+TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)  # a new file only
+TEMP_MODE = 0o600  # a temporary file is private until it is complete (then file_mode())
+TEMP_NAME_BYTES = 6  # random bytes in a temporary file's name (12 hex digits, as unique as mkstemp)
+TEMP_ATTEMPTS = 100  # names tried before giving up when they are taken (tempfile.mkstemp's count)
 
 
 class UserError(Exception):
@@ -174,17 +178,39 @@ def dir_mode() -> int:
     return DIR_BITS & ~current_umask()
 
 
+def _temp_path(path: Path) -> Path:
+    """A fresh name ``.NAME.<random>.tmp`` beside ``path`` (the pattern stale clean-up knows)."""
+    return path.parent / f".{path.name}.{secrets.token_hex(TEMP_NAME_BYTES)}.tmp"
+
+
+def _remove_temp(tmp: Path | None) -> None:
+    if tmp is not None:
+        tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it is synced and renamed to ``path``.
 
     The file gets the user's usual mode (:func:`file_mode`), not the temporary file's 0o600.
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``path`` is left as it was. Its name is
+    chosen before it is created, inside the block that removes it, so Ctrl-C at any moment
+    (even between the file's creation and the return of the call that made it) leaves no
+    temporary file behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: Path | None = None
     try:
+        for _ in range(TEMP_ATTEMPTS):
+            tmp = _temp_path(path)
+            try:
+                fd = os.open(tmp, TEMP_FLAGS, TEMP_MODE)
+                break
+            except FileExistsError:
+                tmp = None  # another writer's file: never ours to remove
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -192,12 +218,12 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             os.fchmod(handle.fileno(), file_mode())
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if exc.filename is not None:
-            raise
+        _remove_temp(tmp)
+        if exc.filename is not None and str(exc.filename) != str(tmp):
+            raise  # names a file already (not the temporary one, which the user never sees)
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc  # name the file
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove_temp(tmp)
         raise
 
 

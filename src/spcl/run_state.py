@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 __all__ = [
     "NEUTRAL_DEFAULTS",
     "NOT_SEMANTIC",
+    "RECORD_FIELDS",
     "RunLockedError",
+    "RunStateError",
     "fingerprint",
     "read_json",
     "run_lock",
@@ -52,8 +54,21 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
 }
 
 
+RECORD_FIELDS: dict[str, tuple[dict[str, type], dict[str, type]]] = {  # a stage record's
+    # (required, optional) fields and their types, checked when it is read (older records may
+    # lack the optional ones)
+    "done.json": ({"fingerprint": str, "output": str}, {"config": dict, "upstream": dict}),
+    "started.json": ({"fingerprint": str}, {}),
+}
+AGAIN = "delete it to run the stage again"  # what to do about a damaged record
+
+
 class RunLockedError(UserError, RuntimeError):
     """Another process holds the run directory."""
+
+
+class RunStateError(UserError, ValueError):
+    """A record of the run directory (``done.json``, ``started.json``) was edited or damaged."""
 
 
 def _section(config_dict: dict[str, Any], dotted: str) -> Any:
@@ -113,9 +128,42 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         handle.close()
 
 
+def _type_name(value: Any) -> str:
+    """How JSON calls a value's type (or a type): an object, a list, a string, int, …"""
+    kind = value if isinstance(value, type) else type(value)
+    return {dict: "an object", list: "a list", str: "a string"}.get(kind, kind.__name__)
+
+
+def _check_record(path: Path, record: dict[str, Any]) -> None:
+    """Refuse a stage record without a field it needs, or with one of another type."""
+    required, optional = RECORD_FIELDS.get(path.name, ({}, {}))
+    for field, kind in {**required, **optional}.items():
+        if field not in record and field in optional:
+            continue
+        if not isinstance(record.get(field), kind):
+            found = _type_name(record[field]) if field in record else "nothing"
+            raise RunStateError(
+                f"{path}: '{field}' must be {_type_name(kind)}, found {found}; {AGAIN}"
+            )
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; None when the file is absent or torn."""
+    """The JSON object in ``path``; None when the file is absent or torn.
+
+    A stage record (``done.json``, ``started.json``) must also hold its fields with their types
+    (:data:`RECORD_FIELDS`): an edited record is named here, not met as a ``KeyError`` later.
+
+    Raises:
+        RunStateError: valid JSON that is not an object, or a record without a field it needs
+            (the message names the file and says to delete it to run the stage again).
+    """
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+    if not isinstance(value, dict):
+        raise RunStateError(
+            f"{path}: holds {_type_name(value)}, not the JSON object spcl writes there; {AGAIN}"
+        )
+    _check_record(path, value)
+    return value

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from spcl.base import CheckpointError, NonFiniteLossError
-from spcl.engine.checkpoint import load_state, save_state
+from spcl.engine.checkpoint import load_entry, load_state, save_state
 from spcl.engine.distributed import is_main
 from spcl.engine.tracking import Tracker
 
@@ -135,7 +135,7 @@ def _restore(config: LoopConfig, state: Mapping[str, Stateful], scaler: Any) -> 
             raise CheckpointError(
                 f"{config.checkpoint}: no state for '{name}'; made by another stage?"
             )
-        obj.load_state_dict(payload[name])
+        load_entry(config.checkpoint, name, obj, payload[name])  # keys and shapes compared
     loop = payload["_loop"]
     set_rng_state(loop["rng"])
     scaler.load_state_dict(loop["scaler"])

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from spcl.engine.disk_errors import LogFile, NamedWriter
 from spcl.progress import progress_bar
 
 __all__ = ["Tracker"]
@@ -50,7 +51,7 @@ class Tracker:
         self._writer: Any = None
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            file_handler = logging.FileHandler(self.run_dir / "log.txt")
+            file_handler = LogFile(self.run_dir / "log.txt")  # a failed write names the file
             file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
             console = _TqdmHandler()
             console.setFormatter(logging.Formatter("%(message)s"))
@@ -62,7 +63,8 @@ class Tracker:
         if self._writer is None and self.enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            folder = self.run_dir / "tensorboard"
+            self._writer = NamedWriter(SummaryWriter(log_dir=str(folder)), folder)
         return self._writer
 
     def info(self, message: str, console: bool = True) -> None:

@@ -26,18 +26,20 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from spcl.base import CheckpointError, ConfigError, MissingFileError, UnknownNameError
-from spcl.engine.checkpoint import clean_state_dict, load_state
+from spcl.base import CheckpointError, ConfigError, UnknownNameError
 from spcl.models.deeplab_v2 import ASPP_DILATIONS, DeepLabV2
 from spcl.models.discriminator import DISC_NDF, OutputDiscriminator
 from spcl.models.input_conventions import PIPELINE_CONVENTION, InputConvention
-from spcl.models.mit import DEFAULT_WIDTH as MIT_WIDTH
-from spcl.models.mit import MIT_VARIANTS, MixVisionTransformer, mit_variant_of
+from spcl.models.mit import MIT_VARIANTS
+from spcl.models.pretrained import (
+    load_dinov2_weights,
+    load_encoder_weights,
+    load_mit_weights,
+    resolve_pretrained,
+)
 from spcl.models.resnet import (
     BN_EPS,
     DEFAULT_WIDTH,
@@ -47,7 +49,7 @@ from spcl.models.resnet import (
     freeze_batchnorm,
 )
 from spcl.models.segformer import SegFormerSegmenter, daformer_mit, segformer_mit
-from spcl.models.vit import DINOV2_VARIANTS, DINOv2Encoder
+from spcl.models.vit import DINOV2_VARIANTS
 from spcl.models.vit_seg import ViTSegmenter, dinov2_segmenter
 from spcl.models.weight_layouts import (
     fit_problems,
@@ -68,13 +70,8 @@ __all__ = [
 
 SEG_OUTPUT_STRIDE = 8  # DeepLab-v2's output stride (layer3/layer4 dilated)
 DEEPLAB_PREFIX = "deeplabv2_"  # registry names of the ResNet segmenters
-BACKBONE_PREFIXES = ("backbone.",)  # a backbone saved inside a segmenter (DDP's module. always)
-CHECKPOINT_CONTAINER_KEYS = ("state_dict", "model")  # checkpoints that nest the weights one level
 UNUSED_BACKBONE_PREFIXES = ("fc.",)  # ImageNet head: kept for strict loading, never run
-MIT_IMAGENET_HEAD = "head."  # official mit_bX.pth hold a 1000-class Linear: read, never built
 BUILD_ARGUMENTS = ("num_classes", "width")  # passed by build_model itself, not via options
-SHOWN_KEYS = 5  # keys named in a checkpoint error
-URL_SCHEMES = ("http", "https")
 
 logger = logging.getLogger(__name__)
 
@@ -116,20 +113,6 @@ MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
         for suffix in ("", "_reg")
     },
 }
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Load a tensor mapping from ``path`` (safely), unwrapping a ``state_dict``/``model`` level."""
-    loaded = load_state(path)  # weights_only; refuses non-dict files with a named error
-    for container in CHECKPOINT_CONTAINER_KEYS:
-        if isinstance(loaded.get(container), Mapping):
-            loaded = loaded[container]
-            break
-    tensors = {k: v for k, v in loaded.items() if isinstance(v, Tensor)}
-    state = clean_state_dict(tensors, BACKBONE_PREFIXES)
-    if not state:
-        raise CheckpointError(f"checkpoint {path} contains no tensors")
-    return state
 
 
 def load_backbone_weights(
@@ -177,106 +160,6 @@ def load_backbone_weights(
     return missing, unexpected
 
 
-def _resolve_checkpoint(pretrained: str | Path) -> Path:
-    """Return a local path for ``pretrained``, downloading a URL into the torch hub cache once."""
-    text = str(pretrained)
-    url = urlparse(text)
-    if url.scheme not in URL_SCHEMES:
-        return Path(pretrained)
-    filename = Path(url.path).name
-    if not filename:
-        raise ConfigError(f"cannot derive a file name from the checkpoint URL {text!r}")
-    destination = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    if not destination.is_file():
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(text, str(destination), progress=True)
-    return destination
-
-
-def load_mit_weights(encoder: MixVisionTransformer, path: str | Path) -> list[str]:
-    """Load an official SegFormer ImageNet file (``mit_b0.pth`` … ``mit_b5.pth``) strictly.
-
-    The file's keys must be exactly the encoder's (after stripping ``module.``/``backbone.`` and
-    unwrapping ``state_dict``/``model``), except the ImageNet classifier ``head.weight`` and
-    ``head.bias``, which the segmenter does not build: they are accepted and returned.
-
-    Args:
-        encoder: The MiT to fill (e.g. ``model.backbone``).
-        path: Local ``.pth`` file.
-
-    Returns:
-        The keys read but not used (the ImageNet classifier).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: A shape differs, or keys are missing or extra; the message names the keys and
-            the variant the file looks like.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"MiT checkpoint not found: {path}")
-    ckpt = _read_state_dict(path)
-    ignored = [k for k in ckpt if k.startswith(MIT_IMAGENET_HEAD)]
-    weights = {k: v for k, v in ckpt.items() if not k.startswith(MIT_IMAGENET_HEAD)}
-    own = encoder.state_dict()
-    looks = mit_variant_of(weights)
-    looks_like = f"the file looks like mit_{looks}" if looks else "the file matches no mit_bX"
-    found = fit_problems(own, weights)  # strict below: every key and shape must fit
-    wrong, missing, unexpected = found["shape mismatch"], found["missing"], found["unexpected"]
-    if wrong or missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not fit this MiT ({looks_like}): shapes {wrong[:3]}, "
-            f"missing {missing[:3]} ({len(missing)}), unexpected {unexpected[:3]} "
-            f"({len(unexpected)}); pick the model of the file's variant at width 64"
-        )
-    encoder.load_state_dict(weights, strict=True)
-    return ignored
-
-
-def _dinov2_file_shape(state: Mapping[str, Tensor]) -> str:
-    """What a DINOv2 state dict looks like: its embed dim, depth and registers (for errors)."""
-    dim = state["cls_token"].shape[-1] if "cls_token" in state else "?"
-    blocks = {k.split(".")[1] for k in state if k.startswith("blocks.") and k.count(".") > 1}
-    registers = tuple(state["register_tokens"].shape) if "register_tokens" in state else "none"
-    return f"embed dim {dim}, {len(blocks)} blocks, register_tokens {registers}"
-
-
-def load_dinov2_weights(encoder: DINOv2Encoder, path: str | Path) -> None:
-    """Load an official DINOv2 file (``dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth``) strictly.
-
-    The file's keys and shapes must equal the encoder's exactly, as the hub's
-    ``load_state_dict(strict=True)`` demands (after unwrapping a ``state_dict``/``model`` level
-    and stripping ``module.``/``backbone.``).
-
-    Args:
-        encoder: The DINOv2 trunk to fill (``model.backbone``).
-        path: Local ``.pth`` file.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        CheckpointError: A shape differs, or keys are missing or extra; the message names the
-            first keys that do not fit, the file's apparent shape and the encoder's.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"DINOv2 checkpoint not found: {path}")
-    ckpt = _read_state_dict(path)
-    own = encoder.state_dict()
-    found = fit_problems(own, ckpt)  # strict below: every key and shape must fit
-    if any(found.values()):
-        problems = [
-            f"{label} ({len(keys)}): {', '.join(keys[:SHOWN_KEYS])}"
-            for label, keys in found.items()
-            if keys
-        ]
-        raise CheckpointError(
-            f"{path} does not fit the DINOv2 encoder ({_dinov2_file_shape(own)}); the file has "
-            f"{_dinov2_file_shape(ckpt)}. {'; '.join(problems)}. Pick the registry name of the "
-            f"file's variant (dinov2_vit{{s,b,l,g}}14, *_reg for *_reg4 files) at width 64"
-        )
-    encoder.load_state_dict(ckpt, strict=True)
-
-
 def _construct(name: str, num_classes: int, width: int, options: Mapping[str, Any]) -> nn.Module:
     """Call the registered constructor, refusing options it does not take (named)."""
     constructor = MODEL_REGISTRY[name]
@@ -291,7 +174,13 @@ def _construct(name: str, num_classes: int, width: int, options: Mapping[str, An
         raise ConfigError(
             f"model {name!r} has no option(s) {unknown}; its options: {accepted or 'none'}"
         )
-    return constructor(num_classes, width=width, **options)
+    try:
+        return constructor(num_classes, width=width, **options)
+    except (ValueError, TypeError) as exc:  # an option of the right name but a value it refuses
+        raise ConfigError(
+            f"model {name!r} cannot be built with width={width!r}, {num_classes!r} classes and "
+            f"options {dict(options)}: {exc}"
+        ) from exc
 
 
 def build_model(
@@ -315,9 +204,10 @@ def build_model(
         pretrained: Local ResNet weights of a layout of :mod:`spcl.models.weight_layouts`
             (torchvision, the DeepLab-v2 COCO initialisation, which sets ``style="caffe"`` and
             ``input_convention="caffe_bgr"``, or a reference SPCL/FADA checkpoint, head
-            included), official ``mit_bX.pth`` (MiT models) or DINOv2 files, or an http(s) URL
-            downloaded into the torch hub cache; ``None`` keeps the random init. The options a
-            file implies are kept in ``model.layout_options`` (saved in the model file).
+            included), official ``mit_bX.pth`` (MiT models) or DINOv2 files (width 64), an spcl
+            model file (its backbone, at any width), or an http(s) URL downloaded into the torch
+            hub cache; ``None`` or ``""`` keeps the random init. The options a file implies are
+            kept in ``model.layout_options`` (saved in the model file).
         freeze_bn: Replace the backbone's BatchNorm by FrozenBatchNorm2d (after loading weights);
             a MiT backbone has none, so this changes nothing there.
         bn_eps_frozen: eps of the frozen layers; the reference trains with ``0.0``.
@@ -329,13 +219,15 @@ def build_model(
 
     Raises:
         KeyError: ``name`` is not registered (the message lists the valid names).
-        ValueError: an option the model does not take, a width it cannot have, or MiT weights
-            asked for at a width other than 64.
+        ValueError: an option the model does not take or a value it refuses (``ConfigError``),
+            a width it cannot have, or official MiT/DINOv2 weights at a width other than 64.
+        CheckpointError: ``pretrained`` does not fit, is unreadable, or is a URL that cannot be
+            fetched (the message says where to place the file).
     """
     if name not in MODEL_REGISTRY:
         raise UnknownNameError(f"unknown model {name!r}; valid names: {sorted(MODEL_REGISTRY)}")
     options = dict(options or {})
-    checkpoint = None if pretrained is None else _resolve_checkpoint(pretrained)
+    checkpoint = resolve_pretrained(pretrained)  # None for None and ""
     if checkpoint is not None and name.startswith(DEEPLAB_PREFIX):
         weights = read_resnet_weights(checkpoint)  # its layout decides style / input convention
         options = merge_layout_options(name, options, weights, checkpoint)
@@ -345,21 +237,8 @@ def build_model(
         model.layout_options = dict(weights.options)  # recorded in the model file
     else:
         model = _construct(name, num_classes, width, options)
-    if checkpoint is not None and not name.startswith(DEEPLAB_PREFIX):
-        if isinstance(model, ViTSegmenter):
-            if width != DEFAULT_WIDTH:
-                raise ConfigError(
-                    f"{name}: official DINOv2 weights exist at width {DEFAULT_WIDTH} only, got "
-                    f"width={width} with pretrained={str(pretrained)!r}"
-                )
-            load_dinov2_weights(model.backbone, checkpoint)
-        elif isinstance(model, SegFormerSegmenter):
-            if width != MIT_WIDTH:
-                raise ConfigError(
-                    f"{name}: official MiT weights exist at width {MIT_WIDTH} only, got "
-                    f"width={width} with pretrained={str(pretrained)!r}"
-                )
-            load_mit_weights(model.backbone, checkpoint)
+    if checkpoint is not None and isinstance(model, ViTSegmenter | SegFormerSegmenter):
+        load_encoder_weights(model, name, width, checkpoint)
     if freeze_bn:
         freeze_batchnorm(model.backbone, eps=bn_eps_frozen)
     return model

@@ -24,19 +24,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from spcl.base import CheckpointError
+from spcl.base import CheckpointError, UserError
 from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
 from spcl.engine.checkpoint import clean_state_dict, load_state, save_state
 from spcl.models.build import build_model
 from spcl.models.mit import DEFAULT_WIDTH
 from spcl.models.mmseg_import import import_mmseg_state, is_mmseg_checkpoint
+from spcl.models.model_meta import checked_arch, checked_class_table
 from spcl.models.resnet import freeze_batchnorm
 from spcl.models.safetensors_file import is_safetensors_file, read_safetensors_model
 from spcl.models.weight_layouts import (
     LAYOUTS,
     detect_layout,
+    fit_problems,
     load_deeplab_weights,
     resnet_weights_from_state,
 )
@@ -174,7 +176,8 @@ def load_model_file(
             layout it looks like and the first keys that do not fit.
     """
     if is_safetensors_file(path):
-        weights, info = read_safetensors_model(path)
+        weights, raw = read_safetensors_model(path)
+        info = {**raw, **_checked_info(path, raw["arch"], raw["class_names"], raw["palette"])}
         _check_classes(path, info["arch"]["num_classes"], num_classes)
         model = _rebuild(path, info["arch"], weights)
         return model.to(device).eval(), info
@@ -203,19 +206,57 @@ def load_model_file(
         model, info = _import_mmseg(path, state, mmseg_role)
         _check_classes(path, info["arch"]["num_classes"], num_classes)
         return model.to(device).eval(), info
-    arch = dict(state["arch"])
-    _check_classes(path, arch["num_classes"], num_classes)
-    model = _rebuild(path, arch, clean_state_dict(state["model"]))
-    info = {
-        "arch": arch,
-        "class_names": list(state.get("class_names", [])),
-        "palette": [tuple(colour) for colour in state.get("palette", [])],
-    }
+    info = _checked_info(
+        path, state["arch"], state.get("class_names", []), state.get("palette", [])
+    )
+    _check_classes(path, info["arch"]["num_classes"], num_classes)
+    model = _rebuild(path, info["arch"], _model_weights(path, state["model"]))
     return model.to(device).eval(), info
+
+
+def _checked_info(path: str | Path, arch: Any, class_names: Any, palette: Any) -> dict[str, Any]:
+    """``{"arch", "class_names", "palette"}`` of a model file, every field checked (named)."""
+    checked = checked_arch(path, arch)
+    names, colours = checked_class_table(path, class_names, palette, checked["num_classes"])
+    return {"arch": checked, "class_names": names, "palette": colours}
+
+
+def _model_weights(path: str | Path, weights: Any) -> dict[str, Tensor]:
+    """The ``model`` entry of a model file: a mapping of names to tensors (named otherwise)."""
+    if not isinstance(weights, Mapping):
+        raise CheckpointError(f"{path}: 'model' is {type(weights).__name__}, not a state dict")
+    wrong = [k for k, v in weights.items() if not isinstance(v, Tensor)]
+    if wrong:
+        raise CheckpointError(f"{path}: model weights that are not tensors: {wrong[:3]}")
+    return clean_state_dict(weights)
+
+
+def _fit_on_meta(path: str | Path, arch: Mapping[str, Any], weights: Mapping[str, Any]) -> None:
+    """Build ``arch`` on the meta device (shapes, no memory) and compare it with ``weights``.
+
+    Runs before the real build, so an edited size (``width: 100000``, ``num_classes: 10**6``)
+    is refused without allocating the model it describes: once the shapes agree, the model is
+    no larger than the weights already read. Draws no random numbers (meta tensors are empty).
+    """
+    try:
+        with torch.device("meta"):
+            model = build_model(
+                arch["name"], arch["num_classes"], width=arch["width"], options=arch["options"]
+            )
+    except (UserError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its arch cannot be built: {exc}") from exc
+    problems = fit_problems(model.state_dict(), weights)  # num_batches_tracked may differ
+    shown = [f"{kind} {keys[:3]} ({len(keys)})" for kind, keys in problems.items() if keys]
+    if shown:
+        raise CheckpointError(
+            f"{path}: weights do not fit the arch it names ({arch['name']}, width "
+            f"{arch['width']}, {arch['num_classes']} classes): {'; '.join(shown)}"
+        )
 
 
 def _rebuild(path: str | Path, arch: Mapping[str, Any], weights: Mapping[str, Any]) -> nn.Module:
     """Build the model ``arch`` names and load ``weights`` into it, strictly (named errors)."""
+    _fit_on_meta(path, arch, weights)
     model = build_model(
         arch["name"], arch["num_classes"], width=arch["width"], options=arch.get("options")
     )

@@ -138,7 +138,7 @@ def read_safetensors_model(path: str | Path) -> tuple[dict[str, Tensor], dict[st
         info = {
             "arch": json.loads(metadata["arch"]),
             "class_names": json.loads(metadata["class_names"]),
-            "palette": [tuple(c) for c in json.loads(metadata.get("palette", "[]"))],
+            "palette": json.loads(metadata.get("palette", "[]")),  # checked by the reader
             "input": json.loads(metadata.get("input", "{}")),
         }
     except json.JSONDecodeError as exc:

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from spcl.base import CheckpointError, ConfigError, MissingFileError
 from spcl.engine.checkpoint import clean_state_dict, load_state
+from spcl.models.model_meta import checked_arch
 from spcl.models.resnet import RESNET_DEPTHS, Bottleneck
 
 __all__ = [
@@ -182,6 +183,11 @@ def _split_coco(tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[
     return backbone, head
 
 
+def _has_backbone(model: Any) -> bool:
+    """Whether an spcl model file's ``model`` entry holds ``backbone.*`` weights."""
+    return isinstance(model, Mapping) and any(str(k).startswith(SPCL_BACKBONE) for k in model)
+
+
 def resnet_weights_from_state(state: Mapping[str, Any], source: str | Path) -> ResNetWeights:
     """Map a loaded checkpoint of a supported layout onto spcl's names.
 
@@ -201,7 +207,7 @@ def resnet_weights_from_state(state: Mapping[str, Any], source: str | Path) -> R
     elif layout == "torchvision_resnet":
         features = clean_state_dict(_unwrap(state), (REF_BACKBONE,))
         head, unused, frozen, options = {}, [], False, {}
-    elif layout == "spcl_model_file" and any(k.startswith(SPCL_BACKBONE) for k in state["model"]):
+    elif layout == "spcl_model_file" and _has_backbone(state["model"]):
         model = clean_state_dict(_tensors(state["model"]))
         features = {
             k.removeprefix(SPCL_BACKBONE): v
@@ -209,7 +215,7 @@ def resnet_weights_from_state(state: Mapping[str, Any], source: str | Path) -> R
             if k.startswith(SPCL_BACKBONE)
         }
         unused = sorted(k for k in model if not k.startswith(SPCL_BACKBONE))  # its head
-        arch_options = state.get("arch", {}).get("options", {})
+        arch_options = checked_arch(source, state["arch"])["options"]  # named if edited
         options = {k: arch_options[k] for k in COCO_OPTIONS if k in arch_options}
         head, frozen = {}, not any(k.endswith(OPTIONAL_SUFFIXES) for k in features)
     else:

@@ -20,7 +20,9 @@ from spcl.config_schema import DataConfig, DomainConfig
 from spcl.context import RunContext
 from spcl.data.labels import ClassTable
 from spcl.data.registry import scan_dataset
+from spcl.engine.checkpoint import load_errors
 from spcl.models.build import MODEL_REGISTRY
+from spcl.models.model_meta import checked_arch, checked_class_table
 
 __all__ = [
     "check_class_sets",
@@ -95,11 +97,15 @@ def _model_file_classes(path: str) -> tuple[int, list[str]] | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError):
+    except (*load_errors(), pickle.UnpicklingError):
         return None  # not a zip-format torch file: build_model reports what is wrong with it
-    if not isinstance(state, dict) or not isinstance(state.get("arch"), dict):
+    if not isinstance(state, dict) or "arch" not in state or "model" not in state:
         return None
-    return int(state["arch"].get("num_classes", 0)), list(state.get("class_names", []))
+    arch = checked_arch(path, state["arch"])  # an edited file: named at start
+    names, _ = checked_class_table(
+        path, state.get("class_names", []), state.get("palette", []), arch["num_classes"]
+    )
+    return arch["num_classes"], names
 
 
 def check_model_name(name: str) -> None:
