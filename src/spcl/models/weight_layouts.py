@@ -272,10 +272,10 @@ def fit_problems(
         return key.endswith(OPTIONAL_SUFFIXES)
 
     return {
-        "shape mismatch": [
-            f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-            for k, v in weights.items()
-            if k in own and tuple(v.shape) != tuple(own[k].shape)
+        "shape mismatch": [  # in the model's order, whatever order the file keeps
+            f"{k}: file {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in weights and tuple(weights[k].shape) != tuple(v.shape)
         ],
         "missing": [
             k for k in own if k not in weights and not counter(k) and not k.startswith(optional)
