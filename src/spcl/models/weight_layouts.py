@@ -333,12 +333,13 @@ def load_deeplab_weights(
         CheckpointError: keys that do not fit; the message names the file, its layout and keys.
     """
     target = f"{type(model).__name__} with a {model.backbone.out_channels}-channel ResNet"
-    problems = fit_problems(model.backbone.state_dict(), weights.backbone, optional=UNUSED_PREFIXES)
+    own = model.backbone.state_dict()  # once: each call walks every module
+    problems = fit_problems(own, weights.backbone, optional=UNUSED_PREFIXES)
     if weights.layout == "torchvision_resnet":
         problems["unexpected"] = []  # a segmenter's other parts, reported by the caller
     if problems["shape mismatch"] or (strict and (problems["missing"] or problems["unexpected"])):
         raise layout_error(source, weights.description, f"the backbone of {target}", problems)
-    present = {k: v for k, v in weights.backbone.items() if k in model.backbone.state_dict()}
+    present = {k: v for k, v in weights.backbone.items() if k in own}
     model.backbone.load_state_dict(present, strict=False)
     notes = [f"unused entries: {', '.join(weights.unused)}"] if weights.unused else []
     if not weights.head:
