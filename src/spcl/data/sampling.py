@@ -138,6 +138,10 @@ def build_class_index(
 ) -> ClassIndex:
     """Read every label of ``dataset`` once and count its classes.
 
+    Its loader has a generator of its own: building the index (the first run only; later ones
+    read the cached file) draws nothing from the global torch RNG, which a model's Dropout and
+    DropPath use, so a run that builds it trains exactly as one that reads it.
+
     Raises:
         ValueError: the dataset has no labels, or a label cannot be read (names the file).
     """
@@ -148,6 +152,7 @@ def build_class_index(
         batch_size=None,
         num_workers=num_workers,
         collate_fn=_identity,
+        generator=torch.Generator().manual_seed(0),  # the workers' seeds: unused, no draw
     )
     rows = list(tqdm(loader, desc="class index", disable=not progress, unit="label"))
     return ClassIndex(list(dataset.names), np.stack(rows).astype(np.int64))
