@@ -227,3 +227,28 @@ def test_rank_states_and_global_rngs_resume_exactly(tmp_path: Path) -> None:
     payload["generator"] = payload["_loop"].pop("ranks")[0]["generator"]
     torch.save(payload, tmp_path / "old" / "c.pth")
     assert torch.equal(_draws(tmp_path / "old", 6, seed=1), straight)
+
+
+def test_checkpoint_due_is_the_rule_the_loop_saves_by(tmp_path: Path, monkeypatch) -> None:
+    from spcl.engine import loop
+
+    saved: list[int] = []
+    real = loop.save_state
+    monkeypatch.setattr(
+        loop, "save_state", lambda p, path: (saved.append(p["_loop"]["iteration"]), real(p, path))
+    )
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.1)
+    config = LoopConfig(stop_iter=7, checkpoint=tmp_path / "c.pth", ckpt_every=3)
+    due: list[int] = []
+    train_loop(
+        lambda: {"pull": (param - 1.0).square().sum()},
+        weights={"pull": 1.0},
+        state={"opt": opt},
+        optimizers=[opt],
+        schedulers=[],
+        config=config,
+        tracker=Tracker(tmp_path, enabled=False),
+        after_step=[lambda done: due.append(done) if loop.checkpoint_due(config, done) else None],
+    )
+    assert saved == due == [3, 6, 7]

@@ -96,7 +96,8 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 def checkpoint_due(config: LoopConfig, done: int) -> bool:
     """Whether the loop writes a checkpoint after ``done`` steps (every ``ckpt_every``, and the
-    last); after-step hooks that must see every checkpointed state ask this."""
+    last: the rule :func:`train_loop` applies); after-step hooks that must see every
+    checkpointed state ask this (``tests/engine/test_loop.py`` checks that the two agree)."""
     return done % config.ckpt_every == 0 or done == config.stop_iter
 
 
@@ -276,7 +277,7 @@ def train_loop(
             tracker.scalars(config.tag, means, done)
             bar.set_postfix(loss=f"{means['loss']:.3f}")
             sums, counted = {}, 0
-        if checkpoint_due(config, done):
+        if done % config.ckpt_every == 0 or done == config.stop_iter:
             _save(config, done, state, rank_state, scaler)
             saved = done
     bar.close()
