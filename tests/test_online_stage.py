@@ -45,7 +45,18 @@ def _steps(warm: dict, tmp_path: Path, monkeypatch, steps: int, *overrides: str)
     """Run the online stage with a loop that takes ``steps`` plain steps and records them."""
     got: dict[str, Any] = {"terms": []}
 
-    def loop(step, *, weights, state, optimizers, schedulers, config, tracker, after_step) -> int:
+    def loop(
+        step,
+        *,
+        weights,
+        state,
+        optimizers,
+        schedulers,
+        config,
+        tracker,
+        after_step,
+        rank_state=None,
+    ) -> int:
         got["weights"] = dict(weights)
         got["teacher_0"] = copy.deepcopy(state["teacher"].state_dict())
         for done in range(1, steps + 1):

@@ -67,3 +67,44 @@ def test_each_evaluation_table_and_file_names_its_model(data: Path, tmp_path: Pa
     log = (out / "log.txt").read_text()
     assert f"[evaluate] {title}\nclass" in log
     assert f"[evaluate]     warmup model {weights}: mIoU" in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hand_on", ["teacher", "student"])
+def test_validating_the_online_stage_trains_exactly_as_without(
+    data: Path, tmp_path: Path, hand_on: str
+) -> None:
+    # a MiT has Dropout and DropPath: validation must leave each module's mode as it found it
+    # (the teacher's dropout off, the rest in train mode), not call model.train() on it
+    online = (
+        "model.name=daformer_mit_b0",
+        "online.init=pretrained",
+        f"online.hand_on={hand_on}",
+        "online.optim.max_iter=3",
+        "online.optim.stop_iter=3",
+        "online.optim.batch_size=2",
+        "online.source_sampling=uniform",  # no class index: the runs differ in validation alone
+        "run.stages=[online]",
+    )
+    plain = _run(data, tmp_path / "plain", *online, "run.val_every=0")
+    watched = _run(data, tmp_path / "watched", *online, "run.val_every=1")
+    for name in ("teacher.pth", "student.pth"):
+        a = torch.load(plain["online"].with_name(name), weights_only=True)["model"]
+        b = torch.load(watched["online"].with_name(name), weights_only=True)["model"]
+        differ = [key for key in a if not torch.equal(a[key], b[key])]
+        assert not differ, f"{name}: {len(differ)} of {len(a)} tensors differ, e.g. {differ[:3]}"
+    log = (tmp_path / "watched" / "log.txt").read_text()
+    assert all(f"[online] iteration {step}: val mIoU" in log for step in (1, 2, 3))
+
+
+def test_kept_training_flags_puts_back_each_modules_mode() -> None:
+    from spcl.stages.validation import kept_training_flags
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5), torch.nn.ReLU())
+    model.train()
+    model[1].eval()  # as the online stage's teacher: dropout off, the rest in train mode
+    with pytest.raises(RuntimeError), kept_training_flags(model):
+        model.eval()
+        model.train()
+        raise RuntimeError("a failed validation")
+    assert [m.training for m in model.modules()] == [True, True, False, True]

@@ -99,3 +99,29 @@ def test_unreadable_items_fail_naming_the_file_or_are_skipped_once(workers: int)
         _WithBadItems(6), 2, seed=0, shuffle=False, on_error="skip", num_workers=workers
     )
     assert [next(stream)["index"].tolist() for _ in range(3)] == [[0, 1], [4, 5], [0, 1]]
+
+
+def test_no_loader_draws_from_the_global_torch_rng() -> None:
+    # Dropout and DropPath draw from it: a stream whose iterators are made at other moments (a
+    # resumed one) or an evaluation pass between steps must not move their draws
+    from spcl.data.loaders import build_eval_loader
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    stream = InfiniteLoader(_Items(6), 2, seed=1)
+    _take(stream, 7)  # three epochs, three iterators
+    stream.load_state_dict(stream.state_dict())
+    _take(stream, 1)  # a fourth, as a resumed stream makes
+    assert [int(b["index"]) for b in build_eval_loader(_WithBadItems(2))] == [0, 1]
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_worker_seeds_are_a_function_of_the_stream_and_epoch() -> None:
+    seeds = []
+    for _ in range(2):
+        stream = InfiniteLoader(_Items(4), 2, seed=1)
+        _take(stream, 3)  # into epoch 1
+        seeds.append(stream._iterator._base_seed)  # what its worker processes are seeded from
+    other = InfiniteLoader(_Items(4), 2, seed=2)
+    _take(other, 3)
+    assert seeds[0] == seeds[1] != other._iterator._base_seed

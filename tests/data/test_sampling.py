@@ -162,3 +162,15 @@ def test_build_and_cache_the_index(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         load_or_build_class_index(dataset, 3, path).pixel_counts, expected
     )
     assert ClassIndex.load(path).names == ["0", "1", "2"]
+
+
+def test_building_the_index_draws_nothing_from_the_global_torch_rng(tmp_path: Path) -> None:
+    # the first run builds it, later ones read it: both must leave Dropout's draws alike
+    import torch
+
+    make_folder(tmp_path, [np.zeros((6, 8)), np.ones((6, 8))])
+    dataset = build_dataset("folder", tmp_path, with_labels=True)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    build_class_index(dataset, 3)
+    assert torch.equal(torch.get_rng_state(), before)

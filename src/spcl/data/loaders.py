@@ -3,7 +3,10 @@
 The order of every epoch and the augmentation seed of every sample are functions of
 ``(seed, epoch, position)``, so a stream restored from ``state_dict()`` yields the same batches as
 one that never stopped, whatever the number of worker processes. Under torchrun each rank reads its
-own share of the same permutation (every ``world``-th sample).
+own share of the same permutation (every ``world``-th sample). A stream draws nothing from the
+global torch RNG, which Dropout and DropPath use: each DataLoader has a generator of its own, set
+from ``(seed, epoch)`` when an epoch's iterator is made, so a resumed stream, whose iterators are
+made at other moments, leaves the model's random draws exactly as an uninterrupted one does.
 
 An unreadable image or label (corrupt, truncated, zero bytes) is caught where it is read, in a
 worker process or not, and reported to the main process: with ``on_error="fail"`` the loader
@@ -27,6 +30,7 @@ __all__ = ["InfiniteLoader", "OnError", "SeededBatchSampler", "build_eval_loader
 
 OnError = Literal["fail", "skip"]  # what a loader does with an unreadable file
 UNREADABLE = "unreadable"  # batch key: messages of the samples that could not be read
+ITERATOR_SALT = 0x10AD  # keeps the DataLoader's worker-seed generator apart from the sample seeds
 
 
 class _Reporting(Dataset):
@@ -170,6 +174,8 @@ class InfiniteLoader:
         self.sampler = SeededBatchSampler(
             len(dataset), batch_size, seed, shuffle, rank, world, order=order
         )
+        # a new iterator draws its workers' base seed from this generator, not the global RNG
+        self.generator = torch.Generator()
         self.loader = DataLoader(
             _Reporting(dataset),
             batch_sampler=self.sampler,
@@ -177,6 +183,7 @@ class InfiniteLoader:
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,
             collate_fn=_collate,
+            generator=self.generator,
         )
         self.unreadable = _Unreadable(on_error, warn)
         self._iterator: Iterator | None = None
@@ -190,15 +197,27 @@ class InfiniteLoader:
             if self.unreadable.check(batch):
                 return batch
 
+    def _new_iterator(self) -> Iterator:
+        """An iterator from the sampler's position; its base seed a function of the epoch."""
+        sampler = self.sampler
+        self.generator.manual_seed(
+            int(
+                np.random.SeedSequence([sampler.seed, sampler.epoch, ITERATOR_SALT]).generate_state(
+                    1
+                )[0]
+            )
+        )
+        return iter(self.loader)
+
     def _next_batch(self) -> dict[str, Any]:
         if self._iterator is None:
-            self._iterator = iter(self.loader)
+            self._iterator = self._new_iterator()
         try:
             batch = next(self._iterator)
         except StopIteration:
             self.sampler.epoch += 1
             self.sampler.offset = 0
-            self._iterator = iter(self.loader)
+            self._iterator = self._new_iterator()
             batch = next(self._iterator)
         self.sampler.offset += 1
         return batch
@@ -221,8 +240,19 @@ def build_eval_loader(
     on_error: OnError = "fail",
     warn: Callable[[str], None] | None = None,
 ) -> _SkippingLoader:
-    """One pass, one image per batch (sizes may differ), this rank's share of the images."""
+    """One pass, one image per batch (sizes may differ), this rank's share of the images.
+
+    Like the training streams it draws nothing from the global torch RNG (a generator of its own
+    seeds the workers, which draw nothing), so scoring or labelling images between or during
+    training steps leaves the model's Dropout and DropPath draws as they were.
+    """
     indices = list(range(rank, len(dataset), world))
     subset = torch.utils.data.Subset(_Reporting(dataset), indices)
-    loader = DataLoader(subset, batch_size=1, num_workers=num_workers, collate_fn=_collate)
+    loader = DataLoader(
+        subset,
+        batch_size=1,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        generator=torch.Generator().manual_seed(0),
+    )
     return _SkippingLoader(loader, _Unreadable(on_error, warn))

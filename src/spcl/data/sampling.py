@@ -161,6 +161,10 @@ def build_class_index(
     A label that cannot be read, or holds values outside the class table, gets a row of zeros
     and is listed in ``excluded`` with the reason (which names the file).
 
+    Its loader has a generator of its own: building the index (the first run only; later ones
+    read the cached file) draws nothing from the global torch RNG, which a model's Dropout and
+    DropPath use, so a run that builds it trains exactly as one that reads it.
+
     Raises:
         ValueError: the dataset has no labels.
     """
@@ -171,6 +175,7 @@ def build_class_index(
         batch_size=None,
         num_workers=num_workers,
         collate_fn=_identity,
+        generator=torch.Generator().manual_seed(0),  # the workers' seeds: unused, no draw
     )
     items = list(progress_bar(loader, desc="class index", disable=not progress, unit="label"))
     empty = np.zeros(num_classes, np.int64)

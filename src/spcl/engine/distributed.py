@@ -8,6 +8,8 @@ helper here is a no-op.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -15,6 +17,8 @@ import torch.distributed as dist
 from spcl.base import ConfigError
 
 __all__ = [
+    "RanksDivergedError",
+    "all_gather_objects",
     "all_reduce_mean_buffers_",
     "all_reduce_sum_",
     "barrier",
@@ -22,11 +26,20 @@ __all__ = [
     "is_distributed",
     "is_main",
     "max_difference_across_ranks",
+    "module_difference_across_ranks",
     "rank",
     "resolve_device",
     "shutdown_distributed",
     "world_size",
 ]
+
+
+class RanksDivergedError(RuntimeError):
+    """State that every process must hold identically (an EMA teacher) differs between ranks.
+
+    Not bad input: a bug, or a device whose arithmetic differs between processes. Raised before
+    the state is checkpointed, so the last checkpoint still holds state the ranks agreed on.
+    """
 
 
 def is_distributed() -> bool:
@@ -92,6 +105,38 @@ def max_difference_across_ranks(tensor: torch.Tensor) -> float:
     difference = (tensor.detach() - reference).abs().max().reshape(1)
     dist.all_reduce(difference, op=dist.ReduceOp.MAX)
     return float(difference)
+
+
+def module_difference_across_ranks(module: torch.nn.Module) -> float:
+    """Largest absolute difference between any parameter or buffer of ``module`` and rank 0's
+    copy of it, over all ranks (0.0 on one process). Collective: every rank must call it."""
+    if not is_distributed():
+        return 0.0
+    return _max_difference(t for t in module.state_dict().values() if t.numel())
+
+
+def _max_difference(tensors: Iterable[torch.Tensor]) -> float:
+    """One broadcast per tensor, then one all-reduce of the per-tensor maxima (compared in
+    float64, so integer and boolean buffers count too)."""
+    maxima = []
+    for tensor in tensors:
+        reference = tensor.detach().clone()
+        dist.broadcast(reference, src=0)
+        maxima.append((tensor.detach().double() - reference.double()).abs().max())
+    if not maxima:
+        return 0.0
+    spread = torch.stack(maxima).max().reshape(1)
+    dist.all_reduce(spread, op=dist.ReduceOp.MAX)
+    return float(spread)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` on one process. Collective."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def all_reduce_mean_buffers_(module: torch.nn.Module) -> torch.nn.Module:

@@ -8,6 +8,11 @@ fp16 scaling), clipping, optimiser and schedule steps, the after-step hooks (an 
 prototype refresh), logging and progress, and periodic full-state checkpoints written atomically.
 When a checkpoint exists, the loop restores every object in ``state``, the RNGs and the iteration,
 and continues exactly where it was.
+
+Under torchrun rank 0 writes the checkpoint, but what differs between ranks is kept for each rank:
+the global RNGs (Python, NumPy, torch CPU and CUDA; Dropout and DropPath draw from torch's) and the
+objects a stage passes as ``rank_state`` (e.g. a rank-seeded augmentation generator). Each rank
+gets its own back on resume, so a resumed multi-process run draws exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ import torch
 
 from spcl.base import CheckpointError, NonFiniteLossError
 from spcl.engine.checkpoint import load_entry, load_state, save_state
-from spcl.engine.distributed import is_main
+from spcl.engine.distributed import all_gather_objects, is_main, rank
 from spcl.engine.tracking import Tracker
 
 __all__ = [
     "AfterStep",
     "LoopConfig",
     "Stateful",
+    "checkpoint_due",
     "rng_state",
     "set_rng_state",
     "train_loop",
@@ -90,6 +96,13 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def checkpoint_due(config: LoopConfig, done: int) -> bool:
+    """Whether the loop writes a checkpoint after ``done`` steps (every ``ckpt_every``, and the
+    last: the rule :func:`train_loop` applies); after-step hooks that must see every
+    checkpointed state ask this (``tests/engine/test_loop.py`` checks that the two agree)."""
+    return done % config.ckpt_every == 0 or done == config.stop_iter
+
+
 def weighted_total(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
     """``Σ weights[name] · terms[name]`` over the weighted terms, in the order of ``weights``.
 
@@ -118,26 +131,53 @@ def _autocast(config: LoopConfig) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _save(config: LoopConfig, iteration: int, state: Mapping[str, Stateful], scaler: Any) -> None:
+def _save(
+    config: LoopConfig,
+    iteration: int,
+    state: Mapping[str, Stateful],
+    rank_state: Mapping[str, Stateful],
+    scaler: Any,
+) -> None:
+    """Rank 0 writes ``state`` and, for every rank, its RNGs and ``rank_state`` (collective)."""
+    mine = {"rng": rng_state(), **{name: obj.state_dict() for name, obj in rank_state.items()}}
+    ranks = all_gather_objects(mine)  # every rank takes part; rank 0 writes
     if not is_main():
         return
     payload = {name: obj.state_dict() for name, obj in state.items()}
-    payload["_loop"] = {"iteration": iteration, "rng": rng_state(), "scaler": scaler.state_dict()}
+    payload["_loop"] = {
+        "iteration": iteration,
+        "rng": mine["rng"],  # rank 0's, as checkpoints made before per-rank states hold it
+        "ranks": ranks,
+        "scaler": scaler.state_dict(),
+    }
     save_state(payload, config.checkpoint)
 
 
-def _restore(config: LoopConfig, state: Mapping[str, Stateful], scaler: Any) -> int:
+def _load_into(path: Path, source: Mapping[str, Any], objects: Mapping[str, Stateful]) -> None:
+    for name, obj in objects.items():
+        if name not in source:
+            raise CheckpointError(f"{path}: no state for '{name}'; made by another stage?")
+        load_entry(path, name, obj, source[name])  # keys and shapes compared, named errors
+
+
+def _restore(
+    config: LoopConfig,
+    state: Mapping[str, Stateful],
+    rank_state: Mapping[str, Stateful],
+    scaler: Any,
+) -> int:
     if not config.checkpoint.is_file():
         return 0
     payload = load_state(config.checkpoint)
-    for name, obj in state.items():
-        if name not in payload:
-            raise CheckpointError(
-                f"{config.checkpoint}: no state for '{name}'; made by another stage?"
-            )
-        load_entry(config.checkpoint, name, obj, payload[name])  # keys and shapes compared
+    _load_into(config.checkpoint, payload, state)
     loop = payload["_loop"]
-    set_rng_state(loop["rng"])
+    # this rank's own states; a checkpoint of fewer ranks has none for it: rank 0's then (no
+    # resume onto another world size is exact anyway); one made before per-rank states kept
+    # rank 0's RNGs in ``_loop`` and the other objects beside ``state``'s
+    ranks = loop.get("ranks") or [{"rng": loop["rng"], **payload}]
+    mine = ranks[rank()] if rank() < len(ranks) else ranks[0]
+    _load_into(config.checkpoint, mine, rank_state)
+    set_rng_state(mine["rng"])
     scaler.load_state_dict(loop["scaler"])
     return int(loop["iteration"])
 
@@ -169,6 +209,7 @@ def train_loop(
     config: LoopConfig,
     tracker: Tracker,
     after_step: Sequence[AfterStep] = (),
+    rank_state: Mapping[str, Stateful] | None = None,
 ) -> int:
     """Run ``step`` until ``config.stop_iter``, resuming from ``config.checkpoint`` if it exists.
 
@@ -182,6 +223,8 @@ def train_loop(
         tracker: progress, scalars and log lines.
         after_step: called in order after each optimiser and schedule step with the number of
             steps done (1 after the first), before logging and checkpointing.
+        rank_state: objects whose state differs between torchrun ranks (a rank-seeded
+            generator); each rank's is checkpointed and each rank gets its own back.
 
     Returns:
         The iteration reached (``config.stop_iter``).
@@ -193,7 +236,8 @@ def train_loop(
     scaler = torch.amp.GradScaler(
         "cuda", enabled=config.amp == "fp16" and config.device_type == "cuda"
     )
-    start = _restore(config, state, scaler)
+    rank_state = rank_state or {}
+    start = _restore(config, state, rank_state, scaler)
     saved = start if config.checkpoint.is_file() else None  # iteration of the last checkpoint
     if start:
         tracker.info(f"[{config.tag}] resumed from {config.checkpoint} at iteration {start}")
@@ -241,7 +285,7 @@ def train_loop(
             sums, counted = {}, 0
             window_start = time.perf_counter()
         if done % config.ckpt_every == 0 or done == config.stop_iter:
-            _save(config, done, state, scaler)
+            _save(config, done, state, rank_state, scaler)
             saved = done
     bar.close()
     return config.stop_iter

@@ -87,7 +87,12 @@ def build_segmenter(ctx: RunContext, *, freeze_bn: bool | None = None) -> nn.Mod
 
 
 def wrap_ddp(ctx: RunContext, model: nn.Module) -> nn.Module:
-    """DistributedDataParallel under torchrun, the model itself otherwise."""
+    """DistributedDataParallel under torchrun, the model itself otherwise.
+
+    Wrapping gives every rank rank 0's parameters and buffers (each rank seeded its own random
+    init): build whatever must be the same on every rank from the model (an EMA teacher) after
+    this call, never before.
+    """
     if ctx.world <= 1:
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None

@@ -5,7 +5,9 @@ each a switch of the ``online`` config section (../shared/RECIPES.md §1–§4):
 
 - the student trains on source crops (CE) and on target crops labelled by the teacher;
 - the teacher is the exponential moving average of the student, updated by an after-step hook of
-  the loop (``α_t = min(1 − 1/(t+1), α)``), and is part of every checkpoint;
+  the loop (``α_t = min(1 − 1/(t+1), α)``), and is part of every checkpoint; under torchrun it is
+  copied from the student after DDP has given every rank rank 0's weights, and the ranks'
+  teachers are checked to be identical before every checkpoint (:class:`RanksDivergedError`);
 - pseudo-labels come from the teacher on the clean target image, weighted by DAFormer's
   confidence weight (the share of pixels above τ);
 - cross-domain ClassMix pastes half of the source classes onto the target image (image, label and
@@ -17,7 +19,10 @@ each a switch of the ``online`` config section (../shared/RECIPES.md §1–§4):
   prototypes from teacher features (in SePiCo's projection space when the model has one:
   ``model.options.projection_dim``).
 
-The step itself is :func:`spcl.stages.online_step.online_step`. Writes ``student.pth``,
+The stage seeds the global RNGs (Dropout, DropPath) from the run seed and its rank when it starts,
+so its draws do not depend on the stages that ran before it in the same process: a run killed
+before the stage's first checkpoint starts it again exactly. The step itself is
+:func:`spcl.stages.online_step.online_step`. Writes ``student.pth``,
 ``teacher.pth`` and ``model.pth``, the one of them evaluated and handed on (``online.hand_on``:
 the student, as DAFormer evaluates it, or the teacher).
 """
@@ -30,9 +35,13 @@ from pathlib import Path
 from torch import nn
 
 from spcl.base import IMAGENET_MEAN, IMAGENET_STD, ConfigError
-from spcl.context import RunContext
-from spcl.engine.distributed import all_reduce_mean_buffers_, max_difference_across_ranks
-from spcl.engine.loop import train_loop
+from spcl.context import RunContext, seed_everything
+from spcl.engine.distributed import (
+    RanksDivergedError,
+    all_reduce_mean_buffers_,
+    module_difference_across_ranks,
+)
+from spcl.engine.loop import AfterStep, LoopConfig, checkpoint_due, train_loop
 from spcl.method.ema import disable_teacher_dropout, init_teacher, update_teacher
 from spcl.method.prototypes import PrototypeBank
 from spcl.stages.builders import (
@@ -54,6 +63,7 @@ __all__ = ["run"]
 
 SOURCE_STREAM, TARGET_STREAM = 31, 32  # loader seed salts
 AUGMENT_SALT = 33  # seed salt of the mixing/masking/augmentation generator
+RNG_SALT = 34  # seed salt of the global RNGs (Dropout, DropPath) when the stage starts
 MODEL = "model.pth"  # the handed-on model (a copy of student.pth or teacher.pth)
 
 
@@ -64,8 +74,8 @@ def _teacher(student: nn.Module) -> nn.Module:
     return teacher
 
 
-def _models(ctx: RunContext, warmup: Path | None) -> tuple[nn.Module, nn.Module, nn.Module | None]:
-    """Student, teacher (a copy) and, for the feature distance, the frozen ImageNet model."""
+def _models(ctx: RunContext, warmup: Path | None) -> tuple[nn.Module, nn.Module | None]:
+    """Student and, for the feature distance, the frozen ImageNet model."""
     cfg, model_cfg = ctx.config.online, ctx.config.model
     if cfg.init == "warmup":
         if warmup is None:
@@ -77,7 +87,31 @@ def _models(ctx: RunContext, warmup: Path | None) -> tuple[nn.Module, nn.Module,
     if model_cfg.pretrained and cfg.feature_distance.weight > 0:
         imnet = build_segmenter(ctx, freeze_bn=cfg.freeze_bn).eval()  # the ImageNet init
         imnet.requires_grad_(False)
-    return student, _teacher(student), imnet
+    return student, imnet
+
+
+def _teachers_agree(ctx: RunContext, teacher: nn.Module, loop: LoopConfig) -> AfterStep:
+    """After-step hook: under torchrun, every rank's teacher equals rank 0's at each checkpoint.
+
+    It runs before the loop writes the checkpoint, so a divergence stops the run with the last
+    checkpoint holding teachers that still agreed.
+    """
+
+    def check(done: int) -> None:
+        if ctx.world <= 1 or not checkpoint_due(loop, done):
+            return
+        spread = module_difference_across_ranks(teacher)
+        ctx.tracker.info(
+            f"[online] iteration {done}: teachers of {ctx.world} ranks: max difference {spread:g}"
+        )
+        if spread != 0.0:
+            raise RanksDivergedError(
+                f"[online] iteration {done}: the EMA teachers of the {ctx.world} ranks differ "
+                f"(max difference {spread:g}); this iteration's checkpoint was not written, "
+                f"{loop.checkpoint} holds the last state they agreed on"
+            )
+
+    return check
 
 
 def _check_class_balanced_crop(crop: list[int], target_size: list[int]) -> None:
@@ -99,8 +133,10 @@ def _check_class_balanced_crop(crop: list[int], target_size: list[int]) -> None:
 def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
     """Adapt online from the ImageNet init or the warm-up at ``warmup``; returns ``model.pth``."""
     cfg, data = ctx.config.online, ctx.config.data
-    student, teacher, imnet = _models(ctx, warmup)
-    net = wrap_ddp(ctx, student)
+    seed_everything(ctx.config.run.seed * 1000 + RNG_SALT + ctx.rank)
+    student, imnet = _models(ctx, warmup)
+    net = wrap_ddp(ctx, student)  # every rank's student now holds rank 0's weights
+    teacher = _teacher(student)  # so every rank's teacher starts from them too
     optimizer, schedule = optimizer_and_schedule(student, cfg.optim)
     augment = {"hflip": cfg.hflip, "crop": cfg.crop}  # no photometric change: the step's own
     source = source_stream(  # DAFormer limits the top class's share of source crops only
@@ -154,32 +190,29 @@ def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
         "schedule": schedule,
         "source": source,
         "target": target,
-        "generator": generator,
     }
     state |= {"bank": bank} if bank is not None else {}
     handed_on = teacher if cfg.hand_on == "teacher" else student
     student.train()
     teacher.train()  # DAFormer: the teacher keeps train-mode BatchNorm, its dropout is off
     disable_teacher_dropout(teacher)
+    loop = loop_config(ctx, cfg.optim, out_dir, "online")
     train_loop(
         lambda: online_step(parts, next(source), next(target)),
         weights=online_weights(cfg, feature_distance=imnet is not None),
         state=state,
         optimizers=[optimizer],
         schedulers=[schedule],
-        config=loop_config(ctx, cfg.optim, out_dir, "online"),
+        config=loop,
         tracker=ctx.tracker,
         after_step=[
             ema_step,
+            _teachers_agree(ctx, teacher, loop),
             *validation_hooks(ctx, handed_on, "online", alert.validated),
             alert.after_step,  # the class-collapse alert (no draw, no forward pass)
         ],
+        rank_state={"generator": generator},  # seeded with the rank: each rank's own draws
     )
-    if ctx.world > 1:
-        spread = max(max_difference_across_ranks(p.detach()) for p in teacher.parameters())
-        ctx.tracker.info(f"[online] teachers of {ctx.world} ranks: max difference {spread:g}")
-        if spread != 0.0:
-            raise RuntimeError(f"EMA teachers diverged across ranks (max difference {spread})")
     save_weights(ctx, teacher, out_dir / "teacher.pth")
     save_weights(ctx, student, out_dir / "student.pth")
     return save_weights(ctx, handed_on, out_dir / MODEL)

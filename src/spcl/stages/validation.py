@@ -4,14 +4,17 @@
 (:func:`spcl.engine.loop.train_loop`): every N optimiser steps it scores the model on the
 labelled target split (as the evaluation stage does) and logs ``TAG/val/miou`` and
 ``TAG/val/iou/CLASS`` to TensorBoard and a line to ``log.txt``. It only watches: the model handed
-on is the last one, never the best on the split it is scored on, and the torch RNG is restored
-afterwards so that a run with validation trains exactly as one without.
+on is the last one, never the best on the split it is scored on, and a run with validation trains
+exactly as one without: the torch RNG is restored afterwards, and so is every submodule's training
+flag (an EMA teacher is validated in the middle of training with its Dropout and DropPath off and
+the rest in train mode; a plain ``model.train()`` afterwards would turn them back on).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -21,7 +24,19 @@ from spcl.engine.loop import AfterStep
 from spcl.evaluation.scores import SegmentationScores
 from spcl.stages.evaluate import evaluate_model
 
-__all__ = ["validation_hooks"]
+__all__ = ["kept_training_flags", "validation_hooks"]
+
+
+@contextlib.contextmanager
+def kept_training_flags(model: nn.Module) -> Iterator[None]:
+    """Whatever the body does to the modes of ``model``, each submodule's ``training`` flag is
+    put back as it was when the body ends (raised or not)."""
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
 
 
 def validation_hooks(
@@ -47,7 +62,8 @@ def validation_hooks(
     def validate(done: int) -> None:
         if done % every:
             return
-        with torch.random.fork_rng(devices=devices):  # no draw of training's RNG
+        # no draw of training's RNG, and the modes training left (not all train()) come back
+        with torch.random.fork_rng(devices=devices), kept_training_flags(model):
             scores = evaluate_model(ctx, model, desc=f"{tag} val")
         per_class = {
             f"iou/{name}": value

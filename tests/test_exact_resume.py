@@ -1,0 +1,87 @@
+"""Exact resume for the transformer families: kill -9 at several points of the online stage, then
+the same command, ends with every weight bit-identical to an uninterrupted run (CPU).
+
+MiT runs with Dropout and DropPath on (raised above the published 0.1 so that every step draws
+masks); its online stage starts from the warm-up, so the first kill, before the stage's first
+checkpoint, also checks that the stage starts again exactly after a finished one. DINOv2 has
+neither (nor has the official model in training), and runs from ``online.init: pretrained``.
+The DeepLab case is tests/test_online_stage.py's kill test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spcl import base, cli
+from spcl.data.synthetic import generate_pair
+from test_faults import INJECT
+from tiny import TINY
+
+pytestmark = pytest.mark.slow
+
+FAMILIES = {
+    "mit": (
+        "model.name=daformer_mit_b0",
+        "model.options={drop_path_rate: 0.3, dropout: 0.3}",
+        "online.init=warmup",
+        "run.stages=[warmup, online]",
+    ),
+    "dinov2": ("model.name=dinov2_vits14", "online.init=pretrained", "run.stages=[online]"),
+}
+KILL_POINTS = (
+    ("07_online/.checkpoint.pth", 1),  # the first checkpoint: the stage starts again
+    ("07_online/.checkpoint.pth", 3),  # a later one: it resumes from the one before
+    ("07_online/.teacher.pth", 1),  # after the last step, while the weights are written
+)  # each run is killed there, the next one goes on from it
+
+
+def _args(data: Path, out: Path, family: str) -> list[str]:
+    return [
+        "run",
+        "demo",
+        *TINY,
+        *(f"data.{d}.root={data}" for d in ("source", "target", "target_val")),
+        "warmup.adversarial=false",
+        "online.optim.max_iter=5",
+        "online.optim.stop_iter=5",
+        "online.optim.batch_size=2",
+        "run.ckpt_every=1",
+        *FAMILIES[family],
+        f"run.out={out}",
+    ]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_kill_9_at_three_points_of_the_online_stage_then_rerun_is_bit_identical(
+    tmp_path: Path, family: str
+) -> None:
+    data = generate_pair(
+        tmp_path / "data", seed=6, n_train=4, n_val=2, size=(64, 128), preview=False
+    )
+    straight, out = tmp_path / "straight", tmp_path / "killed"
+    assert cli.main(_args(data, straight, family)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(base.__file__).parents[1])}
+    for match, nth in KILL_POINTS:
+        killed = subprocess.run(
+            [sys.executable, "-c", INJECT, match, str(nth), *_args(data, out, family)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert killed.returncode == -signal.SIGKILL, (match, killed.stderr[-2000:])
+    assert cli.main(_args(data, out, family)) == 0
+    log = (out / "log.txt").read_text()
+    assert "[online] resumed from" in log and "at iteration 2" in log and "iteration 5" in log
+    for name in ("student.pth", "teacher.pth"):
+        a = torch.load(straight / "07_online" / name, weights_only=True)["model"]
+        b = torch.load(out / "07_online" / name, weights_only=True)["model"]
+        assert a.keys() == b.keys()
+        differ = [key for key in a if not torch.equal(a[key], b[key])]
+        assert not differ, f"{name}: {len(differ)} of {len(a)} tensors differ, e.g. {differ[:3]}"
