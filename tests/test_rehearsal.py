@@ -50,7 +50,7 @@ def check_every_stage_ran(name: str, extra: list[str], status: int, output: str)
     )
     wanted = [s.name for s in plan(config)]
     assert status == 0, output[-3000:]
-    ran = [(stage, status) for stage, status, _seconds in STAGE_LINE.findall(output)]
+    ran = [(stage, ok) for stage, ok, _seconds in STAGE_LINE.findall(output)]
     assert ran == [(s, "OK") for s in wanted], output[-3000:]
     assert "fast dev run passed" in output
 
