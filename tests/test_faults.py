@@ -20,7 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -200,8 +200,17 @@ def test_full_disk_while_pseudo_labels_are_written(
 # --- Ctrl-C -----------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt, also where the suite was started in the background (a
+    shell without job control starts it with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_while_a_checkpoint_is_written_stops_cleanly_and_resumes(
-    data: Path, straight: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+    data: Path, straight: Path, tmp_path: Path, capsys, monkeypatch, sigint_raises
 ) -> None:
     out = tmp_path / "run"
     with monkeypatch.context() as patch:

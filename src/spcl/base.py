@@ -29,6 +29,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import threading
 from collections.abc import Iterator
 from functools import cache
@@ -49,6 +50,7 @@ __all__ = [
     "UnknownNameError",
     "UsageError",
     "UserError",
+    "atomic_duplicate",
     "atomic_file",
     "atomic_write_bytes",
     "current_umask",
@@ -231,6 +233,25 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_file(path, "wb") as handle:
         handle.write(data)
+
+
+def atomic_duplicate(source: str | Path, path: str | Path) -> None:
+    """Make ``path`` a copy of the finished file ``source``, atomically: a second name of the
+    same file (a hard link: no second write of a model of gigabytes), or a copy where the file
+    system has no links. Files are replaced, never written in place, so the two stay apart."""
+    source, path = Path(source), Path(path)
+    tmp = _temp_path(path)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        with atomic_file(path, "wb") as handle, source.open("rb") as original:
+            shutil.copyfileobj(original, handle)
+        return
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_temp(tmp)
+        raise
 
 
 _OS_ERROR_HINTS = {

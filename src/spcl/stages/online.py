@@ -34,7 +34,7 @@ from pathlib import Path
 
 from torch import nn
 
-from spcl.base import IMAGENET_MEAN, IMAGENET_STD, ConfigError
+from spcl.base import IMAGENET_MEAN, IMAGENET_STD, ConfigError, atomic_duplicate
 from spcl.context import RunContext, seed_everything
 from spcl.engine.distributed import (
     RanksDivergedError,
@@ -215,4 +215,6 @@ def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
     )
     save_weights(ctx, teacher, out_dir / "teacher.pth")
     save_weights(ctx, student, out_dir / "student.pth")
-    return save_weights(ctx, handed_on, out_dir / MODEL)
+    if ctx.is_main:  # the same bytes as the file handed on: a second name, not a third write
+        atomic_duplicate(out_dir / f"{cfg.hand_on}.pth", out_dir / MODEL)
+    return out_dir / MODEL
