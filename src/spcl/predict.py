@@ -47,7 +47,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from spcl.base import (
@@ -70,6 +69,7 @@ from spcl.predict_io import (
     settings_record,
     write_record,
 )
+from spcl.progress import progress_bar
 
 __all__ = [
     "OVERLAY_ALPHA",
@@ -169,7 +169,7 @@ def predict_paths(
     skipped: list[Path] = []
     hinted = False
     with _messages_above(progress):
-        for path, name in tqdm(todo, desc="predict", unit="img", disable=not progress):
+        for path, name in progress_bar(todo, desc="predict", unit="img", disable=not progress):
             try:
                 image = read_image(path)
                 if not hinted and (hint := large_image_hint(path, image.shape[:2], trained)):
