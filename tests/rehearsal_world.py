@@ -9,7 +9,10 @@ file is passed as a user passes it), written once per :class:`Rehearsal`, at the
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
@@ -148,3 +151,31 @@ def shrink_overrides(config: Config, scale: int) -> list[str]:
         f"online.masking.block_size={max(1, round(online.masking.block_size / scale))}",
     ]
     return out
+
+
+def fast_dev_process(
+    name: str,
+    overrides: list[str],
+    *,
+    iterations: int = 2,
+    keep: bool = False,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 3600,
+) -> tuple[int, str]:
+    """``python -m spcl run NAME OVERRIDES --fast-dev-run N`` in a process of its own, as a user
+    runs it; (exit status, stdout + stderr). A timeout is status -1."""
+    command = [sys.executable, "-m", "spcl", "run", name, *overrides]
+    command += ["--fast-dev-run", str(iterations), *(["--keep"] if keep else [])]
+    try:
+        done = subprocess.run(
+            command,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        return -1, f"timed out after {timeout:.0f} s: {exc.stdout or ''}{exc.stderr or ''}"
+    return done.returncode, done.stdout + done.stderr

@@ -6,61 +6,51 @@ layouts and with a weight file in the official layout its ``model.pretrained`` n
 served from a torch hub cache, as after a download; a required file is passed as a user passes
 it). What is shrunk for the CI budget, and by how much: every spatial size ÷ 16 (dataset files,
 ``data.*.size``, crops, ``evaluate.slide``, the pseudo-label weight's cropped rows, MIC's mask
-blocks) and rare-class pixel thresholds ÷ 256 (areas); at ÷ 8 the rehearsals took 13 minutes of
-an idle CI run, at ÷ 16 about half (docs/shipped_configs.md). A shipped config whose dataset kind or
+blocks) and rare-class pixel thresholds ÷ 256 (areas). Each rehearsal is a process of its own,
+two at a time (docs/shipped_configs.md has the times). A shipped config whose dataset kind or
 weight layout has no generator here fails: a config no rehearsal runs is not shipped.
 """
 
 from __future__ import annotations
 
-import pytest
-import torch
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from rehearsal_world import SCALE, SHIPPED, STAGE_LINE, Rehearsal
-from spcl.cli import main
+import pytest
+
+from rehearsal_world import SCALE, SHIPPED, STAGE_LINE, Rehearsal, fast_dev_process
 from spcl.config import load_config
 from spcl.pipeline import plan
 
-THREADS = 2  # the big models run faster on both cores (conftest sets one)
+PROCESSES = 2  # rehearsals side by side, one thread each: most of one is single-threaded work
+# (building and loading models, writing checkpoints), so two keep both cores busy
+LONGEST_FIRST = ("vitl14", "_to_cityscapes.", "mitb5", "vitb14")  # start the long ones first
 
 
-@pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Rehearsal:
-    return Rehearsal(tmp_path_factory.mktemp("rehearsal"), scale=SCALE)
-
-
-def rehearse(
-    name: str, rehearsal: Rehearsal, extra: list[str], monkeypatch, capsys
-) -> tuple[int, str]:
-    """``spcl run NAME ... --fast-dev-run`` in this process; (exit status, its output)."""
-    overrides = rehearsal.overrides(name, extra)
-    monkeypatch.setenv("TORCH_HOME", str(rehearsal.torch_home))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        status = main(["run", name, *overrides, "--fast-dev-run"])
-    finally:
-        torch.set_num_threads(threads)
-    captured = capsys.readouterr()
-    return status, captured.out + captured.err
-
-
-def check_every_stage_ran(name: str, extra: list[str], status: int, output: str) -> None:
-    config = load_config(
-        name, ["data.source.root=/s", "data.target.root=/t", *extra], require_all=False
+def _rank(key: str) -> int:
+    return next(
+        (i for i, part in enumerate(LONGEST_FIRST) if part in key + "."), len(LONGEST_FIRST)
     )
-    wanted = [s.name for s in plan(config)]
-    assert status == 0, output[-3000:]
-    ran = [(stage, ok) for stage, ok, _seconds in STAGE_LINE.findall(output)]
-    assert ran == [(s, "OK") for s in wanted], output[-3000:]
-    assert "fast dev run passed" in output
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", SHIPPED)
-def test_every_shipped_config_runs_every_stage(name: str, rehearsal, monkeypatch, capsys) -> None:
-    status, output = rehearse(name, rehearsal, [], monkeypatch, capsys)
-    check_every_stage_ran(name, [], status, output)
+class Rehearsals:
+    """Every selected rehearsal, started at once in a pool of :data:`PROCESSES` processes."""
+
+    def __init__(self, world: Rehearsal, cases: dict[str, tuple[str, list[str]]]) -> None:
+        env = {"TORCH_HOME": str(world.torch_home), "OMP_NUM_THREADS": "1"}
+        env |= {"TMPDIR": str(world.root), "PYTHONUNBUFFERED": "1"}
+        commands = {
+            key: (name, world.overrides(name, extra)) for key, (name, extra) in cases.items()
+        }
+        self.pool = ThreadPoolExecutor(PROCESSES)  # weight files are written above, not here
+        self.futures: dict[str, Future] = {
+            key: self.pool.submit(fast_dev_process, name, overrides, env=env, cwd=world.root)
+            for key, (name, overrides) in sorted(commands.items(), key=lambda kv: _rank(kv[0]))
+        }
+
+    def result(self, key: str) -> tuple[int, str]:
+        return self.futures[key].result()
 
 
 OTHER_LAYOUTS = {  # official weight layouts no shipped config names, on a config they fit (its
@@ -83,11 +73,54 @@ OTHER_LAYOUTS = {  # official weight layouts no shipped config names, on a confi
 }
 
 
+def _case(key: str, world: Rehearsal) -> tuple[str, list[str]]:
+    """A rehearsal's config and extra overrides: a shipped config, or ``layout:CASE``."""
+    if not key.startswith("layout:"):
+        return key, []
+    name, file_name, extra = OTHER_LAYOUTS[key.removeprefix("layout:")]
+    path = world.weight_file(file_name, world.root / "weights")
+    return name, [*extra, f"model.pretrained={path}"]
+
+
+@pytest.fixture(scope="module")
+def rehearsals(tmp_path_factory: pytest.TempPathFactory, request) -> Iterator[Rehearsals]:
+    """The rehearsals of the tests selected in this session, started together."""
+    world = Rehearsal(tmp_path_factory.mktemp("rehearsal"), scale=SCALE)
+    keys = []
+    for item in request.session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.module is request.module and "name" in params:
+            keys.append(params["name"])
+        elif item.module is request.module and "case" in params:
+            keys.append(f"layout:{params['case']}")
+    begin = time.perf_counter()
+    started = Rehearsals(world, {key: _case(key, world) for key in keys})
+    print(f"rehearsals started after {time.perf_counter() - begin:.0f} s of set-up")
+    yield started
+    started.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_every_stage_ran(name: str, extra: list[str], status: int, output: str) -> None:
+    config = load_config(
+        name, ["data.source.root=/s", "data.target.root=/t", *extra], require_all=False
+    )
+    wanted = [s.name for s in plan(config)]
+    assert status == 0, output[-3000:]
+    ran = [(stage, ok) for stage, ok, _seconds in STAGE_LINE.findall(output)]
+    assert ran == [(s, "OK") for s in wanted], output[-3000:]
+    assert "fast dev run passed" in output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_runs_every_stage(name: str, rehearsals: Rehearsals) -> None:
+    status, output = rehearsals.result(name)
+    check_every_stage_ran(name, [], status, output)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(OTHER_LAYOUTS))
-def test_the_other_official_layouts_run_too(case: str, rehearsal, monkeypatch, capsys) -> None:
-    name, file_name, extra = OTHER_LAYOUTS[case]
-    path = rehearsal.weight_file(file_name, rehearsal.root / "weights")
-    extra = [*extra, f"model.pretrained={path}"]
-    status, output = rehearse(name, rehearsal, extra, monkeypatch, capsys)
+def test_the_other_official_layouts_run_too(case: str, rehearsals: Rehearsals) -> None:
+    name, _file, extra = OTHER_LAYOUTS[case]
+    status, output = rehearsals.result(f"layout:{case}")
     check_every_stage_ran(name, extra, status, output)
