@@ -25,7 +25,6 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the data generators
 
-from rehearsal_world import SHIPPED, STAGE_LINE, Rehearsal
+from rehearsal_world import SHIPPED, STAGE_LINE, Rehearsal, fast_dev_process
 from spcl.config import load_config
 from spcl.models.build import build_model
 
@@ -45,6 +44,7 @@ AMP_CONFIGS = {  # one shipped config per model family
 }
 KEPT = re.compile(r"kept (\S+)")
 ITERATION = re.compile(r"\[(\w+)\] iteration (\d+): (.*)$", re.MULTILINE)
+NUMBER = re.compile(r"([\w/]+)=(-?[\d.]+(?:e[-+]?\d+)?|nan|-?inf)\b")  # key=value in a log line
 GIB = 2**30
 
 
@@ -65,26 +65,20 @@ def iteration_scalars(log: Path) -> dict[tuple[str, int], dict[str, float]]:
     """(stage tag, iteration) → the scalars log.txt holds for it."""
     out: dict[tuple[str, int], dict[str, float]] = {}
     for tag, step, text in ITERATION.findall(log.read_text()):
-        pairs = (item.split("=", 1) for item in text.split())
-        out[(tag, int(step))] = {k: float(v) for k, v in pairs}
+        values = out.setdefault((tag, int(step)), {})  # scalars and validation lines merge
+        values |= {key: float(value) for key, value in NUMBER.findall(text)}
     return out
 
 
 def fast_dev_run(
     name: str, overrides: list[str], iterations: int, work: Path, env: dict, timeout: float
 ) -> tuple[int, str, Path | None]:
-    """One ``--fast-dev-run`` in a fresh process; (exit status, its output, the kept folder)."""
-    command = [sys.executable, "-m", "spcl", "run", name, *overrides]
-    command += ["--fast-dev-run", str(iterations), "--keep"]
-    try:
-        done = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=timeout, cwd=work
-        )
-    except subprocess.TimeoutExpired:
-        return -1, f"timed out after {timeout:.0f} s", None
-    output = done.stdout + done.stderr
-    kept = KEPT.search(done.stdout) or re.search(r"in (\S+spcl-fast-dev-run-\S+)", done.stdout)
-    return done.returncode, output, Path(kept[1]) if kept else None
+    """One ``--fast-dev-run --keep`` in a fresh process; (exit status, output, kept folder)."""
+    status, output = fast_dev_process(
+        name, overrides, iterations=iterations, keep=True, env=env, cwd=work, timeout=timeout
+    )
+    kept = KEPT.search(output) or re.search(r" in (\S+spcl-fast-dev-run-\S+)", output)
+    return status, output, Path(kept[1]) if kept else None
 
 
 def stage_rows(name: str, world: Rehearsal, args: argparse.Namespace, env: dict) -> list[str]:
