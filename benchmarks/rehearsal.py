@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the da
 from rehearsal_world import SHIPPED, STAGE_LINE, Rehearsal, fast_dev_process
 from spcl.config import load_config
 from spcl.models.build import build_model
+from spcl.stages.class_sets import run_class_table
 
 AMP_CONFIGS = {  # one shipped config per model family
     "DeepLab-v2 R101": "gta5_to_cityscapes_daformer_dlv2",
@@ -51,10 +52,11 @@ GIB = 2**30
 def parameter_count(name: str, extra: list[str]) -> float:
     """Millions of parameters of the config's model (built on the meta device: no memory)."""
     config = load_config(name, extra, require_all=False)
+    classes = config.data.num_classes or run_class_table(config.data).num_classes  # own data
     with torch.device("meta"):
         model = build_model(
             config.model.name,
-            config.data.num_classes,
+            classes,
             width=config.model.width,
             options=config.model.options,
         )
