@@ -36,6 +36,20 @@ def test_the_yaml_reader_keeps_strings_and_ints() -> None:
     ]  # fmt: skip
 
 
+def test_a_word_yaml_reads_as_a_boolean_is_the_word_where_a_choice_is_expected(
+    tmp_path: Path,
+) -> None:
+    """Before, ``run.amp=off`` (what docs and configs call the setting) was refused: YAML 1.1
+    reads ``off`` as False, and ``run.amp`` expects one of ['off', 'bf16', 'fp16']."""
+    assert load_config(None, [*ROOTS, "run.amp=off"]).run.amp == "off"
+    assert load_config(None, [*ROOTS, "run.amp=OFF"]).run.amp == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  amp: off\n")
+    assert load_config(path, ROOTS).run.amp == "off"
+    with pytest.raises(ConfigError, match=r"'run\.amp' expects one of \['off', 'bf16', 'fp16'\]"):
+        load_config(None, [*ROOTS, "run.amp=yes"])  # no choice is read as True: still refused
+
+
 def test_a_fractional_number_is_no_iteration_count() -> None:
     with pytest.raises(ConfigError, match=r"'warmup\.optim\.max_iter' expects an int, got 2\.5"):
         load_config(None, [*ROOTS, "warmup.optim.max_iter=2.5"])

@@ -41,6 +41,10 @@ BASE_KEY = "base"  # top-level YAML key naming a file to inherit from
 DELETE_KEY = "_delete_"  # in a mapping: replace the inherited mapping, do not merge (mmengine)
 REMOVE_PREFIX = "~"  # command line: ``~a.b`` removes key a.b (Hydra)
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"  # configs shipped with spcl (demo, ...)
+YAML_BOOLEANS = {  # the words YAML 1.1 (PyYAML) reads as booleans, lower-cased
+    **dict.fromkeys(("y", "yes", "true", "on"), True),
+    **dict.fromkeys(("n", "no", "false", "off"), False),
+}
 
 
 def load_config(
@@ -337,6 +341,9 @@ def _coerce(value: Any, hint: Any, dotted: str, origins: dict[str, str]) -> Any:
     if origin is Literal:
         if value in args:
             return value
+        word = _boolean_word(value, args)
+        if word is not None:  # run.amp=off: YAML 1.1 reads the word as a boolean
+            return word
         return _type_error(value, f"one of {list(args)}", dotted, origins)
     if origin is dict:
         if not isinstance(value, dict):
@@ -356,6 +363,15 @@ def _coerce(value: Any, hint: Any, dotted: str, origins: dict[str, str]) -> Any:
         return value
     article = "an" if hint.__name__[0] in "aeiou" else "a"
     return _type_error(value, f"{article} {hint.__name__}", dotted, origins)
+
+
+def _boolean_word(value: Any, choices: tuple[Any, ...]) -> str | None:
+    """The one choice of a Literal that YAML 1.1 reads as the boolean ``value`` (``off``, ``no``,
+    ``on``, ``yes``, ...), or None: ``run.amp=off`` and ``amp: off`` mean the word, not False."""
+    if not isinstance(value, bool):
+        return None
+    words = [c for c in choices if isinstance(c, str) and YAML_BOOLEANS.get(c.lower()) is value]
+    return words[0] if len(words) == 1 else None
 
 
 def _name(hint: Any) -> str:
