@@ -344,28 +344,22 @@ def test_bn_ablation_freezes_batchnorm_in_adaptation(warm, tmp_path: Path, monke
 # --- AdaBN at evaluation: only BatchNorm running statistics change -------------------------------
 
 
-def test_evaluate_adabn_changes_only_batchnorm_statistics(
-    warm, tmp_path: Path, monkeypatch
-) -> None:
-    seen: list[nn.Module] = []
-    original = evaluate.evaluate_model
-    monkeypatch.setattr(
-        evaluate, "evaluate_model", lambda ctx, m: seen.append(m) or original(ctx, m)
-    )
+def test_evaluate_adabn_changes_only_batchnorm_statistics(warm, tmp_path: Path) -> None:
     weights = warm["outputs"]["warmup"]
     config = load_config("demo", [*warm["overrides"], "evaluate.adabn=true", f"run.out={tmp_path}"])
     with open_run(config) as ctx:
+        model, adapted = evaluate.prepared_model(ctx, weights)  # what the stage scores
         metrics = json.loads(evaluate.run(ctx, tmp_path, weights).read_text())
-    assert metrics["adabn_layers"] == 20  # every BatchNorm of the ResNet-18
+    assert adapted["adabn_layers"] == 20  # every BatchNorm of the ResNet-18
+    assert metrics["adabn_layers"] == 20
     before = clean_state_dict(load_state(weights)["model"])
-    after = seen[0].state_dict()
+    after = model.state_dict()
     stats = [k for k in after if k.endswith(("running_mean", "running_var"))]
     assert stats and all(not torch.equal(before[k], after[k]) for k in stats)
     for key, value in after.items():
         if key not in stats and not key.endswith("num_batches_tracked"):
             assert torch.equal(before[key], value), f"{key} changed"
     # the first BN layer's statistics: the plain average of per-image statistics of its input
-    model = seen[0]
     inputs: list[torch.Tensor] = []
     hook = model.backbone.bn1.register_forward_hook(lambda m, i, o: inputs.append(i[0]))
     model.eval()

@@ -163,15 +163,16 @@ def _print_skipped(skipped: list[dict]) -> None:
 
 
 def _evaluate_model_file(args: argparse.Namespace):  # -> (SegmentationScores, title)
-    import torch
-
+    """``spcl evaluate MODEL --config CONFIG``: the model file's scores on the config's
+    target_val split with the config's (or the flags') test-time options, and their title."""
     from spcl.config import load_config
-    from spcl.context import RunContext
+    from spcl.data.loaders import build_eval_loader
     from spcl.engine.distributed import resolve_device
-    from spcl.engine.tracking import Tracker
+    from spcl.evaluation.api import evaluate
     from spcl.models.files import load_model_file
+    from spcl.stages.builders import domain_dataset
     from spcl.stages.class_sets import check_model_classes
-    from spcl.stages.evaluate import evaluate_model, scored_title
+    from spcl.stages.evaluate import scored_title
 
     overrides = list(args.overrides)
     if args.flip:
@@ -181,19 +182,27 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> (SegmentationScores, t
     if args.slide:
         overrides.append(f"evaluate.slide={args.slide}")
     config = load_config(args.config, overrides, require_all=False)
-    if config.data.target_val.root == "???":
+    val, options = config.data.target_val, config.evaluate
+    if val.root == "???":
         raise UsageError("the config sets no data.target_val.root: pass data.target_val.root=DIR")
     device = resolve_device(config.run.device)
     model, info = load_model_file(args.model, device)
     table = check_model_classes(args.model, info, config.data)
-    if config.data.num_classes is None:  # not given: the split's class table decides
-        config.data.num_classes = table.num_classes
-    tracker = Tracker(".", enabled=False)
-    tracker.progress = config.run.progress
-    ctx = RunContext(config, Path("."), device, tracker)
-    names = tuple(info["class_names"]) or table.names
-    with torch.no_grad():
-        return evaluate_model(ctx, model, class_names=names), scored_title(ctx, Path(args.model))
+    dataset = domain_dataset(val, with_labels=True, train=False)
+    loader = build_eval_loader(
+        dataset, num_workers=config.data.num_workers, on_error=config.data.on_error
+    )
+    scores = evaluate(
+        model,
+        loader,
+        tuple(info["class_names"]) or table.names,
+        device=device,
+        flip=options.flip,
+        scales=options.scales,
+        slide=options.slide,
+        progress=config.run.progress,
+    )
+    return scores, scored_title(val, Path(args.model))
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -24,10 +24,11 @@ leaves a half-written PNG under an output name, and a replaced file is either ol
 Predictions have the image's own size, upright as its EXIF orientation says
 (:func:`spcl.predict_io.read_image`; 16-bit images are reduced to 8 bits): the image may be resized
 for the network (``size``, as evaluation does), and probabilities come back at full resolution from
-the one shared inference function (flip, scales, optional sliding window; images smaller than a
-MiT encoder accepts are padded there). An image over 4 times the pixels of the input the model
-trained on (:data:`spcl.predict_io.LARGE_IMAGE_FACTOR`) gets a one-line hint to pass ``size`` (when
-that input is known: :func:`spcl.predict_io.recorded_input_size`). An image that cannot be read or
+the one inference entry point, :func:`spcl.evaluation.api.infer` (flip, scales, optional sliding
+window; images smaller than a MiT encoder accepts are padded there). An image over 4 times the
+pixels of the input the model trained on (:data:`spcl.predict_io.LARGE_IMAGE_FACTOR`) gets a
+one-line hint to pass ``size`` (when that input is known:
+:func:`spcl.predict_io.recorded_input_size`). An image that cannot be read or
 segmented stops the run with one line naming it, or with ``on_error="skip"`` is left out, named,
 and the run goes on. Messages are written on their own line, above the progress bar.
 """
@@ -58,8 +59,8 @@ from spcl.base import (
 from spcl.data.labels import ClassTable, class_table_for
 from spcl.data.lists import IMAGE_SUFFIXES, to_tensor
 from spcl.data.transforms import build_eval_transform
-from spcl.evaluation.inference import predict_probs
-from spcl.evaluation.sliding import parse_slide, predict_probs_sliding
+from spcl.evaluation.api import infer
+from spcl.evaluation.sliding import parse_slide
 from spcl.models.files import load_model_file
 from spcl.predict_io import (
     images_to_predict,
@@ -299,13 +300,7 @@ def predict_image(
     network_input = build_eval_transform(tuple(size))(image, None, 0)[0] if size else image
     device = next(model.parameters()).device
     tensor = to_tensor(network_input).unsqueeze(0).to(device)  # (1, 3, h, w)
-    if slide is None:
-        probs = predict_probs(model, tensor, (height, width), flip=flip, scales=scales)
-    else:
-        crop, stride = parse_slide(slide)
-        probs = predict_probs_sliding(
-            model, tensor, (height, width), crop=crop, stride=stride, flip=flip, scales=scales
-        )
+    probs = infer(model, tensor, (height, width), flip=flip, scales=scales, slide=slide)
     return probs[0]
 
 

@@ -1,20 +1,18 @@
 """Tests of the fast id-PNG decoder: the same values as PIL (palette indices, 16-bit, interlaced),
-None for what it leaves to PIL, read_label's contract, and the joint histogram."""
+None for what it leaves to PIL, and the joint histogram (the label reader built on it:
+test_label_png.py)."""
 
 from __future__ import annotations
 
 import io
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from spcl.data import png_decode
-from spcl.data.label_decoder import read_id_label
-from spcl.data.lists import read_label
 from spcl.data.png_decode import PNG_SIGNATURE, decode_id_png, pair_histogram
 
 ADAM7 = (
@@ -128,27 +126,6 @@ def test_what_it_leaves_to_pil_is_none() -> None:
     np.testing.assert_array_equal(decode_id_png(pil_png(palette)), ids)  # 8-bit palette: fast
 
 
-def test_read_label_contract(tmp_path: Path) -> None:
-    ids = every_byte((10, 30), seed=3)
-    colours = Image.fromarray(ids, "P")
-    colours.putpalette([v for i in range(256) for v in (255 - i, 0, i)])  # colour ≠ index
-    colours.save(tmp_path / "p.png")
-    label = read_label(tmp_path / "p.png")
-    assert label.dtype == np.uint8 and label.flags.writeable
-    np.testing.assert_array_equal(label, ids)
-    Image.fromarray(ids.astype(np.uint16) * 200).save(tmp_path / "deep.png")
-    with pytest.raises(ValueError, match=r"label .*deep\.png has mode I;16, expected 8-bit L or P"):
-        read_label(tmp_path / "deep.png")
-    Image.fromarray(np.stack([ids] * 3, -1)).save(tmp_path / "rgb.png")
-    with pytest.raises(ValueError, match=r"rgb\.png has mode RGB"):
-        read_label(tmp_path / "rgb.png")
-    (tmp_path / "cut.png").write_bytes(hand_png(ids)[:60])
-    with pytest.raises(ValueError, match=r"cannot read label .*cut\.png"):
-        read_label(tmp_path / "cut.png")
-    with pytest.raises(ValueError, match=r"cannot read label .*absent\.png"):
-        read_label(tmp_path / "absent.png")
-
-
 def brute_histogram(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     expected = np.zeros((256, 256), dtype=np.int64)
     for a, b in zip(rows.ravel().tolist(), cols.ravel().tolist(), strict=True):
@@ -180,22 +157,3 @@ def test_pair_histogram_counts_label_like_maps_as_runs(monkeypatch: pytest.Monke
     assert not calls  # the run branch, not the per-pixel one
     empty = np.zeros((0, 5), dtype=np.uint8)
     np.testing.assert_array_equal(pair_histogram(empty, empty), np.zeros((256, 256)))
-
-
-def test_dataset_label_reader_shares_the_decoder(tmp_path: Path) -> None:
-    ids = every_byte((9, 31), seed=6)
-    colours = Image.fromarray(ids, "P")  # GTA5's labels are palette PNGs
-    colours.putpalette([v for i in range(256) for v in (i // 2, 255 - i, 99)])
-    colours.save(tmp_path / "gta.png")
-    np.testing.assert_array_equal(read_id_label(tmp_path / "gta.png"), ids)
-    deep = ids.astype(np.uint16) * 257
-    Image.fromarray(deep).save(tmp_path / "deep.png")
-    got = read_id_label(tmp_path / "deep.png")
-    assert got.dtype == np.uint16
-    np.testing.assert_array_equal(got, deep)
-    Image.fromarray(np.stack([ids] * 3, -1)).save(tmp_path / "rgb.png")
-    with pytest.raises(ValueError, match=r"label .*rgb\.png has mode RGB"):
-        read_id_label(tmp_path / "rgb.png")
-    (tmp_path / "cut.png").write_bytes(hand_png(ids)[:70])
-    with pytest.raises(ValueError, match=r"cannot read label .*cut\.png"):
-        read_id_label(tmp_path / "cut.png")

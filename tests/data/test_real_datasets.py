@@ -360,7 +360,8 @@ def test_synscapes_labels_of_another_aspect_ratio_are_refused(tmp_path: Path) ->
 def test_rgb_label_is_refused(tmp_path: Path) -> None:
     make_gta5(tmp_path, n=1)
     write_rgb(tmp_path / "labels" / "00001.png", 3)
-    with pytest.raises(ValueError, match=r"00001.png has mode RGB: expected a single-channel"):
+    pattern = r"label .*00001.png has mode RGB \(3 channels\): expected a single-channel"
+    with pytest.raises(ValueError, match=pattern):
         build_dataset("gta5", tmp_path, with_labels=True)[0]
 
 

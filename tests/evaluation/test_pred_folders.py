@@ -227,10 +227,10 @@ def test_unreadable_and_colour_predictions_are_named(tmp_path: Path) -> None:
     save(tmp_path / "g" / "a.png", np.zeros((4, 6)))
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "a.png").write_bytes(b"not a png at all")
-    with pytest.raises(ValueError, match=r"cannot read .*p/a\.png"):
+    with pytest.raises(ValueError, match=r"cannot read prediction .*p/a\.png"):
         evaluate_folders(tmp_path / "p", tmp_path / "g", gt_format="trainIds", progress=False)
     save(tmp_path / "p" / "a.png", np.zeros((4, 6, 3)))
-    with pytest.raises(ValueError, match=r"a\.png is a RGB image with 3 channels"):
+    with pytest.raises(ValueError, match=r"prediction .*a\.png has mode RGB \(3 channels\)"):
         evaluate_folders(tmp_path / "p", tmp_path / "g", gt_format="trainIds", progress=False)
     with pytest.raises(ValueError, match="every one of the 1 pairs failed"):
         evaluate_folders(

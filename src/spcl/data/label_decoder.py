@@ -1,9 +1,10 @@
 """Label decoding: a raw label file → train ids, refusing values the class table does not know.
 
 Every reader in ``spcl.data`` gives its :class:`~spcl.data.layout.DatasetFiles` a
-:class:`LabelDecoder`: it reads a label file into raw ids (single-channel PNGs by default) and maps
-them to train ids through a lookup table; a raw value outside the table is a
-:class:`LabelValueError` naming the file and the values.
+:class:`LabelDecoder`: it reads a label file into raw ids (single-channel PNGs by default, read by
+:func:`spcl.data.label_png.read_label_png`) and maps them to train ids through a lookup table; a
+raw value outside the table is a :class:`LabelValueError` naming the file and the values. Both are
+:class:`~spcl.data.label_png.LabelFileError`: whatever is wrong with a label file.
 """
 
 from __future__ import annotations
@@ -12,24 +13,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from spcl.base import DatasetError
+from spcl.data.label_png import LabelFileError, read_label_png
 from spcl.data.labels import ClassTable
-from spcl.data.png_decode import decode_id_png
 
 __all__ = [
     "LUT_SIZE",
     "LabelDecoder",
     "LabelValueError",
     "describe_ids",
-    "read_id_label",
     "table_valid_ids",
 ]
 
 LUT_SIZE = 65536  # one entry per value of a 16-bit label
 INVALID = 0xFFFF  # decoder table entry of a raw value outside the class table
-SINGLE_CHANNEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I")
 
 
 def describe_ids(ids: Sequence[int]) -> str:
@@ -45,37 +42,7 @@ def describe_ids(ids: Sequence[int]) -> str:
     return ", ".join(runs)
 
 
-def read_id_label(path: Path) -> np.ndarray:
-    """A single-channel label file (8/16-bit grey or palette indices) as stored, (H, W).
-
-    Palette PNGs (GTA5's labels) give their indices, never colours or grey levels. 8/16-bit grey
-    and 8-bit palette PNGs are decoded by :func:`spcl.data.png_decode.decode_id_png` (OpenCV,
-    faster); other files by PIL, whose errors are reported.
-
-    Raises:
-        ValueError: unreadable, truncated or not single-channel (names the file).
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read label {path}: {exc}") from exc
-    ids = decode_id_png(data)
-    if ids is not None:
-        return ids
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in SINGLE_CHANNEL_MODES:
-                raise DatasetError(
-                    f"label {path} has mode {image.mode}: expected a single-channel image of "
-                    "class ids (8- or 16-bit greyscale or palette PNG)"
-                )
-            return np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DatasetError(f"cannot read label {path}: {exc}") from exc
-
-
-class LabelValueError(DatasetError):
+class LabelValueError(LabelFileError):
     """A label holds values outside its class table (the message names the file and values)."""
 
 
@@ -90,14 +57,15 @@ class LabelDecoder:
     Args:
         table: the class table (raw id → train id, ignore index).
         valid_ids: raw values a label may contain (unmapped ones become ``ignore_index``).
-        read_raw: decodes a file into raw ids (H, W); the default reads single-channel PNGs.
+        read_raw: decodes a file into raw ids (H, W); the default reads single-channel 8- or
+            16-bit PNGs (:func:`spcl.data.label_png.read_label_png`).
     """
 
     def __init__(
         self,
         table: ClassTable,
         valid_ids: Sequence[int],
-        read_raw: Callable[[Path], np.ndarray] = read_id_label,
+        read_raw: Callable[[Path], np.ndarray] = read_label_png,
     ) -> None:
         self.table = table
         self.read_raw = read_raw

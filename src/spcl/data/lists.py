@@ -2,12 +2,14 @@
 
 :class:`SegmentationList` holds paired image and label paths (made by the readers through
 :mod:`spcl.data.layout`); labels are single-channel PNGs of train ids (255 = ignore), or raw ids
-mapped through a decoder or lookup table. Every problem names the file.
+mapped through a decoder or lookup table, read by :func:`spcl.data.label_png.read_label_png`.
+Every problem names the file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from spcl.base import IMAGENET_MEAN, IMAGENET_STD, DatasetError
-from spcl.data.png_decode import decode_id_png
+from spcl.data.label_png import read_label_png
 from spcl.data.transforms import PairTransform
 
 __all__ = [
@@ -25,12 +27,11 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "SegmentationList",
     "read_image",
-    "read_label",
     "to_tensor",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-LABEL_BIT_DEPTH = 8  # read_label reads 8-bit maps; 16-bit ones are refused (their mode named)
+LABEL_BIT_DEPTH = 8  # default labels are 8-bit maps; 16-bit ones are refused (their mode named)
 SAMPLE_RETRIES = 10  # redraws of a rare-class sample short of its class (DAFormer's RCS)
 
 
@@ -54,33 +55,6 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return tensor.sub_(mean).mul_(scale)  # channels-first copy first: 2-3× faster than strided
 
 
-def read_label(path: Path) -> np.ndarray:
-    """An 8-bit single-channel label PNG (grey, or palette indices) as (H, W) uint8.
-
-    Palette PNGs give their indices: converting them to grey would map ids through the colours.
-    Decoded by :func:`spcl.data.png_decode.decode_id_png` (OpenCV, faster); other files go through
-    PIL, whose errors are reported.
-
-    Raises:
-        ValueError: unreadable file, or not an 8-bit L or P image (the message names the file).
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"cannot read label {path}: {exc}") from exc
-    ids = decode_id_png(data, bit_depths=(LABEL_BIT_DEPTH,))
-    if ids is not None:
-        return ids  # writable
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in ("L", "P"):
-                raise DatasetError(f"label {path} has mode {image.mode}, expected 8-bit L or P")
-            return np.array(image)  # writable: torch.from_numpy warns on read-only arrays
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DatasetError(f"cannot read label {path}: {exc}") from exc
-
-
 class SegmentationList(Dataset):
     """Explicit lists of images and (optional) same-length labels; the base of every dataset.
 
@@ -97,7 +71,8 @@ class SegmentationList(Dataset):
         labels: label files, one per image, or None for unlabelled data.
         transform: paired augmentation; None keeps the files' size.
         id_lut: raw id → train id lookup array (e.g. ``ClassTable.id_lut()``).
-        label_reader: decodes one label file (default: 8-bit PNG).
+        label_reader: decodes one label file; None: an 8-bit single-channel PNG
+            (:func:`spcl.data.label_png.read_label_png`, errors naming the file).
         names: item names (default: image file stems).
 
     Raises:
@@ -110,7 +85,7 @@ class SegmentationList(Dataset):
         labels: Sequence[Path] | None = None,
         transform: PairTransform | None = None,
         id_lut: np.ndarray | None = None,
-        label_reader: Callable[[Path], np.ndarray] = read_label,
+        label_reader: Callable[[Path], np.ndarray] | None = None,
         names: Sequence[str] | None = None,
     ) -> None:
         self.images = list(images)
@@ -121,7 +96,7 @@ class SegmentationList(Dataset):
             raise DatasetError(f"{len(self.images)} images but {len(self.labels)} labels")
         self.transform = transform
         self.id_lut = id_lut
-        self.label_reader = label_reader
+        self.label_reader = label_reader or partial(read_label_png, max_bits=LABEL_BIT_DEPTH)
         self.names = list(names) if names is not None else [p.stem for p in self.images]
         self.min_class_pixels = 0.0  # set by rare-class sampling (see _transformed); 0: off
 

@@ -1,12 +1,13 @@
 """Confusion counts of one prediction PNG against its ground truth, without torch.
 
 The unit of work of folder evaluation (:func:`spcl.evaluation.pred_folders.evaluate_folders`):
-decode both maps (:func:`spcl.data.png_decode.decode_id_png`, PIL for other files), check their
-sizes and ids, and count. For 8-bit maps (all Cityscapes files) counting is one joint histogram of
-the raw file values (:func:`spcl.data.png_decode.pair_histogram`), folded into the evaluated label
-space by the id lookup tables as a product with two one-hot matrices; the file values are never
-mapped pixel by pixel. Other maps (16-bit, PIL modes) are mapped through the tables first. Both give
-the same integer counts as mapping every pixel and counting with one bincount.
+decode both maps (:func:`spcl.data.label_png.read_label_png`, the reader of every label map),
+check their sizes and ids, and count. For 8-bit maps (all Cityscapes files) counting is one joint
+histogram of the raw file values (:func:`spcl.data.png_decode.pair_histogram`), folded into the
+evaluated label space by the id lookup tables as a product with two one-hot matrices; the file
+values are never mapped pixel by pixel. Other maps (16-bit, PIL modes) are mapped through the
+tables first. Both give the same integer counts as mapping every pixel and counting with one
+bincount.
 
 The counts form a (K+1)×(K+1) matrix: rows are ground-truth classes (an extra empty row), columns
 predicted classes plus column K for predictions that name no evaluated class.
@@ -28,10 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from spcl.base import IGNORE_INDEX, DatasetError
+from spcl.data.label_png import read_label_png
 from spcl.data.labels import CITYSCAPES, ClassTable
-from spcl.data.png_decode import BYTE_VALUES, decode_id_png, pair_histogram
+from spcl.data.png_decode import BYTE_VALUES, pair_histogram
 
-__all__ = ["IdTables", "id_tables", "pair_confusion", "read_id_map"]
+__all__ = ["IdTables", "id_tables", "pair_confusion"]
 
 INVALID = -1  # lookup-table value of a file value that is not allowed
 LAST_CITYSCAPES_ID = 33  # Cityscapes label ids are 0..33 (bicycle); 34..254 are no label id
@@ -181,38 +183,6 @@ def _own_lut(table: ClassTable, file_format: str, unlabelled: int) -> np.ndarray
     return lut
 
 
-def read_id_map(path: Path) -> np.ndarray:
-    """A single-channel id PNG (8- or 16-bit, grey or palette indices) as an integer (H, W) array.
-
-    8/16-bit grey and 8-bit palette PNGs decode with OpenCV as uint8/uint16 (palette indices, never
-    colours); other files through PIL (other integer types become int64).
-
-    Raises:
-        ValueError: unreadable file, or a colour image (the message names the file).
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"cannot read {path}: {exc}") from exc
-    ids = decode_id_png(data)
-    if ids is not None:
-        return ids
-    from PIL import Image, UnidentifiedImageError  # the rare path: importing PIL costs ~0.05 s
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode, ids = image.mode, np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DatasetError(f"cannot read {path}: {exc}") from exc
-    if ids.ndim != 2:
-        raise DatasetError(
-            f"{path} is a {mode} image with {ids.shape[-1]} channels; expected a single-channel "
-            f"PNG of class ids (colour masks cannot be scored)"
-        )
-    return ids if ids.dtype in (np.uint8, np.uint16) else ids.astype(np.int64)
-
-
 def pair_confusion(pred_path: Path, gt_path: Path, tables: IdTables) -> np.ndarray:
     """The (K+1, K+1) int64 counts of one pair; ValueError naming both files on any problem.
 
@@ -220,7 +190,8 @@ def pair_confusion(pred_path: Path, gt_path: Path, tables: IdTables) -> np.ndarr
     under ignored ground truth). The ground truth is checked first, then the prediction; an error
     names the first invalid id in raster order.
     """
-    pred, target = read_id_map(pred_path), read_id_map(gt_path)
+    pred = read_label_png(pred_path, role="prediction")
+    target = read_label_png(gt_path, role="ground truth")
     if pred.shape != target.shape:
         raise DatasetError(
             f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but ground truth "

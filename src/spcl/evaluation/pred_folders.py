@@ -60,7 +60,7 @@ import numpy as np
 from spcl.base import DatasetError
 from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES, ClassTable
 from spcl.evaluation.file_matching import IdFormat, match_files, predictions_in
-from spcl.evaluation.pair_counts import IdTables, id_tables, pair_confusion, read_id_map
+from spcl.evaluation.pair_counts import IdTables, id_tables, pair_confusion
 from spcl.evaluation.scores import SegmentationScores, scores_from_confusion
 
 __all__ = [
@@ -70,7 +70,6 @@ __all__ = [
     "evaluate_folders",
     "match_files",
     "predictions_in",
-    "read_id_map",
     "retain_freed_memory",
     "scores_without_unlabelled",
 ]

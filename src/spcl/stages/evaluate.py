@@ -19,13 +19,13 @@ import torch
 from PIL import Image
 
 from spcl.base import DatasetError, atomic_write_bytes
+from spcl.config_schema import DomainConfig
 from spcl.context import RunContext
 from spcl.engine.distributed import all_reduce_sum_
-from spcl.evaluation.inference import predict_probs
-from spcl.evaluation.metrics import ConfusionMatrix, SegmentationScores
+from spcl.evaluation.api import evaluate, infer
 from spcl.evaluation.plots import plot_confusion, plot_prediction_panels
 from spcl.evaluation.reports import default_subsets, titled, write_csv, write_json, write_table
-from spcl.evaluation.sliding import predict_probs_sliding
+from spcl.evaluation.scores import SegmentationScores
 from spcl.method.adabn import recalibrate_batchnorm
 from spcl.stages.builders import (
     build_segmenter,
@@ -36,50 +36,29 @@ from spcl.stages.builders import (
     target_train_images,
 )
 
-__all__ = ["evaluate_model", "run", "scored_title", "write_scores"]
+__all__ = ["prepared_model", "run", "run_all", "scored_title", "target_val_scores", "write_scores"]
 
 
-@torch.no_grad()
-def evaluate_model(
-    ctx: RunContext,
-    model: torch.nn.Module,
-    desc: str = "evaluate",
-    class_names: tuple[str, ...] | None = None,
+def target_val_scores(
+    ctx: RunContext, model: torch.nn.Module, desc: str = "evaluate"
 ) -> SegmentationScores:
-    """Scores of ``model`` on the configured target_val split, reduced over ranks.
-
-    ``class_names`` name the model's classes (default: the run's class table).
-    """
-    cfg = ctx.config.evaluate
+    """Scores of ``model`` on the configured target_val split with the configured test-time
+    options, summed over ranks (:func:`spcl.evaluation.api.evaluate`): what this stage reports
+    and what validation during training logs."""
+    options = ctx.config.evaluate
     dataset = domain_dataset(ctx.config.data.target_val, with_labels=True, train=False)
-    loader = eval_loader(ctx, dataset)
-    matrix = ConfusionMatrix(ctx.config.data.num_classes, device=ctx.device)
-    was_training = model.training
-    model.eval()
-    bar = ctx.tracker.bar(len(loader), desc=desc)
-    for batch in loader:
-        labels = batch["label"].to(ctx.device)
-        images = batch["image"].to(ctx.device)
-        if cfg.slide:
-            probs = predict_probs_sliding(
-                model,
-                images,
-                labels.shape[-2:],
-                crop=cfg.slide[:2],
-                stride=cfg.slide[2:],
-                flip=cfg.flip,
-                scales=cfg.scales,
-            )
-        else:
-            probs = predict_probs(
-                model, images, labels.shape[-2:], flip=cfg.flip, scales=cfg.scales
-            )
-        matrix.update(probs.argmax(1), labels)
-        bar.update(1)
-    bar.close()
-    model.train(was_training)
-    matrix.reduce_(all_reduce_sum_)
-    return matrix.compute(class_names or class_table(ctx).names)
+    return evaluate(
+        model,
+        eval_loader(ctx, dataset),
+        class_table(ctx).names,
+        device=ctx.device,
+        flip=options.flip,
+        scales=options.scales,
+        slide=options.slide,
+        reduce=all_reduce_sum_,
+        progress=ctx.tracker.progress,
+        desc=desc,
+    )
 
 
 def write_scores(
@@ -95,9 +74,9 @@ def write_scores(
     plot_confusion(scores, out_dir / "confusion.png", title=confusion if title else None)
 
 
-def scored_title(ctx: RunContext, weights: Path, stage: str | None = None) -> str:
-    """What an evaluation scores: ``"self_train model runs/x/06_self_train/model.pth on ..."``."""
-    val = ctx.config.data.target_val
+def scored_title(val: DomainConfig, weights: Path, stage: str | None = None) -> str:
+    """What an evaluation of ``weights`` on the split ``val`` scores:
+    ``"self_train model runs/x/06_self_train/model.pth on synthetic data/pair (split val)"``."""
     model = f"{stage} model {weights}" if stage else f"model {weights}"
     return f"{model} on {val.kind} {val.root} (split {val.split})"
 
@@ -107,17 +86,10 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, stage: str | None = None)
 
     The console table and every file written are titled with the model they score.
     """
-    adabn = ctx.config.evaluate.adabn
-    # AdaBN needs ordinary BatchNorm layers (frozen ones keep no statistics to re-estimate)
-    model = load_weights(build_segmenter(ctx, freeze_bn=False if adabn else None), weights)
-    title = scored_title(ctx, weights, stage)
-    extra: dict[str, object] = {"weights": str(weights), "stage": stage}
-    if adabn:
-        begin = time.perf_counter()
-        layers = recalibrate_batchnorm(model, target_train_images(ctx))
-        extra |= {"adabn_layers": layers, "adabn_seconds": round(time.perf_counter() - begin, 2)}
-        ctx.tracker.info(f"[evaluate] AdaBN: re-estimated {layers} BatchNorm layers on target")
-    scores = evaluate_model(ctx, model)
+    model, adapted = prepared_model(ctx, weights)
+    title = scored_title(ctx.config.data.target_val, weights, stage)
+    extra: dict[str, object] = {"weights": str(weights), "stage": stage, **adapted}
+    scores = target_val_scores(ctx, model)
     if ctx.is_main:
         extra["confusion"] = scores.confusion.tolist()  # rebuild scores/plots from the file alone
         write_scores(scores, out_dir, extra, title)
@@ -125,6 +97,21 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, stage: str | None = None)
         ctx.tracker.info(f"[evaluate] {titled(table, title)}")
         _panels(ctx, model, out_dir)
     return out_dir / "metrics.json"
+
+
+def prepared_model(ctx: RunContext, weights: Path) -> tuple[torch.nn.Module, dict[str, object]]:
+    """The configured model with the weights at ``weights``, as this stage scores it, and what
+    was done to it for ``metrics.json``: with ``evaluate.adabn`` its BatchNorm statistics are
+    re-estimated on the target training images (``adabn_layers``, ``adabn_seconds``)."""
+    adabn = ctx.config.evaluate.adabn
+    # AdaBN needs ordinary BatchNorm layers (frozen ones keep no statistics to re-estimate)
+    model = load_weights(build_segmenter(ctx, freeze_bn=False if adabn else None), weights)
+    if not adabn:
+        return model, {}
+    begin = time.perf_counter()
+    layers = recalibrate_batchnorm(model, target_train_images(ctx))
+    ctx.tracker.info(f"[evaluate] AdaBN: re-estimated {layers} BatchNorm layers on target")
+    return model, {"adabn_layers": layers, "adabn_seconds": round(time.perf_counter() - begin, 2)}
 
 
 def run_all(ctx: RunContext, out_dir: Path, inputs: dict[str, Path]) -> Path:
@@ -163,7 +150,7 @@ def _panels(ctx: RunContext, model: torch.nn.Module, out_dir: Path) -> None:
                 continue  # named already by the evaluation's loader
             raise
         sample = dataset[index]
-        probs = predict_probs(model.eval(), sample["image"][None].to(ctx.device), label.shape)
+        probs = infer(model.eval(), sample["image"][None].to(ctx.device), label.shape)
         rows.append((image, label, probs.argmax(1)[0].cpu().numpy(), dataset.names[index]))
     table = class_table(ctx)
     path = plot_prediction_panels(

@@ -22,7 +22,7 @@ from torch import nn
 from spcl.context import RunContext
 from spcl.engine.loop import AfterStep
 from spcl.evaluation.scores import SegmentationScores
-from spcl.stages.evaluate import evaluate_model
+from spcl.stages.evaluate import target_val_scores
 
 __all__ = ["kept_training_flags", "validation_hooks"]
 
@@ -64,7 +64,7 @@ def validation_hooks(
             return
         # no draw of training's RNG, and the modes training left (not all train()) come back
         with torch.random.fork_rng(devices=devices), kept_training_flags(model):
-            scores = evaluate_model(ctx, model, desc=f"{tag} val")
+            scores = target_val_scores(ctx, model, desc=f"{tag} val")
         per_class = {
             f"iou/{name}": value
             for name, value in zip(scores.class_names, scores.iou, strict=True)
