@@ -39,7 +39,7 @@ from spcl.engine.tracking import Tracker
 from spcl.method.contrastive import pixel_prototype_logits, pixel_prototype_loss
 from spcl.method.losses import tempered_cross_entropy, upsample_logits
 from spcl.method.prototypes import PrototypeBank, downsample_labels
-from spcl.pipeline import STAGES
+from spcl.recipe import STAGE_FOLDERS
 from spcl.stages.adapt import PLAIN_CE, SOURCE_STREAM, TARGET_STREAM, AdaptParts, adapt_forward
 from spcl.stages.builders import (
     build_segmenter,
@@ -54,7 +54,6 @@ from spcl.stages.builders import (
 EXIT_USER_ERROR = 2
 TINY = 1e-30  # floor of a denominator
 DEFAULT_TEMPERATURES = (100.0, 1.0, 0.1)
-FOLDER = {stage.name: stage.folder for stage in STAGES}
 SRC, TGT, GT = "source, reliable GT", "target, pseudo-labels", "target, ground truth"
 TERM_STATS = ("loss", "param", "feature", "cos")
 Totals = defaultdict[tuple, float]  # (name, statistic, ...) → sum over batches
@@ -116,7 +115,7 @@ def locate_run(run_dir: Path) -> RunFiles:
             "`spcl demo --out OUT` (RUN = OUT/runs/spcl) or `spcl run CONFIG run.out=RUN`"
         )
     stages = load_config(config).run.stages
-    folder = {name: run_dir / sub for name, sub in FOLDER.items()}
+    folder = {name: run_dir / sub for name, sub in STAGE_FOLDERS.items()}
     stats = [folder[name] / "stats.json" for name in ("pseudo_labels", "pseudo_labels_2")]
     return RunFiles(
         warmup=_need(folder["warmup"] / "model.pth", "warmup", run_dir, stages),

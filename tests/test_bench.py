@@ -29,7 +29,7 @@ from spcl.engine.loop import weighted_total
 from spcl.experiments import bench, payload, report, rows, sharing
 from spcl.experiments.rows import QUICK_OVERRIDES
 from spcl.models.resnet import FrozenBatchNorm2d
-from spcl.pipeline import run_pipeline
+from spcl.pipeline import run_pipeline, stage_fingerprints
 from spcl.stages import adapt, evaluate
 from spcl.stages.builders import domain_dataset
 from tiny import TINY
@@ -172,9 +172,7 @@ def test_each_run_changes_exactly_its_switches(tmp_path: Path) -> None:
 
 
 def test_runs_share_the_stages_they_truly_share(tmp_path: Path) -> None:
-    prints = {
-        n: sharing.stage_fingerprints(c) for n, c in _bench_configs(tmp_path)["configs"].items()
-    }
+    prints = {n: stage_fingerprints(c) for n, c in _bench_configs(tmp_path)["configs"].items()}
     assert prints["source_only"]["warmup"] == prints["source_only_adabn"]["warmup"]
     assert prints["oracle"]["warmup"] != prints["source_only"]["warmup"]
     assert prints["spcl"]["warmup"] != prints["source_only"]["warmup"]
@@ -189,11 +187,12 @@ def test_runs_share_the_stages_they_truly_share(tmp_path: Path) -> None:
 
 def test_share_links_only_a_matching_finished_stage(tmp_path: Path) -> None:
     config = load_config("demo", [*_roots(tmp_path), "run.stages=[warmup, evaluate]"])
-    key = sharing.stage_fingerprints(config)["warmup"]
+    key = stage_fingerprints(config)["warmup"]
     good, stale, mine = tmp_path / "good", tmp_path / "stale", tmp_path / "mine"
     for donor, fingerprint in ((stale, "0" * 16), (good, key)):
         (donor / "01_warmup").mkdir(parents=True)
-        (donor / "01_warmup" / "done.json").write_text(json.dumps({"fingerprint": fingerprint}))
+        done = {"fingerprint": fingerprint, "output": "model.pth"}
+        (donor / "01_warmup" / "done.json").write_text(json.dumps(done))
         (donor / "01_warmup" / "model.pth").write_bytes(donor.name.encode())
     shared = sharing.share_done_stages(config, mine, [stale, good])
     assert shared == {"warmup": str(good)}
@@ -295,10 +294,7 @@ def _one_step(warm: dict[str, Any], tmp_path: Path, monkeypatch, *overrides: str
     config = load_config("demo", [*warm["overrides"], *overrides, f"run.out={tmp_path}"])
     outputs = warm["outputs"]
     with open_run(config) as ctx:
-        adapt.run(
-            ctx, tmp_path / "04_adapt", outputs["warmup"], outputs["prototypes"],
-            outputs["pseudo_labels"],
-        )  # fmt: skip
+        adapt.run(ctx, tmp_path / "04_adapt", outputs)
     return captured
 
 
@@ -349,7 +345,7 @@ def test_evaluate_adabn_changes_only_batchnorm_statistics(warm, tmp_path: Path) 
     config = load_config("demo", [*warm["overrides"], "evaluate.adabn=true", f"run.out={tmp_path}"])
     with open_run(config) as ctx:
         model, adapted = evaluate.prepared_model(ctx, weights)  # what the stage scores
-        metrics = json.loads(evaluate.run(ctx, tmp_path, weights).read_text())
+        metrics = json.loads(evaluate.score_model(ctx, tmp_path, weights).read_text())
     assert adapted["adabn_layers"] == 20  # every BatchNorm of the ResNet-18
     assert metrics["adabn_layers"] == 20
     before = clean_state_dict(load_state(weights)["model"])

@@ -23,8 +23,9 @@ from spcl.engine.tracking import Tracker
 from spcl.evaluation.metrics import ConfusionMatrix
 from spcl.experiments.rows import QUICK_OVERRIDES
 from spcl.pipeline import STAGES, run_pipeline
+from spcl.run_dir import COLLAPSE_FILE
 from spcl.run_state import fingerprint
-from spcl.stages.collapse import PSEUDO_LABEL_SHARE, SUMMARY_FILE, CollapseAlert
+from spcl.stages.collapse import PSEUDO_LABEL_SHARE, CollapseAlert
 from tiny import TINY
 
 NAMES = ("road", "train", "sky")
@@ -67,7 +68,7 @@ def test_a_class_that_fades_is_named_in_the_log_tensorboard_and_the_summary(
     assert "[online] iteration 6: class collapse: 'train' has had a pseudo-label share" in log
     assert "below 0.01% for 2 checks in a row (now 0%); it was 25% at iteration 2" in log
     assert "'sky'" not in log and "'road'" not in log
-    summary = json.loads((tmp_path / "07_online" / SUMMARY_FILE).read_text())
+    summary = json.loads((tmp_path / "07_online" / COLLAPSE_FILE).read_text())
     assert summary["collapsed"] == ["train"] and summary["last_check"] == 6
     assert summary["alerts"] == [
         {"class": "train", "signal": PSEUDO_LABEL_SHARE, "iteration": 6, "value": 0.0}
@@ -75,7 +76,7 @@ def test_a_class_that_fades_is_named_in_the_log_tensorboard_and_the_summary(
     _steps(alert, 7, 8, _labels(0, 1))  # back at the last check: said, and the summary is final
     ctx.tracker.close()
     assert "class 'train' is back: pseudo-label share 25%" in (tmp_path / "log.txt").read_text()
-    assert json.loads((tmp_path / "07_online" / SUMMARY_FILE).read_text())["collapsed"] == []
+    assert json.loads((tmp_path / "07_online" / COLLAPSE_FILE).read_text())["collapsed"] == []
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert "online/collapse/text_summary" in events.Tags()["tensors"]
@@ -107,7 +108,7 @@ def test_a_restart_takes_up_the_streaks_or_drops_alerts_after_the_checkpoint(
     assert "iteration 10: class collapse: 'train'" in (tmp_path / "log.txt").read_text()
     again, _ = _alert(tmp_path)  # resumed from an earlier checkpoint (6): the alert at 10 goes
     _steps(again, 7, 8, _labels(0))  # 'train' not seen since the restart: no alert
-    summary = json.loads((tmp_path / "07_online" / SUMMARY_FILE).read_text())
+    summary = json.loads((tmp_path / "07_online" / COLLAPSE_FILE).read_text())
     assert summary["alerts"] == [] and summary["last_check"] == 8
 
 
@@ -137,4 +138,4 @@ def test_the_alert_changes_no_weight(tmp_path: Path) -> None:
         after = torch.load(out / stage / "model.pth", weights_only=True)["model"]
         assert before.keys() == after.keys()
         assert all(torch.equal(before[k], v) for k, v in after.items())
-        assert (out / "history/1" / stage / SUMMARY_FILE).is_file()
+        assert (out / "history/1" / stage / COLLAPSE_FILE).is_file()

@@ -78,7 +78,7 @@ def _steps(warm: dict, tmp_path: Path, monkeypatch, steps: int, *overrides: str)
     monkeypatch.setattr(online, "train_loop", loop)
     config = load_config("demo", [*warm["overrides"], *overrides, f"run.out={tmp_path}"])
     with open_run(config) as ctx:
-        online.run(ctx, tmp_path / "07_online", warm["warmup"])
+        online.run(ctx, tmp_path / "07_online", {"warmup": warm["warmup"]})
     return got
 
 

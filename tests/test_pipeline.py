@@ -25,16 +25,16 @@ ROOTS = ["data.source.root=/x", "data.target.root=/x", "data.target_val.root=/x"
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     record: list[str] = []
 
-    def fake(stage: pipeline.Stage) -> pipeline.Stage:
+    def fake(stage: pipeline.Stage):
         def fn(ctx: RunContext, out_dir: Path, inputs: dict[str, Path]) -> Path:
             record.append(stage.name)
             out = out_dir / "out.txt"
             out.write_text(json.dumps({k: str(v) for k, v in inputs.items()}))
             return out
 
-        return pipeline.Stage(stage.name, stage.folder, stage.sections, stage.needs, fn)
+        return fn
 
-    monkeypatch.setattr(pipeline, "STAGES", tuple(fake(s) for s in pipeline.STAGES))
+    monkeypatch.setattr(pipeline, "_run_function", fake)  # each stage's run(ctx, out_dir, inputs)
     monkeypatch.setattr(pipeline, "prepare_data", lambda ctx: None)
     return record
 
@@ -207,11 +207,10 @@ def test_a_failed_command_keeps_the_config_yaml(
     def broken(ctx, out_dir, inputs):
         raise RuntimeError("evaluation failed")
 
-    stages = [
-        pipeline.Stage(s.name, s.folder, s.sections, s.needs, broken) if s.name == "evaluate" else s
-        for s in pipeline.STAGES
-    ]
-    monkeypatch.setattr(pipeline, "STAGES", tuple(stages))
+    faked = pipeline._run_function
+    monkeypatch.setattr(
+        pipeline, "_run_function", lambda s: broken if s.name == "evaluate" else faked(s)
+    )
     with pytest.raises(RuntimeError, match="evaluation failed"):
         run("evaluate.flip=true", only="evaluate")
     assert (tmp_path / "config.yaml").read_text() == saved

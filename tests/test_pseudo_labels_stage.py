@@ -38,13 +38,15 @@ def test_only_rank_zero_clears_the_shared_partial_folder(tmp_path: Path) -> None
         written_by_rank_0.write_bytes(b"rank 0's label")
 
         rank_1 = dataclasses.replace(ctx, rank=1, world=2)
-        pseudo_labels.run(rank_1, out_dir, weights)
+        pseudo_labels.run(rank_1, out_dir, {"warmup": weights})
         assert written_by_rank_0.read_bytes() == b"rank 0's label"  # not deleted by rank 1
         odd = {f"{image_name('target', 'train', i)}.png" for i in range(1, N_TRAIN, 2)}
         assert odd <= {p.name for p in partial.iterdir()}  # rank 1 wrote its shard
         assert not (out_dir / "labels").exists()  # only rank 0 moves the folder into place
 
-        pseudo_labels.run(ctx, out_dir, weights)  # rank 0 of 1: a fresh folder, then the rename
+        pseudo_labels.run(
+            ctx, out_dir, {"warmup": weights}
+        )  # rank 0 of 1: a fresh folder, then the rename
         labels = sorted(p.name for p in (out_dir / "labels").iterdir())
         assert labels == [f"{image_name('target', 'train', i)}.png" for i in range(N_TRAIN)]
         assert (out_dir / "labels" / written_by_rank_0.name).read_bytes() != b"rank 0's label"

@@ -16,9 +16,9 @@ import pytest
 from tqdm import tqdm
 
 from spcl import cli
-from spcl.base import STAGE_NAMES
 from spcl.engine.tracking import Tracker
 from spcl.progress import PlainProgress
+from spcl.recipe import STAGE_NAMES
 from test_class_tables import _overrides, make_folder
 
 

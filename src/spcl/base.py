@@ -40,7 +40,6 @@ __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "STAGE_NAMES",
     "CheckpointError",
     "ConfigError",
     "DatasetError",
@@ -63,16 +62,6 @@ __all__ = [
 IGNORE_INDEX = 255  # label value that losses, metrics and pseudo-labels skip
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # input normalisation of torchvision's ImageNet weights
 IMAGENET_STD = (0.229, 0.224, 0.225)  # (images in [0, 1], RGB)
-STAGE_NAMES = (  # the pipeline's stages in order (spcl.pipeline.STAGES; here for the CLI's help)
-    "warmup",
-    "prototypes",
-    "pseudo_labels",
-    "adapt",
-    "pseudo_labels_2",
-    "self_train",
-    "online",
-    "evaluate",
-)
 FILE_BITS = 0o666  # what open() asks for; the umask removes bits from it
 DIR_BITS = 0o777  # what mkdir() asks for
 _PROC_STATUS = Path("/proc/self/status")  # Linux ≥ 4.7 shows the umask there ("Umask:\t0022")

@@ -40,7 +40,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from spcl import __version__
-from spcl.base import STAGE_NAMES, NonFiniteLossError, UserError, describe_os_error
+from spcl.base import NonFiniteLossError, UserError, describe_os_error
 from spcl.commands import (
     _cmd_bench,
     _cmd_config,
@@ -52,6 +52,7 @@ from spcl.commands import (
     _cmd_run,
     _cmd_synth,
 )
+from spcl.recipe import STAGE_NAMES
 
 __all__ = ["build_parser", "main", "parse_ablations", "parse_seeds"]
 

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from spcl.base import STAGE_NAMES
 from spcl.config_types import (
     Beta,
     Count,
@@ -31,6 +30,7 @@ from spcl.config_types import (
     Size2,
 )
 from spcl.model_catalog import option_problems
+from spcl.recipe import STAGE_NAMES
 
 __all__ = [
     "REQUIRED",

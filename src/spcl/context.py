@@ -28,6 +28,7 @@ from spcl.engine.distributed import (
     world_size,
 )
 from spcl.engine.tracking import Tracker
+from spcl.run_dir import RunDir
 
 if TYPE_CHECKING:
     from spcl.data.labels import ClassTable
@@ -50,9 +51,6 @@ class RunContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    def stage_dir(self, name: str) -> Path:
-        return self.run_dir / name
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -99,7 +97,7 @@ def open_run(config: Config, run_dir: Path | None = None) -> Iterator[RunContext
     try:
         if is_main():
             env = json.dumps(environment(device), indent=2).encode()
-            atomic_write_bytes(run_dir / "env.json", env)
+            atomic_write_bytes(RunDir(run_dir).env, env)
         yield RunContext(config, run_dir, device, tracker, rank(), world_size())
     finally:
         tracker.close()

@@ -1,20 +1,17 @@
-"""The SPCL recipe as an ordered list of stages, run into one resumable run directory.
-
-    warmup → prototypes(warmup) → pseudo_labels(warmup) → adapt → pseudo_labels_2(adapt)
-           → self_train → online([warmup]) → evaluate
+"""Plan and run the recipe's stages (:mod:`spcl.recipe`) into one resumable run directory.
 
 ``online`` is the EMA-teacher recipe (DAFormer/MIC/SePiCo), an alternative to the SPCL chain that
 starts from the ImageNet init or the warm-up. Each stage writes one folder (``01_warmup/`` …
-``08_evaluate/``). A stage is done when its folder
-holds ``done.json`` with the fingerprint of the config it ran with (the config sections it depends
-on plus the fingerprints of the stages it reads); a re-run skips done stages, re-runs a stage whose
-fingerprint changed (and so everything downstream), and lets a training stage interrupted half-way
-resume from its checkpoint. Before replacing a finished stage, a re-run says which and why (the
-config keys that changed, per stage) and moves its folder to ``history/N/``
-(:mod:`spcl.run_history`); ``config.yaml`` is rewritten only once a command has succeeded.
-``run.stages`` selects which stages a run has (e.g. warm-up and
-evaluation only, for a source-only baseline). A lock file keeps a second process out of a run
-directory in use. Fingerprints and the lock live in :mod:`spcl.run_state`.
+``08_evaluate/``; every name in a run directory: :mod:`spcl.run_dir`). A stage is done when its
+folder holds ``done.json`` with the fingerprint of the config it ran with (the config sections it
+depends on plus the fingerprints of the stages it reads, :func:`stage_fingerprints`); a re-run
+skips done stages, re-runs a stage whose fingerprint changed (and so everything downstream), and
+lets a training stage interrupted half-way resume from its checkpoint. Before replacing a finished
+stage, a re-run says which and why (the config keys that changed, per stage) and moves its folder
+to ``history/N/`` (:mod:`spcl.run_history`); ``config.yaml`` is rewritten only once a command has
+succeeded. ``run.stages`` selects which stages a run has (e.g. warm-up and evaluation only, for a
+source-only baseline). A lock file keeps a second process out of a run directory in use.
+Fingerprints and the lock live in :mod:`spcl.run_state`.
 
 Importing this module is cheap (no torch): the stage modules are imported when a stage runs, so
 the command line can list the stages without loading the models.
@@ -27,16 +24,17 @@ import importlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from spcl.base import STAGE_NAMES, ConfigError, UsageError, atomic_write_bytes
+from spcl.base import ConfigError, UsageError, atomic_write_bytes
 from spcl.config import save_config
 from spcl.config_schema import Config
+from spcl.recipe import EVALUATION, STAGE_NAMES, STAGES, Stage, plan, stage_inputs
+from spcl.run_dir import DONE_FILE, STARTED_FILE, RunDir, metrics_path, model_path
 from spcl.run_history import (
     announcement,
     keep_in_history,
@@ -56,158 +54,51 @@ if TYPE_CHECKING:
     from spcl.context import RunContext
 
 __all__ = [
+    "EVALUATION",
     "STAGES",
-    "STAGE_FOLDERS",
     "STAGE_NAMES",
-    "TRAINED_MODELS",
     "RunLockedError",
     "Stage",
+    "done_record",
     "metrics_path",
     "model_path",
     "plan",
+    "prepare_data",
     "run_lock",
     "run_pipeline",
+    "stage_fingerprints",
     "stage_inputs",
 ]
 
-StageFn = Callable[["RunContext", Path, dict[str, Path]], Path]
 Observer = Callable[[str], AbstractContextManager[None]]  # wraps each stage that runs (by name)
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One step of the recipe.
+def _run_function(stage: Stage) -> Callable[[RunContext, Path, dict[str, Path]], Path]:
+    """``run(ctx, out_dir, inputs)`` of the stage's module, imported when the stage first runs
+    (it imports torch)."""
+    return importlib.import_module(f"spcl.stages.{stage.module}").run
 
-    Attributes:
-        name: stage name (``run.stages``, ``--from``, ``--only``).
-        folder: its folder in the run directory.
-        sections: dotted config sections its result depends on.
-        needs: stages whose outputs it reads, in the order ``fn`` receives them.
-        fn: runs the stage into a folder given the upstream outputs; returns its output path.
+
+def stage_fingerprints(config: Config, stages: Sequence[Stage] | None = None) -> dict[str, str]:
+    """The fingerprint :func:`run_pipeline` gives each planned stage of ``config`` (in order).
+
+    A stage's fingerprint hashes its config sections and the fingerprints of the stages it reads
+    (:func:`spcl.run_state.fingerprint`): equal fingerprints, equal results.
     """
-
-    name: str
-    folder: str
-    sections: tuple[str, ...]
-    needs: tuple[str, ...]
-    fn: StageFn
-
-
-def _stage(name: str) -> ModuleType:
-    """The module of a stage, imported when the stage first runs (it imports torch)."""
-    return importlib.import_module(f"spcl.stages.{name}")
+    prints: dict[str, str] = {}
+    for stage in plan(config) if stages is None else stages:
+        upstream = {n: prints[n] for n in stage_inputs(stage, config) if n in prints}
+        prints[stage.name] = fingerprint(stage, config, upstream)
+    return prints
 
 
-_COMMON = ("model", "data", "run.seed")
-STAGES: tuple[Stage, ...] = (
-    Stage(
-        "warmup", "01_warmup", (*_COMMON, "warmup"), (), lambda c, d, i: _stage("warmup").run(c, d)
-    ),
-    Stage(
-        "prototypes",
-        "02_prototypes",
-        _COMMON,
-        ("warmup",),
-        lambda c, d, i: _stage("prototypes").run(c, d, i["warmup"]),
-    ),
-    Stage(
-        "pseudo_labels",
-        "03_pseudo_labels",
-        (*_COMMON, "pseudo_labels"),
-        ("warmup",),
-        lambda c, d, i: _stage("pseudo_labels").run(c, d, i["warmup"]),
-    ),
-    Stage(
-        "adapt",
-        "04_adapt",
-        (*_COMMON, "adapt"),
-        ("warmup", "prototypes", "pseudo_labels"),
-        lambda c, d, i: _stage("adapt").run(c, d, i["warmup"], i["prototypes"], i["pseudo_labels"]),
-    ),
-    Stage(
-        "pseudo_labels_2",
-        "05_pseudo_labels",
-        (*_COMMON, "pseudo_labels"),
-        ("adapt",),
-        lambda c, d, i: _stage("pseudo_labels").run(c, d, i["adapt"]),
-    ),
-    Stage(
-        "self_train",
-        "06_self_train",
-        (*_COMMON, "self_train"),
-        ("adapt", "pseudo_labels_2"),
-        lambda c, d, i: _stage("self_train").run(c, d, i["adapt"], i["pseudo_labels_2"]),
-    ),
-    Stage(
-        "online",
-        "07_online",
-        (*_COMMON, "online"),
-        ("warmup",),  # with online.init=warmup only
-        lambda c, d, i: _stage("online").run(c, d, i.get("warmup")),
-    ),
-    Stage(
-        "evaluate",
-        "08_evaluate",
-        ("model", "data", "evaluate"),
-        ("warmup", "adapt", "self_train", "online"),  # those of them that the run has
-        lambda c, d, i: _stage("evaluate").run_all(c, d, i),
-    ),
-)
-if tuple(s.name for s in STAGES) != STAGE_NAMES:  # the CLI lists base.STAGE_NAMES
-    raise RuntimeError("spcl.base.STAGE_NAMES must list spcl.pipeline.STAGES in order")
-STAGE_FOLDERS = {s.name: s.folder for s in STAGES}  # stage name → its folder in a run directory
-TRAINED_MODELS = ("warmup", "adapt", "self_train", "online")  # stages whose output is a model
-EVALUATION = "evaluate"  # the stage that scores the trained models
-ONLINE = "online"  # the EMA-teacher stage, whose input depends on online.init
-MODEL_FILE, METRICS_FILE = "model.pth", "metrics.json"
-DONE_FILE, CONFIG_FILE = "done.json", "config.yaml"  # a stage's completion record; the run's config
-
-
-def model_path(run_dir: str | Path, stage: str) -> Path:
-    """The ``model.pth`` a training stage writes in a run directory."""
-    if stage not in TRAINED_MODELS:
-        raise UsageError(f"stage {stage!r} trains no model; trained models: {TRAINED_MODELS}")
-    return Path(run_dir) / STAGE_FOLDERS[stage] / MODEL_FILE
-
-
-def metrics_path(run_dir: str | Path, stage: str) -> Path:
-    """The evaluation stage's ``metrics.json`` for the model of ``stage`` in a run directory."""
-    if stage not in TRAINED_MODELS:
-        raise UsageError(f"stage {stage!r} trains no model; trained models: {TRAINED_MODELS}")
-    return Path(run_dir) / STAGE_FOLDERS[EVALUATION] / stage / METRICS_FILE
-
-
-def plan(config: Config) -> list[Stage]:
-    """The stages this config runs, in order; checks that each has what it reads.
+def done_record(run_dir: str | Path, stage: str) -> dict[str, Any] | None:
+    """The ``done.json`` of a finished stage in a run directory (None: not finished).
 
     Raises:
-        ConfigError: an unknown stage name, or a stage without a stage it needs.
+        RunStateError: the record was edited or damaged (the message names the file).
     """
-    wanted = list(config.run.stages)
-    unknown = [n for n in wanted if n not in STAGE_NAMES]
-    if unknown:
-        raise ConfigError(f"run.stages: unknown stage(s) {unknown}; valid: {list(STAGE_NAMES)}")
-    chosen = [s for s in STAGES if s.name in wanted]
-    for stage in chosen:
-        needs = stage_inputs(stage, config)
-        missing = [n for n in needs if n not in wanted]
-        if missing:
-            raise ConfigError(f"run.stages: '{stage.name}' needs {missing}; add them to run.stages")
-    return chosen
-
-
-def stage_inputs(stage: Stage, config: Config) -> tuple[str, ...]:
-    """The stages whose outputs ``stage`` reads under ``config`` (its fingerprint's upstream).
-
-    The evaluation reads every trained model the run has (at least one); the online stage reads
-    the warm-up only when it starts from it (``online.init: warmup``).
-    """
-    if stage.name == EVALUATION:
-        wanted = config.run.stages
-        return tuple(n for n in stage.needs if n in wanted) or ("warmup",)
-    if stage.name == ONLINE:
-        return stage.needs if config.online.init == "warmup" else ()
-    return stage.needs
+    return read_json(RunDir(run_dir).done(stage))
 
 
 def prepare_data(ctx: RunContext) -> None:
@@ -274,20 +165,19 @@ def _plan_steps(
     """Decide, before anything runs, what each stage of the run does (raises on a bad --only)."""
     names = [s.name for s in stages]
     last = names.index(only) if only is not None else len(names) - 1
+    prints = stage_fingerprints(ctx.config, stages[: last + 1])
     steps: list[_Step] = []
-    prints: dict[str, str] = {}
     reruns: set[str] = set()
     forced = False
     for stage in stages[: last + 1]:
         forced = forced or stage.name == start_from
         needs = stage_inputs(stage, ctx.config)
-        upstream = {n: prints[n] for n in needs if n in prints}
-        if len(upstream) < len(needs):
-            missing = [n for n in needs if n not in prints]
+        missing = [n for n in needs if n not in prints]
+        if missing:
             raise UsageError(f"stage '{stage.name}' needs {missing}, which have not run")
-        key = fingerprint(stage, ctx.config, upstream)
-        prints[stage.name] = key
-        done = read_json(ctx.stage_dir(stage.folder) / DONE_FILE)
+        upstream = {n: prints[n] for n in needs}
+        key = prints[stage.name]
+        done = read_json(RunDir(ctx.run_dir).done(stage.name))
         selected = only is None or stage.name == only
         asked = selected and (forced or only is not None)  # --from, --only: run even if done
         if done is not None and done["fingerprint"] == key and not asked:
@@ -343,11 +233,12 @@ def run_pipeline(
     prepare_data(ctx)  # sets data.num_classes when unset: before any fingerprint
     steps = _plan_steps(ctx, stages, start_from, only)
     replaced, history = _announce_replacements(ctx, steps)
-    if ctx.is_main and not (ctx.run_dir / CONFIG_FILE).exists():  # a new run that started well
-        save_config(ctx.config, ctx.run_dir / CONFIG_FILE)
+    run_dir = RunDir(ctx.run_dir)
+    if ctx.is_main and not run_dir.config.exists():  # a new run that started well
+        save_config(ctx.config, run_dir.config)
     outputs: dict[str, Path] = {}
     for step in steps:
-        stage, out_dir = step.stage, ctx.stage_dir(step.stage.folder)
+        stage, out_dir = step.stage, run_dir.stage(step.stage.name)
         if not step.run:
             done = read_json(out_dir / DONE_FILE)
             assert done is not None
@@ -358,7 +249,7 @@ def run_pipeline(
         observer = observe or (lambda _name: contextlib.nullcontext())
         outputs[stage.name] = _run_stage(ctx, step, out_dir, inputs, (history, replaced), observer)
     if ctx.is_main:  # only now: a failed command keeps the config.yaml of the last good one
-        save_config(ctx.config, ctx.run_dir / CONFIG_FILE)
+        save_config(ctx.config, run_dir.config)
     return outputs
 
 
@@ -382,7 +273,7 @@ def _run_stage(
     from spcl.engine.distributed import barrier
 
     stage, key = step.stage, step.key
-    started = read_json(out_dir / "started.json")
+    started = read_json(out_dir / STARTED_FILE)
     if ctx.is_main:
         if (out_dir / DONE_FILE).exists():
             keep_in_history(history[0], out_dir, history[1])  # a finished result: kept
@@ -392,12 +283,12 @@ def _run_stage(
             for path in remove_stale_temp_files(out_dir):  # left by kill -9 mid-write
                 ctx.tracker.info(f"[{stage.name}] removed {path.name} (an interrupted write)")
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out_dir / "started.json", json.dumps({"fingerprint": key}).encode())
+        atomic_write_bytes(out_dir / STARTED_FILE, json.dumps({"fingerprint": key}).encode())
     barrier()
     ctx.tracker.info(f"[{stage.name}] running into {out_dir}")
     begin = time.perf_counter()
     with observe(stage.name):
-        output = stage.fn(ctx, out_dir, inputs)
+        output = _run_function(stage)(ctx, out_dir, inputs)
     seconds = time.perf_counter() - begin
     if ctx.is_main:
         record = {

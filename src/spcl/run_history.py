@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from spcl.base import atomic_write_bytes
+from spcl.run_dir import CONFIG_FILE, HISTORY_DIR, REPLACED_FILE
 
 __all__ = [
-    "HISTORY",
     "announcement",
     "changed_keys",
     "describe_change",
@@ -28,8 +28,6 @@ __all__ = [
     "replacement_reason",
 ]
 
-HISTORY = "history"  # folder of a run directory that keeps replaced stage folders
-REPLACED_FILE = "replaced.json"  # in history/N/: stage → why it was replaced
 MAX_LISTED_KEYS = 6  # changed keys named per stage; the rest are counted
 
 
@@ -109,7 +107,7 @@ def announcement(replaced: Mapping[str, str], history: Path) -> list[str]:
 
 def next_history_folder(run_dir: Path) -> Path:
     """``run_dir/history/N`` for the next free N (not created)."""
-    root = run_dir / HISTORY
+    root = run_dir / HISTORY_DIR
     numbers = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.is_dir() else []
     return root / str(max(numbers, default=0) + 1)
 
@@ -122,9 +120,9 @@ def keep_in_history(folder: Path, stage_dir: Path, reasons: Mapping[str, str]) -
     """
     if not folder.is_dir():
         folder.mkdir(parents=True)
-        config = stage_dir.parent / "config.yaml"
+        config = stage_dir.parent / CONFIG_FILE
         if config.is_file():
-            shutil.copy2(config, folder / "config.yaml")
+            shutil.copy2(config, folder / CONFIG_FILE)
         atomic_write_bytes(
             folder / REPLACED_FILE, json.dumps(dict(reasons), indent=2, ensure_ascii=False).encode()
         )

@@ -1,8 +1,9 @@
 """What a run directory records and guards: the stage fingerprints and the lock.
 
 A stage's fingerprint hashes the config sections its result depends on and the fingerprints of the
-stages it reads (:func:`fingerprint`); ``done.json`` keeps it, and a re-run compares
-(:mod:`spcl.pipeline`). Keys that never change a result (``NOT_SEMANTIC``) are left out, and so
+stages it reads (:func:`fingerprint`; the stages and their sections: :mod:`spcl.recipe`);
+``done.json`` keeps it, and a re-run compares (:mod:`spcl.pipeline`). Keys that never change a
+result (``NOT_SEMANTIC``) are left out, and so
 are keys added after runs were made while they hold the value that computes what runs did before
 them (``NEUTRAL_DEFAULTS``): an upgrade does not invalidate finished runs. The lock
 (:func:`run_lock`) keeps a second process out of a run directory in use. Torch-free.
@@ -17,14 +18,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spcl.base import UserError
 from spcl.config import config_to_dict
 from spcl.config_schema import Config
-
-if TYPE_CHECKING:
-    from spcl.pipeline import Stage
+from spcl.recipe import Stage
+from spcl.run_dir import DONE_FILE, LOCK_FILE, STARTED_FILE
 
 __all__ = [
     "NEUTRAL_DEFAULTS",
@@ -57,8 +57,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
 RECORD_FIELDS: dict[str, tuple[dict[str, type], dict[str, type]]] = {  # a stage record's
     # (required, optional) fields and their types, checked when it is read (older records may
     # lack the optional ones)
-    "done.json": ({"fingerprint": str, "output": str}, {"config": dict, "upstream": dict}),
-    "started.json": ({"fingerprint": str}, {}),
+    DONE_FILE: ({"fingerprint": str, "output": str}, {"config": dict, "upstream": dict}),
+    STARTED_FILE: ({"fingerprint": str}, {}),
 }
 AGAIN = "delete it to run the stage again"  # what to do about a damaged record
 
@@ -107,7 +107,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         RunLockedError: another process holds it (names the directory and that process's pid).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ".lock"
+    path = run_dir / LOCK_FILE
     handle = open(path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
     try:
         try:

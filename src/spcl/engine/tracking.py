@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from spcl.engine.disk_errors import LogFile, NamedWriter
 from spcl.progress import progress_bar
+from spcl.run_dir import RunDir
 
 __all__ = ["Tracker"]
 
@@ -51,7 +52,7 @@ class Tracker:
         self._writer: Any = None
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            file_handler = LogFile(self.run_dir / "log.txt")  # a failed write names the file
+            file_handler = LogFile(RunDir(self.run_dir).log)  # a failed write names the file
             file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
             console = _TqdmHandler()
             console.setFormatter(logging.Formatter("%(message)s"))
@@ -63,7 +64,7 @@ class Tracker:
         if self._writer is None and self.enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            folder = self.run_dir / "tensorboard"
+            folder = RunDir(self.run_dir).tensorboard
             self._writer = NamedWriter(SummaryWriter(log_dir=str(folder)), folder)
         return self._writer
 

@@ -41,7 +41,7 @@ from spcl.experiments.rows import (
 )
 from spcl.experiments.runner import Layout, SeedResult, run_seed
 from spcl.experiments.sharing import total_stage_seconds
-from spcl.pipeline import STAGE_FOLDERS, metrics_path, model_path
+from spcl.run_dir import RunDir, metrics_path, model_path
 
 __all__ = ["DEMO_CONFIG", "run_demo"]
 
@@ -90,11 +90,11 @@ def _figures(layout: Layout, seed: int, result: SeedResult) -> list[tuple[str, P
         {name: metrics_path(run[name], ROWS[name].stage) for name in run},
         out / "per_class_iou_bars.png",
     )
-    spcl = layout.run_dir(seed, FEATURE_RUN)
+    spcl_run = RunDir(layout.run_dir(seed, FEATURE_RUN))
     before, after = plot_feature_embeddings(
         [
-            (model_path(spcl, "warmup"), spcl / STAGE_FOLDERS["prototypes"] / "prototypes.pth"),
-            (model_path(spcl, "adapt"), spcl / STAGE_FOLDERS["adapt"] / "prototypes.pth"),
+            (spcl_run.model("warmup"), spcl_run.prototypes("prototypes")),
+            (spcl_run.model("adapt"), spcl_run.prototypes("adapt")),
         ],
         {
             "source": domain_dataset(source_val, with_labels=True, train=False),

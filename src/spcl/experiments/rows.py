@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from spcl.base import ConfigError
 from spcl.config_schema import Config
-from spcl.pipeline import STAGE_NAMES
+from spcl.recipe import STAGE_NAMES
 
 __all__ = [
     "ABLATIONS",

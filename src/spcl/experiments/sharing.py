@@ -16,17 +16,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spcl.config_schema import Config
-from spcl.pipeline import STAGES, plan, stage_inputs
-from spcl.run_state import fingerprint
+from spcl.pipeline import EVALUATION, done_record, plan, stage_fingerprints
+from spcl.run_dir import DONE_FILE, RunDir
+from spcl.run_state import RunStateError
 
-__all__ = ["row_seconds", "share_done_stages", "stage_fingerprints", "total_stage_seconds"]
+__all__ = ["row_seconds", "share_done_stages", "total_stage_seconds"]
 
 
-def _done_fingerprint(stage_dir: Path) -> str | None:
+def _done_fingerprint(run_dir: Path, stage: str) -> str | None:
+    """The fingerprint a stage of ``run_dir`` finished with (None: unfinished or damaged, so
+    nothing is shared from it; the pipeline names a damaged record of the run itself)."""
     try:
-        return json.loads((stage_dir / "done.json").read_text())["fingerprint"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        done = done_record(run_dir, stage)
+    except RunStateError:
         return None
+    return None if done is None else done["fingerprint"]
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -36,19 +40,6 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, partial, copy_function=os.link)  # all runs live under one OUT folder
     shutil.rmtree(dst, ignore_errors=True)
     partial.rename(dst)
-
-
-def stage_fingerprints(config: Config) -> dict[str, str]:
-    """The fingerprint :func:`spcl.pipeline.run_pipeline` gives each training stage of ``config``.
-
-    The evaluation stage is left out: it scores every model of its run, so it is never shared.
-    """
-    prints: dict[str, str] = {}
-    for stage in plan(config):
-        if stage.name != "evaluate":
-            needs = stage_inputs(stage, config)
-            prints[stage.name] = fingerprint(stage, config, {n: prints[n] for n in needs})
-    return prints
 
 
 def share_done_stages(config: Config, run_dir: Path, donors: Sequence[Path]) -> dict[str, str]:
@@ -65,15 +56,14 @@ def share_done_stages(config: Config, run_dir: Path, donors: Sequence[Path]) -> 
     prints = stage_fingerprints(config)
     shared: dict[str, str] = {}
     for stage in plan(config):
-        if stage.name not in prints:
+        if stage.name == EVALUATION:  # it scores every model of its run: never shared
             continue
         key = prints[stage.name]
-        target = run_dir / stage.folder
-        if _done_fingerprint(target) == key:
+        if _done_fingerprint(run_dir, stage.name) == key:
             continue
-        donor = next((d for d in donors if _done_fingerprint(d / stage.folder) == key), None)
+        donor = next((d for d in donors if _done_fingerprint(d, stage.name) == key), None)
         if donor is not None:
-            _link_tree(donor / stage.folder, target)
+            _link_tree(RunDir(donor).stage(stage.name), RunDir(run_dir).stage(stage.name))
             shared[stage.name] = str(donor)
     return shared
 
@@ -84,24 +74,24 @@ def row_seconds(run_dir: Path, stage: str) -> float:
     The chain follows the inputs each ``done.json`` records; shared stages count with the time
     their donor spent: the cost of the row from scratch.
     """
-    by_name = {s.name: s for s in STAGES}
-    chain: set[str] = set()
+    records: dict[str, dict] = {}
     todo = [stage]
     while todo:  # the stage and, transitively, every stage it read
         name = todo.pop()
-        chain.add(name)
-        done = json.loads((run_dir / by_name[name].folder / "done.json").read_text())
-        todo += [n for n in done.get("inputs", {}) if n not in chain]
-    return sum(
-        float(json.loads((run_dir / by_name[n].folder / "done.json").read_text())["seconds"])
-        for n in chain
-    )
+        done = done_record(run_dir, name)
+        if done is None:
+            raise FileNotFoundError(
+                f"{RunDir(run_dir).done(name)}: stage {name!r} has not finished"
+            )
+        records[name] = done
+        todo += [n for n in done.get("inputs", {}) if n not in records]
+    return sum(float(done["seconds"]) for done in records.values())
 
 
 def total_stage_seconds(runs_dir: Path) -> float:
     """The compute all runs under ``runs_dir`` needed: each stage once (shared ones are links)."""
     seen: dict[tuple[int, int], float] = {}
-    for done in runs_dir.glob("**/done.json"):
+    for done in runs_dir.glob(f"**/{DONE_FILE}"):
         info = done.stat()
         seen[(info.st_dev, info.st_ino)] = float(json.loads(done.read_text())["seconds"])
     return round(sum(seen.values()), 1)

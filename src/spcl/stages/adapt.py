@@ -16,6 +16,7 @@ terms) are what the stage's step binds, and what ``benchmarks/contrast_diagnosti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -36,6 +37,7 @@ from spcl.method.prototypes import (
     downsample_labels,
     reliable_mask,
 )
+from spcl.run_dir import MODEL_FILE, PROTOTYPES_FILE
 from spcl.stages.builders import (
     PairOutput,
     build_segmenter,
@@ -165,8 +167,10 @@ def adapt_weights(cfg: AdaptConfig) -> dict[str, float]:
     return weights
 
 
-def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_dir: Path) -> Path:
-    """Adapt the model at ``weights``; returns the path of the adapted ``model.pth``."""
+def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
+    """Adapt the warm-up model with its prototypes and pseudo-labels; returns ``model.pth``."""
+    weights, prototypes = inputs["warmup"], inputs["prototypes"]
+    labels_dir = inputs["pseudo_labels"]
     cfg, data = ctx.config.adapt, ctx.config.data
     model = load_weights(build_segmenter(ctx, freeze_bn=cfg.freeze_bn), weights)
     net = wrap_ddp(ctx, model)
@@ -222,5 +226,5 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, prototypes: Path, labels_
             raise RuntimeError(f"prototype banks diverged across ranks (max difference {spread})")
     if ctx.is_main:
         final = {"prototypes": bank.prototypes.cpu(), "seen": bank.initialized.cpu()}
-        save_state(final, out_dir / "prototypes.pth")
-    return save_weights(ctx, model, out_dir / "model.pth")
+        save_state(final, out_dir / PROTOTYPES_FILE)
+    return save_weights(ctx, model, out_dir / MODEL_FILE)

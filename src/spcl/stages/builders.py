@@ -29,6 +29,7 @@ from spcl.engine.optim import optimizer_from_groups, param_groups, poly_schedule
 from spcl.models.build import build_model
 from spcl.models.deeplab_v2 import SegOutput
 from spcl.models.files import save_model_file
+from spcl.run_dir import CHECKPOINT_FILE
 from spcl.stages.class_sets import (
     check_class_sets,
     check_model_classes,
@@ -242,7 +243,7 @@ def loop_config(
     run = ctx.config.run
     return LoopConfig(
         stop_iter=optim.stop_iter,
-        checkpoint=out_dir / "checkpoint.pth",
+        checkpoint=out_dir / CHECKPOINT_FILE,
         tag=tag,
         ckpt_every=run.ckpt_every,
         log_every=run.log_every,

@@ -36,15 +36,15 @@ from spcl.base import atomic_write_bytes
 from spcl.context import RunContext
 from spcl.engine.distributed import all_reduce_sum_
 from spcl.evaluation.scores import SegmentationScores
+from spcl.run_dir import COLLAPSE_FILE
 from spcl.run_state import read_json
 from spcl.stages.class_sets import class_table
 
-__all__ = ["PREDICTED_SHARE", "PSEUDO_LABEL_SHARE", "SUMMARY_FILE", "VAL_IOU", "CollapseAlert"]
+__all__ = ["PREDICTED_SHARE", "PSEUDO_LABEL_SHARE", "VAL_IOU", "CollapseAlert"]
 
 PSEUDO_LABEL_SHARE = "pseudo-label share"  # the online stage's signal
 PREDICTED_SHARE = "predicted share"  # self-training's signal
 VAL_IOU = "val IoU"  # the validation's signal (IoU as a fraction)
-SUMMARY_FILE = "collapse.json"  # in the stage folder
 
 
 @dataclass
@@ -94,7 +94,7 @@ class CollapseAlert:
             run.collapse_share,
         )
         self.names = class_table(ctx).names
-        self.path = out_dir / SUMMARY_FILE
+        self.path = out_dir / COLLAPSE_FILE
         k = len(self.names)
         self.counts = torch.zeros(k, dtype=torch.int64, device=ctx.device)
         self.state = _State({signal: _Streaks.empty(k), VAL_IOU: _Streaks.empty(k)})

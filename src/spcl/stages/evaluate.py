@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,14 @@ from spcl.evaluation.plots import plot_confusion, plot_prediction_panels
 from spcl.evaluation.reports import default_subsets, titled, write_csv, write_json, write_table
 from spcl.evaluation.scores import SegmentationScores
 from spcl.method.adabn import recalibrate_batchnorm
+from spcl.run_dir import (
+    CONFUSION_FILE,
+    METRICS_CSV,
+    METRICS_FILE,
+    METRICS_TABLE,
+    PANELS_FILE,
+    SUMMARY_FILE,
+)
 from spcl.stages.builders import (
     build_segmenter,
     class_table,
@@ -36,7 +45,14 @@ from spcl.stages.builders import (
     target_train_images,
 )
 
-__all__ = ["prepared_model", "run", "run_all", "scored_title", "target_val_scores", "write_scores"]
+__all__ = [
+    "prepared_model",
+    "run",
+    "score_model",
+    "scored_title",
+    "target_val_scores",
+    "write_scores",
+]
 
 
 def target_val_scores(
@@ -67,11 +83,11 @@ def write_scores(
     """``metrics.json``, ``metrics.txt``, ``metrics.csv`` and ``confusion.png`` in ``out_dir``,
     each titled with ``title`` (the model scored) when given (``"title"`` in the JSON)."""
     extra = {**(extra or {}), **({"title": title} if title else {})}
-    write_json(scores, out_dir / "metrics.json", extra=extra)
-    write_table(scores, out_dir / "metrics.txt", title=title)
-    write_csv(scores, out_dir / "metrics.csv", title=title)
+    write_json(scores, out_dir / METRICS_FILE, extra=extra)
+    write_table(scores, out_dir / METRICS_TABLE, title=title)
+    write_csv(scores, out_dir / METRICS_CSV, title=title)
     confusion = f"{title}\nconfusion (% of each ground-truth row), mIoU {scores.miou:.1f}"
-    plot_confusion(scores, out_dir / "confusion.png", title=confusion if title else None)
+    plot_confusion(scores, out_dir / CONFUSION_FILE, title=confusion if title else None)
 
 
 def scored_title(val: DomainConfig, weights: Path, stage: str | None = None) -> str:
@@ -81,7 +97,7 @@ def scored_title(val: DomainConfig, weights: Path, stage: str | None = None) -> 
     return f"{model} on {val.kind} {val.root} (split {val.split})"
 
 
-def run(ctx: RunContext, out_dir: Path, weights: Path, stage: str | None = None) -> Path:
+def score_model(ctx: RunContext, out_dir: Path, weights: Path, stage: str | None = None) -> Path:
     """Evaluate the weights at ``weights`` (the model of ``stage``); returns ``metrics.json``.
 
     The console table and every file written are titled with the model they score.
@@ -96,7 +112,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, stage: str | None = None)
         table = scores.format_table(default_subsets(scores.class_names))
         ctx.tracker.info(f"[evaluate] {titled(table, title)}")
         _panels(ctx, model, out_dir)
-    return out_dir / "metrics.json"
+    return out_dir / METRICS_FILE
 
 
 def prepared_model(ctx: RunContext, weights: Path) -> tuple[torch.nn.Module, dict[str, object]]:
@@ -114,7 +130,7 @@ def prepared_model(ctx: RunContext, weights: Path) -> tuple[torch.nn.Module, dic
     return model, {"adabn_layers": layers, "adabn_seconds": round(time.perf_counter() - begin, 2)}
 
 
-def run_all(ctx: RunContext, out_dir: Path, inputs: dict[str, Path]) -> Path:
+def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
     """Evaluate every trained model of the run; ``summary.json`` maps stage → mIoU.
 
     Each table (console, log, files) is titled with the model file it scores; the log ends with
@@ -122,14 +138,14 @@ def run_all(ctx: RunContext, out_dir: Path, inputs: dict[str, Path]) -> Path:
     """
     summary = {}
     for name, weights in inputs.items():
-        metrics = run(ctx, out_dir / name, weights, stage=name)
+        metrics = score_model(ctx, out_dir / name, weights, stage=name)
         if ctx.is_main:
             summary[name] = json.loads(metrics.read_text())["miou"]
     if ctx.is_main:
-        atomic_write_bytes(out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        atomic_write_bytes(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
         for name, miou in summary.items():
             ctx.tracker.info(f"[evaluate] {name:>10} model {inputs[name]}: mIoU {miou:.2f}")
-    return out_dir / "summary.json"
+    return out_dir / SUMMARY_FILE
 
 
 PANEL_IMAGES = 4  # target-val images drawn in each evaluation's panels.png and TensorBoard
@@ -154,6 +170,6 @@ def _panels(ctx: RunContext, model: torch.nn.Module, out_dir: Path) -> None:
         rows.append((image, label, probs.argmax(1)[0].cpu().numpy(), dataset.names[index]))
     table = class_table(ctx)
     path = plot_prediction_panels(
-        rows, table.palette, out_dir / "panels.png", class_names=table.names
+        rows, table.palette, out_dir / PANELS_FILE, class_names=table.names
     )
     ctx.tracker.image(f"{out_dir.name}/panels", np.asarray(Image.open(path).convert("RGB")), 0)

@@ -30,6 +30,7 @@ the student, as DAFormer evaluates it, or the teacher).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 
 from torch import nn
@@ -44,6 +45,7 @@ from spcl.engine.distributed import (
 from spcl.engine.loop import AfterStep, LoopConfig, checkpoint_due, train_loop
 from spcl.method.ema import disable_teacher_dropout, init_teacher, update_teacher
 from spcl.method.prototypes import PrototypeBank
+from spcl.run_dir import MODEL_FILE, STUDENT_FILE, TEACHER_FILE
 from spcl.stages.builders import (
     build_segmenter,
     domain_dataset,
@@ -64,7 +66,6 @@ __all__ = ["run"]
 SOURCE_STREAM, TARGET_STREAM = 31, 32  # loader seed salts
 AUGMENT_SALT = 33  # seed salt of the mixing/masking/augmentation generator
 RNG_SALT = 34  # seed salt of the global RNGs (Dropout, DropPath) when the stage starts
-MODEL = "model.pth"  # the handed-on model (a copy of student.pth or teacher.pth)
 
 
 def _teacher(student: nn.Module) -> nn.Module:
@@ -130,9 +131,11 @@ def _check_class_balanced_crop(crop: list[int], target_size: list[int]) -> None:
         )
 
 
-def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
-    """Adapt online from the ImageNet init or the warm-up at ``warmup``; returns ``model.pth``."""
+def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
+    """Adapt online from the ImageNet init or the warm-up (``inputs["warmup"]`` with
+    ``online.init: warmup``); returns ``model.pth``."""
     cfg, data = ctx.config.online, ctx.config.data
+    warmup = inputs.get("warmup")
     seed_everything(ctx.config.run.seed * 1000 + RNG_SALT + ctx.rank)
     student, imnet = _models(ctx, warmup)
     net = wrap_ddp(ctx, student)  # every rank's student now holds rank 0's weights
@@ -213,8 +216,8 @@ def run(ctx: RunContext, out_dir: Path, warmup: Path | None) -> Path:
         ],
         rank_state={"generator": generator},  # seeded with the rank: each rank's own draws
     )
-    save_weights(ctx, teacher, out_dir / "teacher.pth")
-    save_weights(ctx, student, out_dir / "student.pth")
+    save_weights(ctx, teacher, out_dir / TEACHER_FILE)
+    save_weights(ctx, student, out_dir / STUDENT_FILE)
     if ctx.is_main:  # the same bytes as the file handed on: a second name, not a third write
-        atomic_duplicate(out_dir / f"{cfg.hand_on}.pth", out_dir / MODEL)
-    return out_dir / MODEL
+        atomic_duplicate(out_dir / f"{cfg.hand_on}.pth", out_dir / MODEL_FILE)
+    return out_dir / MODEL_FILE

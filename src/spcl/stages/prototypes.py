@@ -8,6 +8,7 @@ Writes ``prototypes.pth`` = ``{"prototypes": (K, C), "seen": (K,) bool}``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from spcl.context import RunContext
 from spcl.engine.checkpoint import save_state
 from spcl.engine.distributed import all_reduce_sum_
 from spcl.method.prototypes import PrototypeAccumulator, downsample_labels, reliable_mask
+from spcl.run_dir import PROTOTYPES_FILE
 from spcl.stages.builders import (
     build_segmenter,
     class_table,
@@ -28,8 +30,9 @@ __all__ = ["run"]
 
 
 @torch.no_grad()
-def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
-    """Compute the source prototypes with the model at ``weights``; returns ``prototypes.pth``."""
+def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
+    """Compute the source prototypes with the warm-up model; returns ``prototypes.pth``."""
+    weights = inputs["warmup"]
     data = ctx.config.data
     model = load_weights(build_segmenter(ctx, freeze_bn=False), weights).eval()
     # training-size images and labels, no augmentation
@@ -53,7 +56,7 @@ def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
     unseen = [n for n, s in zip(names, seen.tolist(), strict=True) if not s]
     if unseen:
         ctx.tracker.info(f"[prototypes] no reliable source pixel for: {', '.join(unseen)}")
-    path = out_dir / "prototypes.pth"
+    path = out_dir / PROTOTYPES_FILE
     if ctx.is_main:
         save_state({"prototypes": prototypes.cpu(), "seen": seen.cpu()}, path)
     return path

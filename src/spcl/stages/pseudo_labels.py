@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ from spcl.engine.distributed import all_reduce_sum_, barrier
 from spcl.evaluation.inference import predict_probs
 from spcl.method.adabn import recalibrate_batchnorm
 from spcl.method.pseudo_labels import ThresholdEstimator, threshold_predictions
-from spcl.pipeline import STAGE_FOLDERS
+from spcl.recipe import stage_by_folder
+from spcl.run_dir import STATS_FILE, THRESHOLDS_FILE
 from spcl.stages.builders import (
     build_segmenter,
     class_table,
@@ -39,14 +41,15 @@ from spcl.stages.builders import (
 
 __all__ = ["run"]
 
-STAGE_OF_FOLDER = {folder: name for name, folder in STAGE_FOLDERS.items()}  # the log's prefix
-
 
 @torch.no_grad()
-def run(ctx: RunContext, out_dir: Path, weights: Path) -> Path:
-    """Pseudo-label the target training split with the model at ``weights``; returns ``labels/``."""
+def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
+    """Pseudo-label the target training split with the one model in ``inputs`` (the warm-up's or
+    adapt's); returns ``labels/``."""
     cfg, data = ctx.config.pseudo_labels, ctx.config.data
-    stage = STAGE_OF_FOLDER.get(out_dir.name, out_dir.name)  # pseudo_labels or pseudo_labels_2
+    (weights,) = inputs.values()
+    row = stage_by_folder(out_dir.name)  # pseudo_labels or pseudo_labels_2: the log's prefix
+    stage = row.name if row is not None else out_dir.name
     model = load_weights(build_segmenter(ctx, freeze_bn=False), weights)
     if cfg.adabn:
         layers = recalibrate_batchnorm(model, target_train_images(ctx))
@@ -140,8 +143,8 @@ def _write_stats(
             n: (float(correct[i] / kept[i]) if kept[i] else None) for i, n in enumerate(names)
         }
     thresholds_json = {n: float(t) for n, t in zip(names, thresholds.tolist(), strict=True)}
-    atomic_write_bytes(out_dir / "thresholds.json", json.dumps(thresholds_json, indent=2).encode())
-    atomic_write_bytes(out_dir / "stats.json", json.dumps(stats, indent=2).encode())
+    atomic_write_bytes(out_dir / THRESHOLDS_FILE, json.dumps(thresholds_json, indent=2).encode())
+    atomic_write_bytes(out_dir / STATS_FILE, json.dumps(stats, indent=2).encode())
     return stats
 
 

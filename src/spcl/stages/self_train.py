@@ -7,7 +7,7 @@ reference's augmentation (random scale 0.5–1.5, crop, flip, colour jitter) and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from spcl.context import RunContext
 from spcl.engine.loop import train_loop
 from spcl.method.losses import tempered_cross_entropy, upsample_logits
+from spcl.run_dir import MODEL_FILE
 from spcl.stages.builders import (
     build_segmenter,
     load_weights,
@@ -55,8 +56,9 @@ def self_train_step(
     return {"seg": tempered_cross_entropy(logits, labels, PLAIN_CE)}
 
 
-def run(ctx: RunContext, out_dir: Path, weights: Path, labels_dir: Path) -> Path:
-    """Self-train the model at ``weights`` on ``labels_dir``; returns the new ``model.pth``."""
+def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
+    """Self-train the adapted model on the second pseudo-labels; returns the new ``model.pth``."""
+    weights, labels_dir = inputs["adapt"], inputs["pseudo_labels_2"]
     cfg, data = ctx.config.self_train, ctx.config.data
     model = load_weights(build_segmenter(ctx, freeze_bn=cfg.freeze_bn), weights)
     net = wrap_ddp(ctx, model)
@@ -83,4 +85,4 @@ def run(ctx: RunContext, out_dir: Path, weights: Path, labels_dir: Path) -> Path
         tracker=ctx.tracker,
         after_step=[*validation_hooks(ctx, model, "self_train", alert.validated), alert.after_step],
     )
-    return save_weights(ctx, model, out_dir / "model.pth")
+    return save_weights(ctx, model, out_dir / MODEL_FILE)

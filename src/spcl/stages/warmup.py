@@ -9,6 +9,7 @@ trains the target-supervised oracle when the source data points at target labels
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from spcl.engine.optim import poly_scheduler
 from spcl.method.adversarial import adversarial_generator_loss, discriminator_loss
 from spcl.method.losses import tempered_cross_entropy, upsample_logits
 from spcl.models.build import build_discriminator
+from spcl.run_dir import MODEL_FILE
 from spcl.stages.builders import (
     build_segmenter,
     domain_dataset,
@@ -88,8 +90,8 @@ def warmup_weights(adversarial: bool, lambda_adv: float) -> dict[str, float]:
     return {"seg": 1.0, "adv": lambda_adv, "disc": 1.0}
 
 
-def run(ctx: RunContext, out_dir: Path) -> Path:
-    """Train the warm-up model; returns the path of its final weights (``model.pth``)."""
+def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
+    """Train the warm-up model (it reads no stage); returns its final weights (``model.pth``)."""
     cfg, data = ctx.config.warmup, ctx.config.data
     model = build_segmenter(ctx)
     net = wrap_ddp(ctx, model)
@@ -135,4 +137,4 @@ def run(ctx: RunContext, out_dir: Path) -> Path:
         tracker=ctx.tracker,
         after_step=validation_hooks(ctx, model, "warmup"),
     )
-    return save_weights(ctx, model, out_dir / "model.pth")
+    return save_weights(ctx, model, out_dir / MODEL_FILE)
