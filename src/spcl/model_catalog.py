@@ -2,9 +2,11 @@
 
 Loading a config checks ``model.name`` and ``model.options`` against this table, so that
 ``spcl config CONFIG`` (which never imports torch) already refuses a model option the model would
-refuse when it is built. :data:`spcl.models.build.MODEL_REGISTRY` holds the constructors; a test
-(tests/models/test_models_build.py) keeps both in step: the same names, and the options here are
-exactly the keyword parameters of each constructor that ``model.options`` may set.
+refuse when it is built. :data:`spcl.models.build.MODEL_REGISTRY` holds the constructors (each
+family module declares its own, :mod:`spcl.models.segmenter`); tests keep both in step
+(tests/models/test_model_catalog.py, test_segmenter_contract.py): the same names, and the options
+here are exactly the keyword parameters of each constructor that ``model.options`` may set. A new
+backbone family adds its names here, with its options.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from spcl.engine.optim import (
     poly_scheduler,
 )
 from spcl.models.build import build_model
+from spcl.models.segmenter import Segmenter
 from spcl.models.vit import DINOv2Encoder
 from spcl.models.vit_seg import ViTSegmenter
 from spcl.stages.builders import optimizer_and_schedule
@@ -112,9 +113,27 @@ def test_layer_decay_multipliers() -> None:
     assert got["backbone.pos_embed"][0] == pytest.approx(0.81)
     assert got["backbone.norm.weight"][0] == pytest.approx(0.81)  # VFM-UDA: final norm in stems
     assert got["decode_head.out.weight"][0] == 10.0
+
+
+def test_layer_decay_on_resnet_and_mit_goes_by_stage() -> None:
+    """Every segmenter has layer ids (the contract): ResNet stem 0, layerN → N; MiT stage N → N."""
     resnet = build_model("deeplabv2_resnet18", 3, width=8)
-    with pytest.raises(ValueError, match="DeepLabV2"):
-        param_groups(resnet, lr=1.0, weight_decay=0.0, layer_decay=0.9)
+    got = _lr_wd_by_name(resnet, param_groups(resnet, lr=1.0, weight_decay=0.0, layer_decay=0.5))
+    assert got["backbone.conv1.weight"][0] == 0.5**4 and got["backbone.bn1.bias"][0] == 0.5**4
+    assert got["backbone.layer1.0.conv1.weight"][0] == 0.5**3
+    assert got["backbone.layer4.1.bn2.weight"][0] == 1.0
+    assert got["classifier.conv2d_list.0.weight"][0] == 10.0
+    mit = build_model("daformer_mit_b0", 3, width=8)
+    got = _lr_wd_by_name(mit, param_groups(mit, lr=1.0, weight_decay=0.0, layer_decay=0.5))
+    assert got["backbone.patch_embed1.proj.weight"][0] == 0.5**3
+    assert got["backbone.block3.0.attn.q.weight"][0] == 0.5
+    assert got["backbone.norm4.weight"][0] == 1.0
+    assert got["decode_head.conv_seg.weight"][0] == 10.0
+
+
+def test_a_model_outside_the_segmenter_contract_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"needs a Segmenter.*Linear"):
+        param_groups(nn.Linear(2, 2), lr=1.0, weight_decay=0.0)
 
 
 def test_norm_layers_are_found_by_type() -> None:
@@ -127,7 +146,7 @@ def test_norm_layers_are_found_by_type() -> None:
     assert got["classifier.conv2d_list.0.bias"] == (10.0, 0.5)
 
 
-class _PosBlockNet(nn.Module):
+class _PosBlockNet(Segmenter):
     """A backbone with a PVT-style ``pos_block`` conv (DAFormer's custom key) and a head."""
 
     head_prefixes = ("head.",)
@@ -136,6 +155,15 @@ class _PosBlockNet(nn.Module):
         super().__init__()
         self.backbone = nn.ModuleDict({"pos_block": nn.Conv2d(2, 2, 3), "proj": nn.Conv2d(2, 2, 1)})
         self.head = nn.Conv2d(2, 1, 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone["proj"](self.backbone["pos_block"](x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def layer_id(self, name: str) -> int:
+        return 0
 
 
 def test_embedding_rule_matches_name_components() -> None:

@@ -13,7 +13,7 @@ from torch import nn
 from spcl.evaluation.inference import min_input_side, predict_probs
 from spcl.evaluation.sliding import parse_slide, predict_probs_sliding, window_starts
 from spcl.models.build import build_model
-from spcl.models.deeplab_v2 import SegOutput
+from spcl.models.segmenter import SegOutput
 
 K = 5
 

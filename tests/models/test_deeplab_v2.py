@@ -7,8 +7,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from spcl.models.deeplab_v2 import ASPP_DILATIONS, ASPPClassifierV2, DeepLabV2, SegOutput
+from spcl.models.deeplab_v2 import ASPP_DILATIONS, ASPPClassifierV2, DeepLabV2
 from spcl.models.resnet import resnet18, resnet50
+from spcl.models.segmenter import SegOutput
 
 
 def test_aspp_is_sum_of_four_dilated_convs() -> None:

@@ -13,7 +13,8 @@ def test_the_catalog_names_every_registered_model() -> None:
 
 
 def test_the_catalog_options_are_the_constructor_keywords() -> None:
-    for name, constructor in MODEL_REGISTRY.items():
+    for name, entry in MODEL_REGISTRY.items():
+        constructor = entry.constructor
         bound = getattr(constructor, "keywords", {})
         params = inspect.signature(constructor).parameters
         accepted = {p for p in params if p not in BUILD_ARGUMENTS and p not in bound}

@@ -90,17 +90,6 @@ def test_every_model_is_finite_and_fully_trained(name: str, freeze_bn: bool) -> 
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.decode_head.modules())
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_REGISTRY))
-def test_head_prefixes_name_the_head_of_param_groups(name: str) -> None:
-    model = build_model(name, NUM_CLASSES, width=8)
-    backbone, head = model.param_groups()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    by_prefix = [p for n, p in named if n.startswith(model.head_prefixes)]
-    rest = [p for n, p in named if not n.startswith(model.head_prefixes)]
-    assert [id(p) for p in by_prefix] == [id(p) for p in head]
-    assert [id(p) for p in rest] == [id(p) for p in backbone]
-
-
 def test_registry_names_and_depths() -> None:
     assert sorted(MODEL_REGISTRY) == [
         *(f"daformer_mit_b{i}" for i in range(6)),

@@ -132,5 +132,8 @@ def test_layer_ids() -> None:
     for stem in ("cls_token", "pos_embed", "mask_token", "patch_embed.proj.bias", "norm.weight"):
         assert ids[f"backbone.{stem}"] == 0
     assert set(ids.values()) == {0, 1, 2, 3, 4}
+    assert model.layer_id("decode_head.out.weight") == 4  # the head: the top, no decay
     with pytest.raises(ValueError, match="encoder parameter"):
-        model.layer_id("decode_head.out.weight")
+        model.layer_id("aux_head.weight")
+    with pytest.raises(ValueError, match="no layer id"):
+        model.layer_id("backbone.extra.weight")

@@ -21,6 +21,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from spcl.models.segmenter import Segmenter
+
 __all__ = [
     "EMBED_PARAM_NAMES",
     "NORM_TYPES",
@@ -109,20 +111,15 @@ def _norm_param_ids(module: nn.Module) -> set[int]:
     }
 
 
-def _lr_scale(model: nn.Module, name: str, backbone_lr_mult: float, layer_decay: float) -> float:
+def _lr_scale(model: Segmenter, name: str, backbone_lr_mult: float, layer_decay: float) -> float:
     """Backbone lr factor: ``backbone_lr_mult · layer_decay ** (num_layers − layer_id)``."""
     if layer_decay == 1.0:
         return backbone_lr_mult
-    if not hasattr(model, "layer_id") or not hasattr(model, "num_layers"):
-        raise ValueError(
-            f"layer_decay={layer_decay} needs layer ids, which {type(model).__name__} has not "
-            f"(only ViT segmenters do); set layer_decay to 1"
-        )
     return backbone_lr_mult * layer_decay ** (model.num_layers - model.layer_id(name))
 
 
 def param_groups(
-    model: nn.Module,
+    model: Segmenter,
     *,
     lr: float,
     weight_decay: float,
@@ -140,8 +137,9 @@ def param_groups(
       weight decay × 1. This is mmcv's precedence in DAFormer: the custom key ``head`` is tried
       before ``norm`` (keys sorted by length, then alphabetically), so head norms keep their decay.
     * a backbone parameter: lr × ``backbone_lr_mult`` × ``layer_decay ** (num_layers −
-      model.layer_id(name))`` (layer decay only on models with ``layer_id``; VFM-UDA++: blocks
-      decay from the last one down, the stems most); weight decay × ``norm_decay_mult`` if it
+      model.layer_id(name))`` (the segmenter contract, :class:`~spcl.models.segmenter.Segmenter`;
+      VFM-UDA++ on a ViT: blocks decay from the last one down, the stems most; ResNet and MiT
+      decay by stage); weight decay × ``norm_decay_mult`` if it
       belongs to a normalisation layer (:data:`NORM_TYPES`, found by module type),
       × ``embed_decay_mult`` if a component of its name is a position embedding or token
       (:data:`EMBED_PARAM_NAMES`), × 1 otherwise.
@@ -154,18 +152,16 @@ def param_groups(
         ``[{"params": [...], "lr": float, "weight_decay": float}, ...]``.
 
     Raises:
-        ValueError: ``model`` has no ``head_prefixes``, or layer decay is asked of a model
-            without layer ids.
+        TypeError: ``model`` is not a Segmenter (unwrap DDP first).
     """
-    prefixes = getattr(model, "head_prefixes", None)
-    if not prefixes:
-        raise ValueError(f"{type(model).__name__} has no head_prefixes: cannot tell its head")
+    if not isinstance(model, Segmenter):
+        raise TypeError(f"param_groups needs a Segmenter (spcl.models), got {type(model).__name__}")
     norms = _norm_param_ids(model)
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if name.startswith(tuple(prefixes)):
+        if model.is_head(name):
             key = (lr * head_lr_mult, weight_decay)
         else:
             decay = 1.0

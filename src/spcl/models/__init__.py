@@ -10,7 +10,7 @@ from spcl.models.build import (
     load_dinov2_weights,
     load_mit_weights,
 )
-from spcl.models.deeplab_v2 import ASPPClassifierV2, DeepLabV2, SegOutput
+from spcl.models.deeplab_v2 import ASPPClassifierV2, DeepLabV2
 from spcl.models.discriminator import OutputDiscriminator
 from spcl.models.mit import MIT_VARIANTS, MixVisionTransformer
 from spcl.models.resnet import (
@@ -25,6 +25,7 @@ from spcl.models.resnet import (
     resnet101,
 )
 from spcl.models.segformer import SegFormerSegmenter, daformer_mit, segformer_mit
+from spcl.models.segmenter import ModelEntry, Segmenter, SegOutput
 from spcl.models.vit import DINOV2_VARIANTS, DINOv2Encoder, dinov2_encoder
 from spcl.models.vit_seg import LightweightUpscaleHead, ViTSegmenter, dinov2_segmenter
 
@@ -40,10 +41,12 @@ __all__ = [
     "FrozenBatchNorm2d",
     "LightweightUpscaleHead",
     "MixVisionTransformer",
+    "ModelEntry",
     "OutputDiscriminator",
     "ResNet",
     "SegFormerSegmenter",
     "SegOutput",
+    "Segmenter",
     "ViTSegmenter",
     "build_discriminator",
     "build_model",

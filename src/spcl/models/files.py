@@ -35,6 +35,7 @@ from spcl.models.mmseg_import import import_mmseg_state, is_mmseg_checkpoint
 from spcl.models.model_meta import checked_arch, checked_class_table
 from spcl.models.resnet import freeze_batchnorm
 from spcl.models.safetensors_file import is_safetensors_file, read_safetensors_model
+from spcl.models.segmenter import Segmenter
 from spcl.models.weight_layouts import (
     LAYOUTS,
     detect_layout,
@@ -55,7 +56,7 @@ REFERENCE_CLASS_NAMES = {
 
 
 def save_model_file(
-    model: nn.Module,
+    model: Segmenter | nn.parallel.DistributedDataParallel,
     path: str | Path,
     *,
     name: str,
@@ -69,9 +70,14 @@ def save_model_file(
 
     ``options`` are the ``build_model`` options the model was built with (needed to rebuild it);
     those its pretrained file implied (``model.layout_options``) are added.
+
+    Raises:
+        TypeError: ``model`` (inside DDP) is not a :class:`~spcl.models.segmenter.Segmenter`.
     """
-    implied = getattr(getattr(model, "module", model), "layout_options", {})
-    options = {**dict(options or {}), **implied}
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if not isinstance(inner, Segmenter):
+        raise TypeError(f"save_model_file needs a Segmenter, got {type(inner).__name__}")
+    options = {**dict(options or {}), **inner.layout_options}
     save_state(
         {
             "model": clean_state_dict(model.state_dict()),
@@ -90,7 +96,7 @@ def save_model_file(
 
 def _import_mmseg(
     path: str | Path, state: Mapping[str, Any], role: Literal["student", "teacher"]
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[Segmenter, dict[str, Any]]:
     """An mmseg checkpoint as ``(model, info)`` in the shape :func:`load_model_file` returns."""
     model, report = import_mmseg_state(state, role=role, source=path)
     layout = report.layout
@@ -116,7 +122,7 @@ def _import_mmseg(
     return model, info
 
 
-def _import_reference(path: str | Path, state: Mapping[str, Any]) -> tuple[nn.Module, dict]:
+def _import_reference(path: str | Path, state: Mapping[str, Any]) -> tuple[Segmenter, dict]:
     """A reference SPCL/FADA checkpoint as ``(model, info)`` (DeepLab-v2, BN as it trained)."""
     weights = resnet_weights_from_state(state, path)
     classes = weights.num_classes
@@ -151,7 +157,7 @@ def load_model_file(
     *,
     num_classes: int | None = None,
     mmseg_role: Literal["student", "teacher"] = "student",
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[Segmenter, dict[str, Any]]:
     """Rebuild the segmenter saved at ``path`` (eval mode, on ``device``).
 
     Args:
@@ -254,7 +260,7 @@ def _fit_on_meta(path: str | Path, arch: Mapping[str, Any], weights: Mapping[str
         )
 
 
-def _rebuild(path: str | Path, arch: Mapping[str, Any], weights: Mapping[str, Any]) -> nn.Module:
+def _rebuild(path: str | Path, arch: Mapping[str, Any], weights: Mapping[str, Any]) -> Segmenter:
     """Build the model ``arch`` names and load ``weights`` into it, strictly (named errors)."""
     _fit_on_meta(path, arch, weights)
     model = build_model(

@@ -12,16 +12,31 @@ contrast see the features the classifier separates. With ``projection_dim`` > 0 
 instead SePiCo's L2-normalised projection of the concatenated encoder maps (Sec. 4.2 of SePiCo;
 the logits still come from the decoder), so a contrast on them does not reach the decoder, as in
 SePiCo.
+
+**Weights.** The family's registry entries (:data:`MODELS`) fill the encoder from an official
+SegFormer ImageNet file (``mit_bX.pth``, width 64 only: :func:`load_mit_weights`) or from another
+run's spcl model file (:class:`~spcl.models.pretrained.EncoderWeightLoader`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from spcl.models.deeplab_v2 import SegOutput
-from spcl.models.mit import DEFAULT_WIDTH, DROP_PATH_RATE, MIT_VARIANTS, MixVisionTransformer
+from spcl.base import CheckpointError, MissingFileError
+from spcl.models.mit import (
+    DEFAULT_WIDTH,
+    DROP_PATH_RATE,
+    MIT_VARIANTS,
+    NUM_STAGES,
+    MixVisionTransformer,
+    mit_variant_of,
+)
+from spcl.models.pretrained import EncoderWeightLoader, read_state_dict
 from spcl.models.segformer_heads import (
     DAFORMER_CHANNELS,
     DECODER_DROPOUT,
@@ -30,23 +45,29 @@ from spcl.models.segformer_heads import (
     ProjectionHead,
     SegFormerHead,
 )
+from spcl.models.segmenter import ModelEntry, Segmenter, SegOutput
+from spcl.models.weight_layouts import fit_problems
 
 __all__ = [
+    "MODELS",
     "SEGFORMER_CHANNELS",
     "SEGMENTER_OUTPUT_STRIDE",
     "SegFormerSegmenter",
     "daformer_mit",
+    "load_mit_weights",
     "segformer_mit",
 ]
 
 SEGMENTER_OUTPUT_STRIDE = 4  # logits and features at the resolution of the first MiT stage
+MIT_STAGE_PARAMETER = re.compile(r"^backbone\.(?:patch_embed|block|norm)(\d+)\.")  # stage N
+MIT_IMAGENET_HEAD = "head."  # official mit_bX.pth hold a 1000-class Linear: read, never built
 # SegFormer's decoder embed_dim (NVlabs local_configs/segformer/B*/: 256 for B0/B1, 768 for B2-B5)
 SEGFORMER_CHANNELS = {"b0": 256, "b1": 256, "b2": 768, "b3": 768, "b4": 768, "b5": 768}
 
 Decoder = DAFormerHead | SegFormerHead
 
 
-class SegFormerSegmenter(nn.Module):
+class SegFormerSegmenter(Segmenter):
     """A MiT encoder, a fusion decoder and optionally SePiCo's projection head.
 
     Args:
@@ -58,6 +79,8 @@ class SegFormerSegmenter(nn.Module):
     Attributes:
         head_prefixes: State-dict prefixes of the head parameters (the 10× learning-rate group).
         feature_channels: Channels of ``SegOutput.features``.
+        output_stride: 4 (logits and features).
+        num_layers: 4: encoder stage N is layer N, the head 4 (:meth:`layer_id`).
     """
 
     head_prefixes: tuple[str, ...] = ("decode_head.", "projection.")
@@ -75,6 +98,8 @@ class SegFormerSegmenter(nn.Module):
         self.projection = projection
         self.num_classes = num_classes
         self.feature_channels = decode_head.channels if projection is None else projection.out_dim
+        self.output_stride = SEGMENTER_OUTPUT_STRIDE
+        self.num_layers = NUM_STAGES
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The decoder's fused map, the input of :meth:`forward_head`.
@@ -105,12 +130,24 @@ class SegFormerSegmenter(nn.Module):
         features = fused if self.projection is None else self.projection(maps)
         return SegOutput(logits=self.forward_head(fused), features=features)
 
-    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """Trainable parameters split for the optimiser: (encoder, decoder + projection)."""
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        heads = [self.decode_head] + ([] if self.projection is None else [self.projection])
-        head = [p for module in heads for p in module.parameters() if p.requires_grad]
-        return backbone, head
+    def layer_id(self, name: str) -> int:
+        """Layer of a parameter for layer-wise lr decay, by MiT stage.
+
+        ``backbone.patch_embedN``/``blockN``/``normN`` → N (1 … 4); the head (``decode_head.``,
+        ``projection.``) → ``num_layers`` (4).
+
+        Raises:
+            ValueError: ``name`` is neither an encoder nor a head parameter name.
+        """
+        if self.is_head(name):
+            return self.num_layers
+        match = MIT_STAGE_PARAMETER.match(name)
+        if match and 1 <= int(match.group(1)) <= NUM_STAGES:
+            return int(match.group(1))
+        raise ValueError(
+            f"{name!r}: no layer id (expected backbone.{{patch_embed,block,norm}}N.* with N in "
+            f"1-{NUM_STAGES}, or a head parameter {self.head_prefixes})"
+        )
 
 
 def _encoder(variant: str, width: int, drop_path_rate: float) -> MixVisionTransformer:
@@ -190,3 +227,56 @@ def segformer_mit(
     head = SegFormerHead(encoder.out_channels, num_classes, channels, dropout=dropout)
     projection = _projection(encoder.out_channels, projection_dim)
     return SegFormerSegmenter(encoder, head, num_classes, projection)
+
+
+def _fill_mit(encoder: MixVisionTransformer, ckpt: Mapping[str, Tensor], path: Path) -> list[str]:
+    """Load official MiT weights strictly (the ImageNet head accepted and returned)."""
+    ignored = [k for k in ckpt if k.startswith(MIT_IMAGENET_HEAD)]
+    weights = {k: v for k, v in ckpt.items() if not k.startswith(MIT_IMAGENET_HEAD)}
+    own = encoder.state_dict()
+    looks = mit_variant_of(weights)
+    looks_like = f"the file looks like mit_{looks}" if looks else "the file matches no mit_bX"
+    found = fit_problems(own, weights)  # strict below: every key and shape must fit
+    wrong, missing, unexpected = found["shape mismatch"], found["missing"], found["unexpected"]
+    if wrong or missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit this MiT ({looks_like}): shapes {wrong[:3]}, "
+            f"missing {missing[:3]} ({len(missing)}), unexpected {unexpected[:3]} "
+            f"({len(unexpected)}); pick the model of the file's variant at width 64"
+        )
+    encoder.load_state_dict(weights, strict=True)
+    return ignored
+
+
+def load_mit_weights(encoder: MixVisionTransformer, path: str | Path) -> list[str]:
+    """Load an official SegFormer ImageNet file (``mit_b0.pth`` … ``mit_b5.pth``) strictly.
+
+    The file's keys must be exactly the encoder's (after stripping ``module.``/``backbone.`` and
+    unwrapping ``state_dict``/``model``), except the ImageNet classifier ``head.weight`` and
+    ``head.bias``, which the segmenter does not build: they are accepted and returned.
+
+    Returns:
+        The keys read but not used (the ImageNet classifier).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: A shape differs, or keys are missing or extra; the message names the
+            keys and the variant the file looks like.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"MiT checkpoint not found: {path}")
+    return _fill_mit(encoder, read_state_dict(path), path)
+
+
+MIT_WEIGHTS = EncoderWeightLoader("MiT", _fill_mit)  # official mit_bX.pth or an spcl model file
+MODELS: dict[str, ModelEntry] = {  # registry names of this family
+    **{
+        f"daformer_mit_{variant}": ModelEntry(partial(daformer_mit, variant), MIT_WEIGHTS)
+        for variant in MIT_VARIANTS
+    },
+    **{
+        f"segformer_mit_{variant}": ModelEntry(partial(segformer_mit, variant), MIT_WEIGHTS)
+        for variant in MIT_VARIANTS
+    },
+}

@@ -25,26 +25,43 @@ scale 1 are not touched.
 **Frozen or fine-tuned.** VFM-UDA and VFM-UDA++ fine-tune the ViT (at 0.1 × the head's lr);
 ``freeze_backbone=True`` stops its gradients instead (``param_groups`` then returns no backbone
 parameters). Blocks after the deepest feature block are never run and are frozen.
+
+**Weights.** The family's registry entries (:data:`MODELS`: ``dinov2_vit{s,b,l,g}14[_reg]``)
+fill the encoder from an official DINOv2 file (width 64 only: :func:`load_dinov2_weights`) or
+from another run's spcl model file (:class:`~spcl.models.pretrained.EncoderWeightLoader`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spcl.models.deeplab_v2 import SegOutput
-from spcl.models.vit import DEFAULT_WIDTH, PATCH_SIZE, DINOv2Encoder, dinov2_encoder
+from spcl.base import CheckpointError, MissingFileError
+from spcl.models.pretrained import SHOWN_KEYS, EncoderWeightLoader, read_state_dict
+from spcl.models.segmenter import ModelEntry, Segmenter
+from spcl.models.vit import (
+    DEFAULT_WIDTH,
+    DINOV2_VARIANTS,
+    PATCH_SIZE,
+    DINOv2Encoder,
+    dinov2_encoder,
+)
+from spcl.models.weight_layouts import fit_problems
 
 __all__ = [
     "HEAD_OUT_STD",
+    "MODELS",
     "LayerNorm2d",
     "LightweightUpscaleHead",
     "ViTSegmenter",
     "dinov2_segmenter",
+    "load_dinov2_weights",
 ]
 
 HEAD_UPSAMPLE = 4  # two stride-2 transposed convs: logits at stride 14 / 4 = 3.5
@@ -113,7 +130,7 @@ class LightweightUpscaleHead(nn.Module):
         return self.out(features)
 
 
-class ViTSegmenter(nn.Module):
+class ViTSegmenter(Segmenter):
     """DINOv2 encoder + :class:`LightweightUpscaleHead`, returning ``SegOutput``.
 
     Args:
@@ -127,6 +144,7 @@ class ViTSegmenter(nn.Module):
     Attributes:
         backbone, decode_head, num_classes.
         feature_channels: Channels of ``SegOutput.features`` (D/4).
+        output_stride: 3.5 (14 / 4), of the input resized to multiples of 14.
         num_layers: Depth of the encoder, for layer-wise lr decay (:meth:`layer_id`).
         head_prefixes: State-dict prefixes of the head parameters (``decode_head.``).
     """
@@ -152,6 +170,7 @@ class ViTSegmenter(nn.Module):
         )
         self.num_classes = num_classes
         self.feature_channels = self.decode_head.out_channels
+        self.output_stride = PATCH_SIZE / HEAD_UPSAMPLE
         self.num_layers = backbone.depth
         self.input_scale = input_scale
         deepest = max(self.feature_blocks)
@@ -185,27 +204,18 @@ class ViTSegmenter(nn.Module):
         """Logits (B, K, h', w') from :meth:`forward_features`'s map (B, D/4, h', w')."""
         return self.decode_head.classify(features)
 
-    def forward(self, x: Tensor) -> SegOutput:
-        """Logits and the features they are read from, at stride 3.5 of the resized input."""
-        features = self.forward_features(x)
-        return SegOutput(logits=self.forward_head(features), features=features)
-
-    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """Trainable parameters split for the optimiser: (encoder, head)."""
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        head = [p for p in self.decode_head.parameters() if p.requires_grad]
-        return backbone, head
-
     def layer_id(self, name: str) -> int:
         """Layer index of an encoder parameter for layer-wise lr decay (0 … num_layers).
 
         ``backbone.blocks.i.*`` → i + 1; tokens, position and patch embeddings and the final
-        norm → 0 (VFM-UDA/VFM-UDA++: the "stems", decayed most). The optimiser scales the lr
-        by ``decay ** (num_layers − layer_id)``.
+        norm → 0 (VFM-UDA/VFM-UDA++: the "stems", decayed most); the head → ``num_layers``. The
+        optimiser scales the lr by ``decay ** (num_layers − layer_id)``.
 
         Raises:
-            ValueError: ``name`` is not an encoder parameter of this model.
+            ValueError: ``name`` is neither an encoder nor a head parameter name.
         """
+        if self.is_head(name):
+            return self.num_layers
         parts = name.split(".")
         if parts[0] != "backbone" or len(parts) < 2:
             raise ValueError(f"{name!r} is not an encoder parameter (names start 'backbone.')")
@@ -260,3 +270,57 @@ def dinov2_segmenter(
         freeze_backbone=freeze_backbone,
         input_scale=input_scale,
     )
+
+
+def _dinov2_file_shape(state: Mapping[str, Tensor]) -> str:
+    """What a DINOv2 state dict looks like: its embed dim, depth and registers (for errors)."""
+    dim = state["cls_token"].shape[-1] if "cls_token" in state else "?"
+    blocks = {k.split(".")[1] for k in state if k.startswith("blocks.") and k.count(".") > 1}
+    registers = tuple(state["register_tokens"].shape) if "register_tokens" in state else "none"
+    return f"embed dim {dim}, {len(blocks)} blocks, register_tokens {registers}"
+
+
+def _fill_dinov2(encoder: DINOv2Encoder, ckpt: Mapping[str, Tensor], path: Path) -> None:
+    """Load official DINOv2 weights strictly (keys and shapes exactly the encoder's)."""
+    own = encoder.state_dict()
+    found = fit_problems(own, ckpt)  # strict below: every key and shape must fit
+    if any(found.values()):
+        problems = [
+            f"{label} ({len(keys)}): {', '.join(keys[:SHOWN_KEYS])}"
+            for label, keys in found.items()
+            if keys
+        ]
+        raise CheckpointError(
+            f"{path} does not fit the DINOv2 encoder ({_dinov2_file_shape(own)}); the file has "
+            f"{_dinov2_file_shape(ckpt)}. {'; '.join(problems)}. Pick the registry name of the "
+            f"file's variant (dinov2_vit{{s,b,l,g}}14, *_reg for *_reg4 files) at width 64"
+        )
+    encoder.load_state_dict(dict(ckpt), strict=True)
+
+
+def load_dinov2_weights(encoder: DINOv2Encoder, path: str | Path) -> None:
+    """Load an official DINOv2 file (``dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth``) strictly.
+
+    The file's keys and shapes must equal the encoder's exactly, as the hub's
+    ``load_state_dict(strict=True)`` demands (after unwrapping a ``state_dict``/``model`` level
+    and stripping ``module.``/``backbone.``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: A shape differs, or keys are missing or extra; the message names the
+            first keys that do not fit, the file's apparent shape and the encoder's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"DINOv2 checkpoint not found: {path}")
+    _fill_dinov2(encoder, read_state_dict(path), path)
+
+
+DINOV2_WEIGHTS = EncoderWeightLoader("DINOv2", _fill_dinov2)  # official file or spcl model file
+MODELS: dict[str, ModelEntry] = {  # registry names of this family
+    f"dinov2_{variant}{suffix}": ModelEntry(
+        partial(dinov2_segmenter, variant, registers=bool(suffix)), DINOV2_WEIGHTS
+    )
+    for variant in DINOV2_VARIANTS
+    for suffix in ("", "_reg")
+}

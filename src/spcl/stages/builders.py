@@ -27,8 +27,8 @@ from spcl.engine.checkpoint import clean_state_dict, load_state
 from spcl.engine.loop import LoopConfig
 from spcl.engine.optim import optimizer_from_groups, param_groups, poly_scheduler
 from spcl.models.build import build_model
-from spcl.models.deeplab_v2 import SegOutput
 from spcl.models.files import save_model_file
+from spcl.models.segmenter import SegOutput
 from spcl.run_dir import CHECKPOINT_FILE
 from spcl.stages.class_sets import (
     check_class_sets,
