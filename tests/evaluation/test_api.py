@@ -20,8 +20,8 @@ from spcl.data.registry import build_dataset
 from spcl.data.transforms import build_eval_transform
 from spcl.evaluation.api import evaluate, infer
 from spcl.evaluation.inference import predict_probs
-from spcl.models.deeplab_v2 import SegOutput
 from spcl.models.files import load_model_file
+from spcl.models.segmenter import SegOutput
 from test_predict import model_file, write_image
 
 IGNORE = 255
