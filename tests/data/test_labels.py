@@ -1,4 +1,4 @@
-"""Tests of the class tables against cityscapesscripts' official label definitions and SPCL.md."""
+"""Tests of the class tables against cityscapesscripts' labels and the published SYNTHIA subsets."""
 
 from __future__ import annotations
 
@@ -83,9 +83,9 @@ def test_palette_array_and_colorize(cs_labels: ModuleType) -> None:
             assert tuple(image[i, j]) == expected
 
 
-def test_synthia_subsets_match_spcl_md() -> None:
-    # SPCL.md: SYNTHIA has 16 of the 19 classes (no terrain, truck, train); 13 also drops
-    # wall, fence, pole. Both keep Cityscapes' train-id order.
+def test_synthia_subsets_match_the_published_subsets() -> None:
+    # docs/recipes.md, "SPCL label spaces": SYNTHIA has 16 of the 19 classes (no terrain, truck,
+    # train); 13 also drops wall, fence, pole. Both keep Cityscapes' train-id order.
     sixteen = (
         "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
         "vegetation", "sky", "person", "rider", "car", "bus", "motorcycle", "bicycle",

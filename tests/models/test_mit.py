@@ -2,7 +2,8 @@
 
 The expected keys and shapes of ``mit_b0.pth`` … ``mit_b5.pth`` are built here from the
 architecture facts alone (NVlabs/SegFormer ``mix_transformer.py``: channels, depths, reduction
-ratios, mlp ratio 4, kernels 7/3/3/3; names as RECIPES §5.3), never from the model.
+ratios, mlp ratio 4, kernels 7/3/3/3; names as docs/recipes.md, "MiT checkpoint keys"), never
+from the model.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from spcl.models.mit import (
     mit_variant_of,
 )
 
-# RECIPES §5.4 "computed, encoder only" (millions, 2 decimals)
+# docs/recipes.md, "MiT parameter counts": computed, encoder only (millions, 2 decimals)
 ENCODER_MILLIONS = {"b0": 3.32, "b1": 13.15, "b2": 24.20, "b3": 44.07, "b4": 60.84, "b5": 81.44}
 # SegFormer paper, ADE20K (150 classes) totals, as listed on paperswithcode.com for the paper
 SEGFORMER_ADE_MILLIONS = {"b0": 3.8, "b4": 64.1, "b5": 84.7}

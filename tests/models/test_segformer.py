@@ -1,7 +1,8 @@
 """Tests of the DAFormer / SegFormer decoders, SePiCo's projection head and SegFormerSegmenter.
 
-Expected keys and shapes come from the mmseg module definitions (RECIPES §6.1-6.3: DAFormerHead
-with ConvModule ``conv``/``bn``, SegFormerHead of DAFormer's copy), written out here by hand.
+Expected keys and shapes come from the mmseg module definitions (docs/recipes.md, "DAFormer head"
+and "SegFormer head": DAFormerHead with ConvModule ``conv``/``bn``, SegFormerHead of DAFormer's
+copy), written out here by hand.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def test_sepaspp_dilations_and_parameter_count() -> None:
     bottleneck = 256 * 1024 * 9 + 2 * 256
     expected = embed + branch1 + 3 * separable + bottleneck + 19 * 256 + 19
     assert sum(p.numel() for p in head.parameters()) == expected
-    assert round(expected / 1e6, 2) == 3.71  # RECIPES §6.1 (inferred) ≈ 3.71 M
+    assert round(expected / 1e6, 2) == 3.71  # docs/recipes.md, "DAFormer head": ≈ 3.71 M
 
 
 def test_segformer_head_layout_and_fusion_order() -> None:

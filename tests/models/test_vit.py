@@ -1,7 +1,8 @@
 """DINOv2 encoder: official key layout and counts, strict loading, numerics, pos-embed resizing.
 
-The expected layouts are written here from the architecture facts (RECIPES §7.1, read from
-facebookresearch/dinov2 ``vision_transformer.py`` and ``layers/*.py``), not from the model.
+The expected layouts are written here from the architecture facts (docs/recipes.md, "DINOv2
+variants and checkpoint keys", read from facebookresearch/dinov2 ``vision_transformer.py`` and
+``layers/*.py``), not from the model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from spcl.base import CheckpointError, ConfigError
 from spcl.models.build import build_model, load_dinov2_weights
 from spcl.models.vit import DINOv2Encoder, resize_pos_embed
 
-# parameter counts, millions: computed from the layout (RECIPES §7.1) and the README's
+# parameter counts, millions: computed from the layout (docs/recipes.md, "DINOv2 variants and
+# checkpoint keys") and the README's
 COMPUTED_M = {"vits14": 22.1, "vitb14": 86.6, "vitl14": 304.4, "vitg14": 1136.5}
 README_M = {"vits14": 21, "vitb14": 86, "vitl14": 300, "vitg14": 1100}
 README_TOLERANCE = 0.06  # the README rounds (ViT-S: 22.06 M listed as 21 M)
@@ -46,7 +48,7 @@ def test_parameter_counts(variant: str) -> None:
     encoder = _meta_encoder(variant, registers=False)
     count = sum(p.numel() for p in encoder.parameters())
     assert count == sum(math.prod(s) for s in official_layout(variant, False).values())
-    assert round(count / 1e6, 1) == COMPUTED_M[variant]  # the computed figure of §7.1
+    assert round(count / 1e6, 1) == COMPUTED_M[variant]  # the computed figure of docs/recipes.md
     assert abs(count / 1e6 - README_M[variant]) / README_M[variant] < README_TOLERANCE
     with_registers = sum(p.numel() for p in _meta_encoder(variant, registers=True).parameters())
     assert with_registers - count == REGISTERS * OFFICIAL[variant][0]

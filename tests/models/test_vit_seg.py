@@ -11,8 +11,8 @@ from spcl.models.build import build_model
 from spcl.models.vit import DINOv2Encoder
 from spcl.models.vit_seg import LayerNorm2d, ViTSegmenter
 
-# VFM-UDA's network.upscale.{0,1,3,4,5,6} and network.out for ViT-B (D = 768, RECIPES §7.2):
-# ConvTranspose2d weights are (in, out, k, k)
+# VFM-UDA's network.upscale.{0,1,3,4,5,6} and network.out for ViT-B (D = 768; docs/recipes.md,
+# "VFM-UDA network"): ConvTranspose2d weights are (in, out, k, k)
 VFM_UDA_HEAD_VITB = {
     "decode_head.upscale.0.weight": (768, 384, 2, 2),
     "decode_head.upscale.1.weight": (384,),

@@ -1,8 +1,9 @@
 """Foreign ResNet weight layouts: DeepLab COCO init, reference SPCL/FADA checkpoints, torchvision.
 
 Every file here is generated in the test from the published architecture facts (key names, shapes,
-strides; /work/shared/RECIPES.md §8 and BinhuiXie/SPCL ``core/models``), not from spcl's modules,
-and every model output is checked against a forward pass written out here with plain convolutions.
+strides; docs/recipes.md, "DeepLab-v2 COCO initialisation", and BinhuiXie/SPCL ``core/models``),
+not from spcl's modules, and every model output is checked against a forward pass written out
+here with plain convolutions.
 """
 
 from __future__ import annotations

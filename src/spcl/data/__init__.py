@@ -5,8 +5,10 @@
 - :mod:`~spcl.data.synthetic`: the generated source/target pair, its generator and its reader.
 - Infrastructure: :mod:`~spcl.data.registry` (kind → reader), :mod:`~spcl.data.layout` (pairing
   files), :mod:`~spcl.data.lists` (the Dataset class, image/label decoding),
-  :mod:`~spcl.data.labels` (class tables), :mod:`~spcl.data.label_decoder`,
-  :mod:`~spcl.data.transforms`, :mod:`~spcl.data.loaders` (resumable streams),
-  :mod:`~spcl.data.sampling` (class-balanced order), :mod:`~spcl.data.doctor`
-  (``spcl data check``).
+  :mod:`~spcl.data.labels` (class tables), :mod:`~spcl.data.label_decoder` (raw label values →
+  train ids, unknown values refused), :mod:`~spcl.data.png_decode` (fast single-channel PNG
+  decoding), :mod:`~spcl.data.transforms` (paired image/label transforms),
+  :mod:`~spcl.data.loaders` (resumable streams), :mod:`~spcl.data.sampling` (SPCL's
+  class-balanced order), :mod:`~spcl.data.rare_class` (DAFormer's rare-class sampling),
+  :mod:`~spcl.data.doctor` (``spcl data check`` and ``spcl data stats``).
 """

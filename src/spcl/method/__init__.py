@@ -1,13 +1,47 @@
-"""The paper's math, pure tensors: prototypes, contrast, pseudo-label thresholds, adversarial."""
+"""The methods' math on tensors, apart from data loading and stage wiring (:mod:`spcl.stages`).
+
+SPCL (the chain of stages 1–6, docs/method.md):
+
+- :mod:`~spcl.method.losses`: the source CE with the reference's logit temperature, logit
+  upsampling.
+- :mod:`~spcl.method.adversarial`: the output-space adversarial terms of the warm-up.
+- :mod:`~spcl.method.prototypes`: class means of normalised features, the prototype bank and its
+  EMA.
+- :mod:`~spcl.method.pseudo_labels`: per-class confidence thresholds in fixed memory, and labels.
+- :mod:`~spcl.method.contrastive`: the pixel-to-prototype contrastive loss.
+- :mod:`~spcl.method.adabn`: BatchNorm statistics re-estimated on target images (a control).
+
+The online recipe (stage 7; DAFormer, MIC, SePiCo, docs/online.md and docs/recipes.md):
+
+- :mod:`~spcl.method.ema`: the EMA teacher and its warm-up rule.
+- :mod:`~spcl.method.pseudo_weight`: teacher pseudo-labels and the confidence weight.
+- :mod:`~spcl.method.mixing`: cross-domain ClassMix masks and mixing.
+- :mod:`~spcl.method.photometric`: the strong augmentation (colour jitter, Gaussian blur).
+- :mod:`~spcl.method.masking`: MIC's random block mask.
+- :mod:`~spcl.method.feature_distance`: the thing-class ImageNet feature distance.
+- :mod:`~spcl.method.weighted_ce`: the pixel-weighted CE with mmseg's reduction.
+- :mod:`~spcl.method.class_balanced_crop`: SePiCo's class-balanced crop on the teacher's labels.
+
+``__all__`` is the union of the modules' own ``__all__``.
+"""
 
 from __future__ import annotations
 
+from spcl.method.adabn import recalibrate_batchnorm
 from spcl.method.adversarial import (
+    DISCRIMINATOR_WEIGHT,
     REFERENCE_ADV_WEIGHT,
     SOURCE_DOMAIN_LABEL,
     TARGET_DOMAIN_LABEL,
     adversarial_generator_loss,
     discriminator_loss,
+)
+from spcl.method.class_balanced_crop import (
+    CBC_BOXES,
+    CBC_MAX_SHARE,
+    class_balanced_corners,
+    crop_at,
+    crop_score,
 )
 from spcl.method.contrastive import (
     REFERENCE_CONTRASTIVE_WEIGHT,
@@ -17,7 +51,62 @@ from spcl.method.contrastive import (
     pixel_prototype_loss,
     spcl_contrastive_loss,
 )
-from spcl.method.losses import SOURCE_LOGIT_TEMPERATURE, tempered_cross_entropy, upsample_logits
+from spcl.method.ema import (
+    REFERENCE_EMA_ALPHA,
+    STOCHASTIC_DEPTH_CLASS_NAMES,
+    STOCHASTIC_DEPTH_MARKER,
+    disable_teacher_dropout,
+    ema_alpha,
+    init_teacher,
+    kept_batchnorm_statistics,
+    unwrap_model,
+    update_teacher,
+)
+from spcl.method.feature_distance import (
+    CITYSCAPES_THING_CLASSES,
+    FD_MIN_RATIO,
+    REFERENCE_FD_WEIGHT,
+    downscale_label_ratio,
+    masked_feature_distance,
+    thing_feature_distance,
+)
+from spcl.method.losses import (
+    SOURCE_LOGIT_TEMPERATURE,
+    tempered_cross_entropy,
+    upsample_logits,
+)
+from spcl.method.masking import (
+    MIC_BLOCK_SIZE,
+    MIC_MASK_RATIO,
+    MIC_REFERENCE_SIZE,
+    block_mask,
+    mask_images,
+    scaled_block_size,
+)
+from spcl.method.mixing import (
+    ClassMixMasks,
+    MixedBatch,
+    class_mix_masks,
+    mix,
+    mix_batch,
+)
+from spcl.method.photometric import (
+    BLUR_KERNEL_FRACTION,
+    BLUR_SIGMA_RANGE,
+    BLUR_THRESHOLD,
+    JITTER_SKIP_PROBABILITY,
+    JITTER_STRENGTH,
+    StrongAugParams,
+    apply_strong_augment,
+    blur_kernel_size,
+    color_jitter,
+    gaussian_blur,
+    gaussian_kernel1d,
+    hsv_to_rgb,
+    rgb_to_hsv,
+    sample_strong_augment,
+    strong_augment,
+)
 from spcl.method.prototypes import (
     REFERENCE_MOMENTUM,
     AbsentPolicy,
@@ -36,34 +125,110 @@ from spcl.method.pseudo_labels import (
     class_coverage,
     threshold_predictions,
 )
+from spcl.method.pseudo_weight import (
+    PL_CROP_BOTTOM_ROWS,
+    PL_CROP_REFERENCE_HEIGHT,
+    PL_CROP_TOP_ROWS,
+    REFERENCE_PSEUDO_THRESHOLD,
+    PseudoLabels,
+    WeightMode,
+    crop_pseudo_weight,
+    pl_crop_rows,
+    pseudo_labels_with_ignore,
+    teacher_pseudo_labels,
+)
+from spcl.method.weighted_ce import (
+    CrossEntropyReduction,
+    pixel_weighted_cross_entropy,
+)
 
 __all__ = [
+    "BLUR_KERNEL_FRACTION",
+    "BLUR_SIGMA_RANGE",
+    "BLUR_THRESHOLD",
+    "CBC_BOXES",
+    "CBC_MAX_SHARE",
+    "CITYSCAPES_THING_CLASSES",
     "DEFAULT_THRESHOLD_BINS",
+    "DISCRIMINATOR_WEIGHT",
+    "FD_MIN_RATIO",
+    "JITTER_SKIP_PROBABILITY",
+    "JITTER_STRENGTH",
+    "MIC_BLOCK_SIZE",
+    "MIC_MASK_RATIO",
+    "MIC_REFERENCE_SIZE",
+    "PL_CROP_BOTTOM_ROWS",
+    "PL_CROP_REFERENCE_HEIGHT",
+    "PL_CROP_TOP_ROWS",
     "REFERENCE_ADV_WEIGHT",
     "REFERENCE_CONTRASTIVE_WEIGHT",
+    "REFERENCE_EMA_ALPHA",
+    "REFERENCE_FD_WEIGHT",
     "REFERENCE_MOMENTUM",
+    "REFERENCE_PSEUDO_THRESHOLD",
     "REFERENCE_TEMPERATURE",
     "REFERENCE_THRESHOLD_CAP",
     "SOURCE_DOMAIN_LABEL",
     "SOURCE_LOGIT_TEMPERATURE",
+    "STOCHASTIC_DEPTH_CLASS_NAMES",
+    "STOCHASTIC_DEPTH_MARKER",
     "TARGET_DOMAIN_LABEL",
     "AbsentPolicy",
+    "ClassMixMasks",
     "ContrastiveLosses",
+    "CrossEntropyReduction",
+    "MixedBatch",
     "PrototypeAccumulator",
     "PrototypeBank",
+    "PseudoLabels",
+    "StrongAugParams",
     "ThresholdEstimator",
+    "WeightMode",
     "adversarial_generator_loss",
+    "apply_strong_augment",
     "apply_thresholds",
+    "block_mask",
+    "blur_kernel_size",
+    "class_balanced_corners",
     "class_coverage",
     "class_feature_means",
     "class_feature_sums",
+    "class_mix_masks",
+    "color_jitter",
+    "crop_at",
+    "crop_pseudo_weight",
+    "crop_score",
+    "disable_teacher_dropout",
     "discriminator_loss",
     "downsample_labels",
+    "downscale_label_ratio",
+    "ema_alpha",
+    "gaussian_blur",
+    "gaussian_kernel1d",
+    "hsv_to_rgb",
+    "init_teacher",
+    "kept_batchnorm_statistics",
+    "mask_images",
+    "masked_feature_distance",
+    "mix",
+    "mix_batch",
     "pixel_prototype_logits",
     "pixel_prototype_loss",
+    "pixel_weighted_cross_entropy",
+    "pl_crop_rows",
+    "pseudo_labels_with_ignore",
+    "recalibrate_batchnorm",
     "reliable_mask",
+    "rgb_to_hsv",
+    "sample_strong_augment",
+    "scaled_block_size",
     "spcl_contrastive_loss",
+    "strong_augment",
+    "teacher_pseudo_labels",
     "tempered_cross_entropy",
+    "thing_feature_distance",
     "threshold_predictions",
+    "unwrap_model",
+    "update_teacher",
     "upsample_logits",
 ]

@@ -1,8 +1,9 @@
 """SePiCo's class-balanced crop (CBC) of whole target images, chosen on the teacher's labels.
 
 SePiCo (BIT-DA/SePiCo ``mmseg/models/utils/ours_transforms.py`` ``RandomCrop`` with ``prod``,
-called from ``mmseg/models/uda/sepico.py`` when ``pseudo_random_crop``; ../shared/RECIPES.md §4.1)
-loads the target images whole (1280×640), labels them with the EMA teacher, and crops each image
+called from ``mmseg/models/uda/sepico.py`` when ``pseudo_random_crop``; docs/recipes.md,
+"SePiCo class-balanced crop") loads the target images whole (1280×640), labels them with the EMA
+teacher, and crops each image
 where its pseudo-labels are most varied: of ``CBC_BOXES`` random boxes the first best-scoring one
 is kept, a box scoring 0 unless its labels (``ignore_index`` left out) hold two classes or more
 with none at ``max_share`` (0.75) or above, else the sum over classes with more than one pixel of

@@ -1,11 +1,12 @@
 """SePiCo's projection head of DeepLab-v2: features mapped to a unit-norm contrast embedding.
 
 SePiCo (Xie et al., TPAMI 2023; BIT-DA/SePiCo ``mmseg/models/decode_heads/proj_head.py``,
-``configs/_base_/models/*_proj_*.py``; ../shared/RECIPES.md §4.2) contrasts pixels with class
-prototypes in a learnt space rather than on the segmenter's features: two 1×1 convolutions with
-BatchNorm and ReLU (for DeepLab-v2 ResNet-101: 2048 → 2048 → 512), then L2 normalisation over
-channels. The head is trained by the contrastive loss only (``DeepLabV2(projection_dim=...)``);
-the MiT models have SePiCo's multi-level variant in :mod:`spcl.models.segformer_heads`.
+``configs/_base_/models/*_proj_*.py``; docs/recipes.md, "SePiCo projection head") contrasts pixels
+with class prototypes in a learnt space rather than on the segmenter's features: two 1×1
+convolutions with BatchNorm and ReLU (for DeepLab-v2 ResNet-101: 2048 → 2048 → 512), then L2
+normalisation over channels. The head is trained by the contrastive loss only
+(``DeepLabV2(projection_dim=...)``); the MiT models have SePiCo's multi-level variant in
+:mod:`spcl.models.segformer_heads`.
 """
 
 from __future__ import annotations

@@ -1,1 +1,22 @@
-"""Pipeline stages: each module has run(ctx, out_dir, ...) and writes one run-directory folder."""
+"""Pipeline stages: one module per stage, each with ``run(ctx, out_dir, ...)`` writing one folder.
+
+Stages, in pipeline order (:mod:`spcl.pipeline` runs them):
+
+- :mod:`~spcl.stages.warmup`: 1, source CE, optionally output-space adversarial.
+- :mod:`~spcl.stages.prototypes`: 2, source prototypes in one no-gradient pass.
+- :mod:`~spcl.stages.pseudo_labels`: 3 and 5, target pseudo-labels with per-class thresholds.
+- :mod:`~spcl.stages.adapt`: 4, SPCL adaptation (source CE + pixel-to-prototype contrast).
+- :mod:`~spcl.stages.self_train`: 6, self-training on the refreshed pseudo-labels.
+- :mod:`~spcl.stages.online`: 7, online adaptation with an EMA teacher; its step is
+  :mod:`~spcl.stages.online_step`.
+- :mod:`~spcl.stages.evaluate`: 8, mIoU of every trained model of the run.
+
+What the stages share:
+
+- :mod:`~spcl.stages.builders`: config → models, datasets, loaders, optimisers.
+- :mod:`~spcl.stages.class_sets`: the run's one class set, checked against every side.
+- :mod:`~spcl.stages.source_order`: the source stream's order (class-balanced or rare-class).
+- :mod:`~spcl.stages.start_checks`: what a run checks before any stage trains.
+- :mod:`~spcl.stages.validation`: periodic validation during training.
+- :mod:`~spcl.stages.collapse`: the class-collapse alert of the online and self-training stages.
+"""

@@ -1,6 +1,7 @@
 """Stage 4 (``04_adapt``), SPCL adaptation: source CE + pixel-to-prototype contrast on both domains.
 
-Per iteration (SPCL.md, stage 4): the segmenter runs on a source and a target batch; the source
+Per iteration (docs/method.md, stage 4; docs/recipes.md, "SPCL adaptation iteration"): the
+segmenter runs on a source and a target batch; the source
 CE uses logits ÷ ``source_temperature``; the prototype bank takes one EMA step from the class means
 of the normalised source features over reliable pixels (ground truth = prediction), all-reduced
 over ranks so every process holds the same prototypes; then every source pixel (reliable ground

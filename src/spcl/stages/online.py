@@ -1,7 +1,7 @@
 """Stage 7 (``07_online``), online adaptation: a student and its EMA teacher, on the one loop.
 
 The recipe of DAFormer (Hoyer et al., CVPR 2022) with the ingredients of DACS, MIC and SePiCo,
-each a switch of the ``online`` config section (../shared/RECIPES.md §1–§4):
+each a switch of the ``online`` config section (docs/recipes.md, sections DAFormer, MIC, SePiCo):
 
 - the student trains on source crops (CE) and on target crops labelled by the teacher;
 - the teacher is the exponential moving average of the student, updated by an after-step hook of

@@ -1,6 +1,7 @@
 """The online adaptation step (stage ``online``): every loss term of one DAFormer-style iteration.
 
-Per iteration (../shared/RECIPES.md §1.3, §2.2, §4.1), with S the student, T its EMA teacher:
+Per iteration (docs/recipes.md: "DAFormer training step", "MIC masking step", "SePiCo step"),
+with S the student, T its EMA teacher:
 
 1. ``seg``: S on the source crop, CE against its labels.
 2. ``fd``: the ImageNet feature distance on thing-class pixels (only with an ImageNet init).
