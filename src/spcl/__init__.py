@@ -28,7 +28,9 @@ Modules:
   lengths of values): the configuration.
 - :mod:`spcl.context`: the ``RunContext`` every stage receives.
 - :mod:`spcl.model_catalog`: the registered segmenters and their options, without importing torch.
-- :mod:`spcl.pipeline`: the stages in order, run into one resumable run directory.
+- :mod:`spcl.recipe`: the recipe as data: every stage, its folder, config sections, needs, module.
+- :mod:`spcl.run_dir`: every file name in a run directory.
+- :mod:`spcl.pipeline`: plans and runs the stages into one resumable run directory.
 - :mod:`spcl.run_state` (stage fingerprints, the lock) and :mod:`spcl.run_history` (what a re-run
   replaces, ``history/``): what a run directory records.
 - :mod:`spcl.rehearsal`: ``spcl run CONFIG --fast-dev-run``.

@@ -6,7 +6,8 @@
 - Infrastructure: :mod:`~spcl.data.registry` (kind → reader), :mod:`~spcl.data.layout` (pairing
   files), :mod:`~spcl.data.lists` (the Dataset class, image/label decoding),
   :mod:`~spcl.data.labels` (class tables), :mod:`~spcl.data.label_decoder` (raw label values →
-  train ids, unknown values refused), :mod:`~spcl.data.png_decode` (fast single-channel PNG
+  train ids, unknown values refused), :mod:`~spcl.data.label_png` (the one label-map reader and
+  its error), :mod:`~spcl.data.png_decode` (fast single-channel PNG
   decoding), :mod:`~spcl.data.transforms` (paired image/label transforms),
   :mod:`~spcl.data.loaders` (resumable streams), :mod:`~spcl.data.sampling` (SPCL's
   class-balanced order), :mod:`~spcl.data.rare_class` (DAFormer's rare-class sampling),
