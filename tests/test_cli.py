@@ -125,7 +125,7 @@ def test_a_bug_shows_its_traceback_and_exits_1() -> None:
     code = (
         "import sys; from spcl import cli, pipeline\n"
         "def broken(*args): raise ValueError('internal invariant broken')\n"
-        "pipeline._stage = lambda name: type('M', (), {'run': staticmethod(broken)})\n"
+        "pipeline._run_function = lambda stage: broken\n"
         "pipeline.prepare_data = lambda ctx: None\n"  # no data on disk to check
         "sys.exit(cli.main(['run', 'demo', 'data.synthetic.generate=false',"
         " 'run.stages=[warmup]', 'run.out=' + sys.argv[0]]))"
