@@ -1,9 +1,10 @@
 """Why SPCL's pixel-to-prototype contrast does or does not change the model, in measured numbers.
 
-Replays the first ``--batches`` steps of a finished run's adaptation from its warm-up model (its
-config, loader seeds, batch size, initial prototypes with the per-batch EMA step, pseudo-labels),
-applies nothing, and prints Markdown tables: (1) each term's loss (vs ln K) and gradient L2 norm
-w.r.t. all parameters and w.r.t. the feature map, also ÷ the source CE's — source CE, target CE
+Replays the first ``--batches`` steps of a finished run's adaptation from its warm-up model, as
+the stage builds them (:func:`spcl.stages.adapt.setup`: its config, loader seeds, batch size,
+initial prototypes with the per-batch EMA step, pseudo-labels), applies nothing, and prints
+Markdown tables: (1) each term's loss (vs ln K) and gradient L2 norm w.r.t. all parameters and
+w.r.t. the feature map, also ÷ the source CE's — source CE, target CE
 on the pseudo-labels, contrast on source (reliable pixels) and on target (pseudo-labels) at each
 ``--temperatures`` τ (divisor of the cosine; reference 100); (2) prototype softmax sharpness per τ
 and nearest-prototype accuracy; (3) prototype drift over the adaptation and class separation;
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from spcl.base import IGNORE_INDEX
 from spcl.config import load_config
@@ -38,18 +39,11 @@ from spcl.engine.distributed import resolve_device
 from spcl.engine.tracking import Tracker
 from spcl.method.contrastive import pixel_prototype_logits, pixel_prototype_loss
 from spcl.method.losses import tempered_cross_entropy, upsample_logits
-from spcl.method.prototypes import PrototypeBank, downsample_labels
+from spcl.method.prototypes import downsample_labels
 from spcl.recipe import STAGE_FOLDERS
-from spcl.stages.adapt import PLAIN_CE, SOURCE_STREAM, TARGET_STREAM, AdaptParts, adapt_forward
-from spcl.stages.builders import (
-    build_segmenter,
-    class_table,
-    domain_dataset,
-    load_weights,
-    pseudo_labelled_dataset,
-    source_stream,
-    train_loader,
-)
+from spcl.stages.adapt import PLAIN_CE, TARGET_STREAM, AdaptParts, adapt_forward
+from spcl.stages.adapt import setup as adapt_setup
+from spcl.stages.builders import class_table, domain_dataset, train_loader
 
 EXIT_USER_ERROR = 2
 TINY = 1e-30  # floor of a denominator
@@ -134,27 +128,21 @@ def open_context(run_dir: Path, device: str) -> RunContext:
     )
 
 
-def _streams(ctx: RunContext, labels_dir: Path) -> tuple[Iterator, Iterator, Iterator | None]:
-    """The adaptation's source and target streams, and the target ground truth in step with it."""
+def _truth(ctx: RunContext) -> Iterator | None:
+    """The target ground truth in step with the adaptation's pseudo-labelled stream (same images,
+    transform and seed: same order and flips), or None when the target has no labels."""
     cfg, data = ctx.config.adapt, ctx.config.data
-    batch, augment = cfg.optim.batch_size, {"hflip": data.hflip}
-    source = source_stream(ctx, batch, SOURCE_STREAM, color_jitter=data.color_jitter, **augment)
-    pseudo = pseudo_labelled_dataset(data.target, labels_dir, **augment)
-    target = train_loader(ctx, pseudo, batch, TARGET_STREAM)
-    try:  # same images, transform and seed: same order and flips as the pseudo-labelled stream
-        truth = domain_dataset(data.target, with_labels=True, train=True, **augment)
+    try:
+        truth = domain_dataset(data.target, with_labels=True, train=True, hflip=data.hflip)
     except (FileNotFoundError, ValueError):
-        return source, target, None
-    return source, target, train_loader(ctx, truth, batch, TARGET_STREAM)
+        return None
+    return train_loader(ctx, truth, cfg.optim.batch_size, TARGET_STREAM)
 
 
-def _replay_step(
-    ctx: RunContext, model: nn.Module, bank: PrototypeBank, batch: dict, taus: Taus
-) -> Replay:
+def _replay_step(ctx: RunContext, parts: AdaptParts, batch: dict, taus: Taus) -> Replay:
     """The adaptation's own forward pass and prototype step (``adapt_forward``) on one batch
     pair, then every loss term at each τ, and (features, labels) per pixel set."""
     cfg, dev = ctx.config.adapt, ctx.device
-    parts = AdaptParts.from_config(cfg, model, bank, dev)
     step = adapt_forward(parts, batch["src"], batch["tgt"])
     src, tgt, protos = step.out.src, step.out.tgt, step.prototypes
     src_logits = upsample_logits(src.logits, step.src_labels.shape[-2:])
@@ -220,21 +208,20 @@ def _add_classification(sets: dict, protos: Tensor, taus: Taus, totals: Totals) 
 
 def measure(ctx: RunContext, files: RunFiles, batches: int, taus: Taus, train: bool) -> Diagnostics:
     """Replay ``batches`` adaptation steps from the warm-up weights; means of the statistics."""
-    cfg, k = ctx.config.adapt, ctx.config.data.num_classes
+    k = ctx.config.data.num_classes
     torch.manual_seed(ctx.config.run.seed)
-    model = load_weights(build_segmenter(ctx, freeze_bn=cfg.freeze_bn), files.warmup)
+    inputs = {"warmup": files.warmup, "prototypes": files.initial, "pseudo_labels": files.labels}
+    stage = adapt_setup(ctx, ctx.run_dir / STAGE_FOLDERS["adapt"], inputs)  # nothing written
+    model, source, target = (stage.state[key] for key in ("model", "source", "target"))
     model.train(train)
     params = [p for p in model.parameters() if p.requires_grad]
-    init = {key: t.to(ctx.device) for key, t in load_state(files.initial).items()}
-    bank = PrototypeBank(k, init["prototypes"].shape[1], cfg.momentum, cfg.absent_policy)
-    bank.to(ctx.device).initialize(init["prototypes"], init["seen"])
-    source, target, truth = _streams(ctx, files.labels)
+    truth = _truth(ctx)
     totals: Totals = defaultdict(float)
     for _ in range(batches):
         batch = {"src": next(source), "tgt": next(target)}
         if truth is not None:
             batch["gt"] = next(truth)
-        losses, features, protos, sets = _replay_step(ctx, model, bank, batch, taus)
+        losses, features, protos, sets = _replay_step(ctx, stage.parts, batch, taus)
         _add_gradients(losses, features, params, totals)
         _add_classification(sets, protos, taus, totals)
     out = Diagnostics(k, tuple(taus), batches)

@@ -1,16 +1,20 @@
 """What an online adaptation step costs over a plain self-training step, measured side by side.
 
-Builds the model of a config (default: the demo's), then times, interleaved in one process, one
-training step (forward, backward, optimiser step, and for the online rows the EMA update) of:
+Builds each row's stage as a run does, with the stage's own ``setup``
+(:func:`spcl.stages.self_train.setup`, :func:`spcl.stages.online.setup`) from a config (default:
+the demo's) with the model's random init (``model.pretrained=null``), then times, interleaved in
+one process, one training step (forward, backward, optimiser and schedule steps, and the stage's
+after-step hooks: for the online rows the EMA update) of:
 
 - ``self_train``: the self-training stage's step on one batch of target images (the baseline);
 - ``online``: the online step as the config sets it (source CE, teacher forward on the clean
   target batch, ClassMix, strong augmentation, the mixed CE), and the variants with MIC, with the
-  prototype contrast (source and target) and without mixing.
+  prototype contrast (source and target, from the first iteration) and without mixing.
 
 Batches are the config's batch size of random images and labels at its crop (or image) size: the
-cost does not depend on the content. Prints a Markdown table of median milliseconds per step and
-the ratio to the self-training step.
+cost does not depend on the content. The stages' data streams, which the timed steps do not draw
+from, are built on a tiny synthetic pair in a temporary folder. Prints a Markdown table of median
+milliseconds per step and the ratio to the self-training step.
 
 Run: ``python benchmarks/online_step_cost.py [--config demo] [--steps 20] [--warmup 3]
 [--device cpu] [key=value ...]``
@@ -19,30 +23,76 @@ Run: ``python benchmarks/online_step_cost.py [--config demo] [--steps 20] [--war
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from spcl.base import IMAGENET_MEAN, IMAGENET_STD
 from spcl.config import load_config
-from spcl.config_schema import Config, OnlineConfig
+from spcl.config_schema import Config
+from spcl.context import RunContext
+from spcl.data.synthetic import generate_pair
 from spcl.engine.distributed import resolve_device
 from spcl.engine.loop import weighted_total
-from spcl.method.ema import disable_teacher_dropout, init_teacher, update_teacher
-from spcl.method.prototypes import PrototypeBank
-from spcl.models import build_model
-from spcl.stages.builders import optimizer_and_schedule
-from spcl.stages.online_step import OnlineParts, SeededGenerator, online_step, online_weights
+from spcl.engine.tracking import Tracker
+from spcl.stages import online, self_train
+from spcl.stages.builders import build_segmenter, save_weights
+from spcl.stages.online_step import online_step
 from spcl.stages.self_train import self_train_step
+from spcl.stages.training import TrainingSetup
 
 Step = Callable[[], None]
+PAIR_SIZE = (64, 128)  # the tiny pair the stages' streams are built on (never drawn from)
+VARIANTS = {  # row → its overrides of the config
+    "online": (),
+    "online + MIC": ("online.masking.enabled=true",),
+    "online + contrast (source, target)": (
+        "online.contrast.source=true",
+        "online.contrast.target=true",
+    ),
+    "online without mixing": ("online.mix.enabled=false",),
+}
+COMMON = (
+    "model.pretrained=null",  # the random init (no weights to download)
+    "online.init=pretrained",  # from it, not from a warm-up
+    "online.contrast.start_iter=0",  # the contrast rows compute it from the first step
+    "online.source_sampling=uniform",  # the tiny pair has no class statistics to sample by
+    "data.source.sampling=uniform",
+    "data.synthetic.generate=false",
+    "data.num_workers=0",
+    "run.progress=false",
+)
 
 
-def _batch(cfg: Config, size: tuple[int, int], generator: torch.Generator) -> dict:
+def _data(root: Path) -> tuple[str, ...]:
+    """Overrides that point every split at the synthetic pair in ``root``."""
+    splits = {"source": "source", "target": "target", "target_val": "target"}
+    return tuple(
+        override
+        for split, domain in splits.items()
+        for override in (
+            f"data.{split}.kind=synthetic",
+            f"data.{split}.root={root}",
+            f"data.{split}.options={{_delete_: true, domain: {domain}}}",
+        )
+    )
+
+
+def _context(config: Config, run_dir: Path, device: torch.device) -> RunContext:
+    return RunContext(config, run_dir, device, Tracker(run_dir, enabled=False, progress=False))
+
+
+def _size(cfg: Config) -> tuple[int, int]:
+    """The batches' size: the online crop, else the synthetic pair's image size."""
+    size = cfg.online.crop or cfg.data.synthetic.size
+    return size[0], size[1]
+
+
+def _batch(cfg: Config, size: tuple[int, int], generator: torch.Generator) -> dict[str, Tensor]:
     b, k = cfg.online.optim.batch_size, cfg.data.num_classes
     return {
         "image": torch.randn(b, 3, *size, generator=generator),
@@ -50,66 +100,73 @@ def _batch(cfg: Config, size: tuple[int, int], generator: torch.Generator) -> di
     }
 
 
-def _model(cfg: Config, device: torch.device) -> torch.nn.Module:
-    model = build_model(
-        cfg.model.name,
-        cfg.data.num_classes,
-        width=cfg.model.width,
-        freeze_bn=False,
-        options=cfg.model.options,
-    )
-    return model.to(device).train()
-
-
-def _self_train(cfg: Config, device: torch.device, size: tuple[int, int]) -> Step:
-    net = _model(cfg, device)
-    optimizer, _ = optimizer_and_schedule(net, cfg.self_train.optim)
-    batch = _batch(cfg, size, torch.Generator().manual_seed(1))
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        weighted_total(self_train_step(net, device, batch), {"seg": 1.0}).backward()
-        optimizer.step()
-
-    return step
-
-
-def _online(cfg: Config, online: OnlineConfig, device: torch.device, size: tuple[int, int]) -> Step:
-    student = _model(cfg, device)
-    teacher = copy.deepcopy(student)
-    init_teacher(teacher, student)
-    disable_teacher_dropout(teacher)
-    optimizer, schedule = optimizer_and_schedule(student, online.optim)
-    bank = None
-    if online.contrast.source or online.contrast.target:
-        bank = PrototypeBank(cfg.data.num_classes, student.feature_channels, 0.1, "keep")
-        bank = bank.to(device)
-    parts = OnlineParts(
-        cfg=online,
-        num_classes=cfg.data.num_classes,
-        student=student,
-        teacher=teacher,
-        device=device,
-        generator=SeededGenerator(0),
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-        schedule=schedule,
-        bank=bank,
-    )
-    weights = online_weights(online, feature_distance=False)
-    generator = torch.Generator().manual_seed(2)
-    src, tgt = _batch(cfg, size, generator), _batch(cfg, size, generator)
+def _timed(stage: TrainingSetup, terms: Callable[[int], Mapping[str, Tensor]]) -> Step:
+    """One training step of ``stage`` on fixed batches (``terms`` of the iteration)."""
     done = [0]
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        weighted_total(online_step(parts, src, tgt), weights).backward()
-        optimizer.step()
-        schedule.step()
+        for optimizer in stage.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        weighted_total(terms(done[0]), stage.weights).backward()
+        for optimizer in stage.optimizers:
+            optimizer.step()
+        for schedule in stage.schedulers:
+            schedule.step()
         done[0] += 1
-        update_teacher(teacher, student, done[0], online.teacher.alpha)
+        for hook in stage.hooks:
+            hook(done[0])
 
     return step
+
+
+def _self_train(ctx: RunContext, pair: Path, size: tuple[int, int]) -> Step:
+    """The self-training stage from a model of the random init, on the pair's target labels."""
+    weights = save_weights(ctx, build_segmenter(ctx), ctx.run_dir / "init.pth")
+    inputs = {"adapt": weights, "pseudo_labels_2": pair / "target" / "labels" / "train"}
+    stage = self_train.setup(ctx, ctx.run_dir / "self_train", inputs)
+    batch = _batch(ctx.config, size, torch.Generator().manual_seed(1))
+    return _timed(stage, lambda _: self_train_step(stage.parts, batch))
+
+
+def _online(ctx: RunContext, size: tuple[int, int]) -> Step:
+    stage = online.setup(ctx, ctx.run_dir / "online", {})
+    generator = torch.Generator().manual_seed(2)
+    src, tgt = _batch(ctx.config, size, generator), _batch(ctx.config, size, generator)
+    return _timed(stage, lambda iteration: online_step(stage.parts, iteration, src, tgt))
+
+
+def _steps(args: argparse.Namespace, cfg: Config, tmp: Path) -> dict[str, Step]:
+    """Every row's step, each stage built by its setup in its own folder under ``tmp``."""
+    images = max(cfg.self_train.optim.batch_size, cfg.online.optim.batch_size)  # one batch
+    pair = generate_pair(tmp / "data", n_train=images, n_val=1, size=PAIR_SIZE, progress=False)
+    size = _size(cfg)
+    device = resolve_device(args.device)
+
+    def context(name: str, extra: tuple[str, ...] = ()) -> RunContext:
+        overrides = [*args.overrides, *COMMON, *_data(pair), *extra, f"run.out={tmp / name}"]
+        return _context(load_config(args.config, overrides), tmp / name, device)
+
+    steps = {"self_train": _self_train(context("self_train"), pair, size)}
+    for i, (name, extra) in enumerate(VARIANTS.items()):
+        steps[name] = _online(context(f"online{i}", extra), size)
+    return steps
+
+
+def _time(steps: dict[str, Step], rounds: int, warmup: int, device: torch.device) -> dict:
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    for _ in range(rounds):  # interleaved: machine load hits every row alike
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            begin = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - begin)
+    return times
 
 
 def main() -> None:
@@ -120,39 +177,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
-    cfg = load_config(args.config, list(args.overrides))
+    cfg = load_config(args.config, [*args.overrides, *COMMON], require_all=False)  # for sizes
     device = resolve_device(args.device)
-    size = tuple(cfg.online.crop) if cfg.online.crop else tuple(cfg.data.synthetic.size)
-    on = dataclasses.replace(
-        cfg.online, contrast=dataclasses.replace(cfg.online.contrast, start_iter=0)
-    )
-    variants = {
-        "online": on,
-        "online + MIC": dataclasses.replace(
-            on, masking=dataclasses.replace(on.masking, enabled=True)
-        ),
-        "online + contrast (source, target)": dataclasses.replace(
-            on, contrast=dataclasses.replace(on.contrast, source=True, target=True)
-        ),
-        "online without mixing": dataclasses.replace(
-            on, mix=dataclasses.replace(on.mix, enabled=False)
-        ),
-    }
-    steps = {"self_train": _self_train(cfg, device, size)}
-    steps |= {name: _online(cfg, online, device, size) for name, online in variants.items()}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    for _ in range(args.steps):  # interleaved: machine load hits every row alike
-        for name, step in steps.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            begin = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - begin)
+    size = _size(cfg)
+    with tempfile.TemporaryDirectory(prefix="online_step_cost.") as tmp:
+        steps = _steps(args, cfg, Path(tmp))
+        times = _time(steps, args.steps, args.warmup, device)
     base = statistics.median(times["self_train"])
     b = cfg.online.optim.batch_size
     print(

@@ -25,13 +25,15 @@ from spcl.config import config_to_dict, load_config
 from spcl.context import open_run
 from spcl.data.synthetic import generate_pair
 from spcl.engine.checkpoint import clean_state_dict, load_state
+from spcl.engine.distributed import RanksDivergedError
 from spcl.engine.loop import weighted_total
 from spcl.experiments import bench, payload, report, rows, sharing
 from spcl.experiments.rows import QUICK_OVERRIDES
 from spcl.models.resnet import FrozenBatchNorm2d
 from spcl.pipeline import run_pipeline, stage_fingerprints
-from spcl.stages import adapt, evaluate
+from spcl.stages import adapt, evaluate, training
 from spcl.stages.builders import domain_dataset
+from spcl.stages.training import after_step_hooks
 from tiny import TINY
 
 IGNORE = 255
@@ -272,35 +274,27 @@ def _naive_ce(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((lse - z[np.arange(len(y)), y]).mean()) if len(y) else 0.0
 
 
-def _one_step(warm: dict[str, Any], tmp_path: Path, monkeypatch, *overrides: str) -> dict:
-    """Run the adapt stage with a loop that takes one step and replays its batches."""
-    captured: dict[str, Any] = {}
-
-    def one_step_loop(
-        step, *, weights, state, optimizers, schedulers, config, tracker, after_step=()
-    ) -> int:
-        positions = {k: copy.deepcopy(state[k].state_dict()) for k in ("source", "target")}
-        terms = dict(step())
-        terms["loss"] = weighted_total(terms, weights)
-        captured["terms"] = {k: float(v.detach()) for k, v in terms.items()}
-        captured["weights"] = dict(weights)
-        for key, position in positions.items():
-            state[key].load_state_dict(position)
-        captured["batches"] = (next(state["source"]), next(state["target"]))
-        captured["model"] = state["model"]
-        return config.stop_iter
-
-    monkeypatch.setattr(adapt, "train_loop", one_step_loop)
+def _one_step(warm: dict[str, Any], tmp_path: Path, *overrides: str) -> dict:
+    """Build the adapt stage (its setup), take its first step, then replay that step's batches."""
     config = load_config("demo", [*warm["overrides"], *overrides, f"run.out={tmp_path}"])
-    outputs = warm["outputs"]
     with open_run(config) as ctx:
-        adapt.run(ctx, tmp_path / "04_adapt", outputs)
-    return captured
+        stage = adapt.setup(ctx, tmp_path / "04_adapt", warm["outputs"])
+        positions = {k: copy.deepcopy(stage.state[k].state_dict()) for k in ("source", "target")}
+        terms = dict(stage.step(0))
+        terms["loss"] = weighted_total(terms, stage.weights)
+        for key, position in positions.items():
+            stage.state[key].load_state_dict(position)
+        return {
+            "terms": {k: float(v.detach()) for k, v in terms.items()},
+            "weights": dict(stage.weights),
+            "batches": (next(stage.state["source"]), next(stage.state["target"])),
+            "model": stage.state["model"],
+        }
 
 
-def test_control_step_has_target_ce_and_no_contrast(warm, tmp_path: Path, monkeypatch) -> None:
+def test_control_step_has_target_ce_and_no_contrast(warm, tmp_path: Path) -> None:
     control = [f"adapt.{k}" for k in ("contrast_source=false", "contrast_target=false")]
-    got = _one_step(warm, tmp_path, monkeypatch, *control, "adapt.lambda_cl=0", "adapt.target_ce=1")
+    got = _one_step(warm, tmp_path, *control, "adapt.lambda_cl=0", "adapt.target_ce=1")
     terms = got["terms"]
     assert set(terms) == {"loss", "seg", "tgt_ce"}
     assert terms["loss"] == pytest.approx(terms["seg"] + terms["tgt_ce"], rel=1e-6)
@@ -323,18 +317,52 @@ def test_control_step_has_target_ce_and_no_contrast(warm, tmp_path: Path, monkey
     ],
 )
 def test_spcl_variants_compute_their_contrast_terms(
-    warm, tmp_path: Path, monkeypatch, overrides: tuple[str, ...], terms: set[str]
+    warm, tmp_path: Path, overrides: tuple[str, ...], terms: set[str]
 ) -> None:
-    got = _one_step(warm, tmp_path, monkeypatch, *overrides)["terms"]
+    got = _one_step(warm, tmp_path, *overrides)["terms"]
     assert set(got) == terms
     contrast = sum(v for k, v in got.items() if k.startswith("cl_"))
     assert got["loss"] == pytest.approx(got["seg"] + contrast, rel=1e-6)  # λ_cl = 1
 
 
-def test_bn_ablation_freezes_batchnorm_in_adaptation(warm, tmp_path: Path, monkeypatch) -> None:
-    model = _one_step(warm, tmp_path, monkeypatch, "adapt.freeze_bn=true")["model"]
+def test_bn_ablation_freezes_batchnorm_in_adaptation(warm, tmp_path: Path) -> None:
+    model = _one_step(warm, tmp_path, "adapt.freeze_bn=true")["model"]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+
+
+def test_adapt_checks_every_ranks_prototype_bank_before_each_checkpoint(
+    warm, tmp_path: Path, monkeypatch
+) -> None:
+    # main checked the banks once, after the last checkpoint was written (a plain RuntimeError):
+    # a divergence then left a checkpoint of diverged banks to resume from
+    spreads = iter([0.0, 0.25])
+    compared: list[nn.Module] = []
+
+    def difference(module: nn.Module) -> float:  # stands in for the collective comparison
+        compared.append(module)
+        return next(spreads)
+
+    monkeypatch.setattr(training, "module_difference_across_ranks", difference)
+    config = load_config("demo", [*warm["overrides"], "run.ckpt_every=2", f"run.out={tmp_path}"])
+    with open_run(config) as ctx:
+        stage = adapt.setup(ctx, tmp_path / "04_adapt", warm["outputs"])
+        two_ranks = dataclasses.replace(ctx, world=2)
+        hooks = after_step_hooks(two_ranks, stage)
+        for done in (1, 2, 3):  # checkpoints after steps 2 and 4 only
+            for hook in hooks:
+                hook(done)
+        assert compared == [stage.state["bank"]]
+        with pytest.raises(RanksDivergedError) as caught:
+            for hook in hooks:
+                hook(4)
+    assert str(caught.value) == (
+        "[adapt] iteration 4: the prototype banks of the 2 ranks differ (max difference 0.25); "
+        "this iteration's checkpoint was not written, "
+        f"{tmp_path / '04_adapt' / 'checkpoint.pth'} holds the last state they agreed on"
+    )
+    log = (tmp_path / "log.txt").read_text()
+    assert "[adapt] iteration 2: prototype banks of 2 ranks: max difference 0\n" in log
 
 
 # --- AdaBN at evaluation: only BatchNorm running statistics change -------------------------------

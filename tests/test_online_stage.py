@@ -22,6 +22,7 @@ from spcl.engine.loop import weighted_total
 from spcl.experiments.rows import QUICK_OVERRIDES
 from spcl.pipeline import run_pipeline
 from spcl.stages import online
+from spcl.stages.training import after_step_hooks, write_outputs
 from tiny import TINY
 
 
@@ -41,44 +42,29 @@ def warm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"data": data, "overrides": overrides, "warmup": outputs["warmup"]}
 
 
-def _steps(warm: dict, tmp_path: Path, monkeypatch, steps: int, *overrides: str) -> dict:
-    """Run the online stage with a loop that takes ``steps`` plain steps and records them."""
-    got: dict[str, Any] = {"terms": []}
-
-    def loop(
-        step,
-        *,
-        weights,
-        state,
-        optimizers,
-        schedulers,
-        config,
-        tracker,
-        after_step,
-        rank_state=None,
-    ) -> int:
-        got["weights"] = dict(weights)
-        got["teacher_0"] = copy.deepcopy(state["teacher"].state_dict())
-        for done in range(1, steps + 1):
-            for opt in optimizers:
-                opt.zero_grad()
-            terms = dict(step())
-            weighted_total(terms, weights).backward()
-            for opt in optimizers:
-                opt.step()
-            for schedule in schedulers:
-                schedule.step()
-            got["student"] = copy.deepcopy(state["model"].state_dict())
-            for hook in after_step:
-                hook(done)
-            got["terms"].append({k: float(v.detach()) for k, v in terms.items()})
-        got["teacher"] = state["teacher"].state_dict()
-        return config.stop_iter
-
-    monkeypatch.setattr(online, "train_loop", loop)
+def _steps(warm: dict, tmp_path: Path, steps: int, *overrides: str) -> dict:
+    """Build the online stage (its setup) and take ``steps`` plain steps with its hooks,
+    recording the terms, the weights, the teacher before and after, and the student."""
     config = load_config("demo", [*warm["overrides"], *overrides, f"run.out={tmp_path}"])
     with open_run(config) as ctx:
-        online.run(ctx, tmp_path / "07_online", {"warmup": warm["warmup"]})
+        stage = online.setup(ctx, tmp_path / "07_online", {"warmup": warm["warmup"]})
+        got: dict[str, Any] = {"terms": [], "weights": dict(stage.weights)}
+        got["teacher_0"] = copy.deepcopy(stage.state["teacher"].state_dict())
+        hooks = after_step_hooks(ctx, stage)
+        for done in range(1, steps + 1):
+            for opt in stage.optimizers:
+                opt.zero_grad()
+            terms = dict(stage.step(done - 1))
+            weighted_total(terms, stage.weights).backward()
+            for opt in stage.optimizers:
+                opt.step()
+            for schedule in stage.schedulers:
+                schedule.step()
+            got["student"] = copy.deepcopy(stage.state["model"].state_dict())
+            for hook in hooks:
+                hook(done)
+            got["terms"].append({k: float(v.detach()) for k, v in terms.items()})
+        got["teacher"] = stage.state["teacher"].state_dict()
     return got
 
 
@@ -96,17 +82,15 @@ def _steps(warm: dict, tmp_path: Path, monkeypatch, steps: int, *overrides: str)
     ],
 )
 def test_each_switch_computes_its_terms(
-    warm, tmp_path: Path, monkeypatch, overrides: tuple[str, ...], terms: set[str]
+    warm, tmp_path: Path, overrides: tuple[str, ...], terms: set[str]
 ) -> None:
-    got = _steps(warm, tmp_path, monkeypatch, 1, *overrides, "online.contrast.start_iter=0")
+    got = _steps(warm, tmp_path, 1, *overrides, "online.contrast.start_iter=0")
     assert set(got["terms"][0]) == terms == set(got["weights"])
     assert all(torch.isfinite(torch.tensor(v)) for v in got["terms"][0].values())
 
 
-def test_teacher_is_the_ema_of_the_student_after_each_step(
-    warm, tmp_path: Path, monkeypatch
-) -> None:
-    got = _steps(warm, tmp_path, monkeypatch, 1, "online.teacher.alpha=0.99")
+def test_teacher_is_the_ema_of_the_student_after_each_step(warm, tmp_path: Path) -> None:
+    got = _steps(warm, tmp_path, 1, "online.teacher.alpha=0.99")
     # after step 1: α_1 = min(1 − 1/2, 0.99) = 0.5, so θ_T = (θ_T0 + θ_S1) / 2 for parameters;
     # DAFormer leaves buffers (BatchNorm statistics) out of the average
     params = {name for name, _ in _model(warm).named_parameters()}
@@ -125,40 +109,53 @@ def _model(warm: dict) -> torch.nn.Module:
     return load_model_file(warm["warmup"])[0]
 
 
-def test_contrast_terms_are_zero_before_the_start_iteration(
-    warm, tmp_path: Path, monkeypatch
-) -> None:
+def test_contrast_terms_are_zero_before_the_start_iteration(warm, tmp_path: Path) -> None:
     both = ("online.contrast.source=true", "online.contrast.target=true")
     # weight 1 everywhere: a 2-step warm-up is confident nowhere, and with DAFormer's quality
     # weight q = 0 no target pixel would take part
     both += ("online.pseudo.weight=none",)
-    got = _steps(warm, tmp_path, monkeypatch, 3, *both, "online.contrast.start_iter=2")
+    got = _steps(warm, tmp_path, 3, *both, "online.contrast.start_iter=2")
     values = [(t["cl_src"], t["cl_tgt"]) for t in got["terms"]]
     assert values[0] == values[1] == (0.0, 0.0)  # schedule iterations 0 and 1
     assert all(v > 0 for v in values[2])  # from iteration 2: ≈ ln K at the reference scale
 
 
-def test_the_prototype_pass_leaves_the_teachers_batchnorm_statistics(
-    warm, tmp_path: Path, monkeypatch
-) -> None:
+def test_the_prototype_pass_leaves_the_teachers_batchnorm_statistics(warm, tmp_path: Path) -> None:
     # the teacher's running statistics come from its clean target batches alone: the extra pass
     # on source images that feeds the prototypes must not pull them toward the source
-    plain = _steps(warm, tmp_path / "plain", monkeypatch, 1)  # one step: same teacher weights
+    plain = _steps(warm, tmp_path / "plain", 1)  # one step: same teacher weights
     contrast = ("online.contrast.source=true", "online.contrast.start_iter=0")
-    with_bank = _steps(warm, tmp_path / "bank", monkeypatch, 1, *contrast)
+    with_bank = _steps(warm, tmp_path / "bank", 1, *contrast)
     stats = [k for k in plain["teacher"] if k.endswith(("running_mean", "running_var"))]
     assert stats
     for key in stats:  # the students differ (one more loss term): compare buffers only
         torch.testing.assert_close(with_bank["teacher"][key], plain["teacher"][key], rtol=0, atol=0)
 
 
-def test_no_weight_and_no_ema_switches_reach_the_step(warm, tmp_path: Path, monkeypatch) -> None:
-    got = _steps(
-        warm, tmp_path, monkeypatch, 1, "online.pseudo.weight=none", "online.teacher.alpha=0"
-    )
+def test_no_weight_and_no_ema_switches_reach_the_step(warm, tmp_path: Path) -> None:
+    got = _steps(warm, tmp_path, 1, "online.pseudo.weight=none", "online.teacher.alpha=0")
     for key, value in got["teacher"].items():  # α = 0: the teacher is the student
         if value.is_floating_point() and "running" not in key:
             torch.testing.assert_close(value, got["student"][key], rtol=0, atol=0)
+
+
+def test_the_teacher_handed_on_is_validated_checked_and_written_as_model_pth(
+    warm, tmp_path: Path
+) -> None:
+    config = load_config(
+        "demo", [*warm["overrides"], "online.hand_on=teacher", f"run.out={tmp_path}"]
+    )
+    out = tmp_path / "07_online"
+    with open_run(config) as ctx:
+        stage = online.setup(ctx, out, {"warmup": warm["warmup"]})
+        assert stage.handed_on is stage.state["teacher"]
+        assert [a.module for a in stage.agree] == [stage.state["teacher"]]
+        with torch.no_grad():  # the student moves away from the teacher copied from it
+            next(stage.state["model"].parameters()).add_(1.0)
+        out.mkdir(exist_ok=True)
+        assert write_outputs(ctx, out, stage) == out / "model.pth"
+    assert (out / "model.pth").read_bytes() == (out / "teacher.pth").read_bytes()
+    assert (out / "student.pth").read_bytes() != (out / "teacher.pth").read_bytes()
 
 
 def _command(data: Path, out: Path) -> list[str]:
@@ -230,7 +227,7 @@ def test_only_the_source_crop_limits_its_top_class(warm, tmp_path: Path, monkeyp
         return real(**kwargs)
 
     monkeypatch.setattr(builders, "build_train_transform", spy)
-    got = _steps(warm, tmp_path, monkeypatch, 1, "online.source_crop_max_share=0.75")
+    got = _steps(warm, tmp_path, 1, "online.source_crop_max_share=0.75")
     assert shares == [0.75, 1.0]  # the source stream, then the target stream
     assert all(torch.isfinite(torch.tensor(v)) for v in got["terms"][0].values())
 
@@ -249,7 +246,7 @@ def test_rare_class_crops_need_their_class_when_the_ratio_is_set(
 
     monkeypatch.setattr(builders, "train_loader", spy)
     extra = ("data.source.rcs_min_pixels=6", "data.source.rcs_min_crop_ratio=0.5")
-    got = _steps(warm, tmp_path, monkeypatch, 1, "online.source_sampling=rare_class", *extra)
+    got = _steps(warm, tmp_path, 1, "online.source_sampling=rare_class", *extra)
     assert [d.min_class_pixels for d in datasets] == [3.0]  # the source stream: 6 × 0.5
     assert all(torch.isfinite(torch.tensor(v)) for v in got["terms"][0].values())
 
@@ -279,7 +276,6 @@ def test_the_class_balanced_crop_cuts_whole_target_images(
     got = _steps(
         warm,
         tmp_path,
-        monkeypatch,
         2,
         "online.pseudo.class_balanced_crop=true",
         f"online.pseudo.regenerate={str(regenerate).lower()}",
@@ -293,7 +289,7 @@ def test_the_class_balanced_crop_cuts_whole_target_images(
     assert all(torch.isfinite(torch.tensor(v)) for t in got["terms"] for v in t.values())
 
 
-def test_the_class_balanced_crop_needs_a_crop_and_a_target_size(warm, tmp_path, monkeypatch):
+def test_the_class_balanced_crop_needs_a_crop_and_a_target_size(warm, tmp_path):
     from spcl.base import ConfigError
 
     cbc = "online.pseudo.class_balanced_crop=true"
@@ -303,4 +299,4 @@ def test_the_class_balanced_crop_needs_a_crop_and_a_target_size(warm, tmp_path, 
         (("online.crop=[32, 256]", "data.target.size=[64, 128]"), "larger than data.target.size"),
     ):
         with pytest.raises(ConfigError, match=message):
-            _steps(warm, tmp_path, monkeypatch, 1, cbc, *extra)
+            _steps(warm, tmp_path, 1, cbc, *extra)

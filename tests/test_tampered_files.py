@@ -227,7 +227,7 @@ def _resume(checkpoint: Path, teacher: nn.Module) -> None:
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
     tracker = Tracker(checkpoint.parent, enabled=False)
     train_loop(
-        lambda: {"loss_term": student(torch.ones(1, 3)).sum()},
+        lambda _: {"loss_term": student(torch.ones(1, 3)).sum()},
         weights={"loss_term": 1.0},
         state={"model": student, "teacher": teacher, "optimizer": opt},
         optimizers=[opt],

@@ -31,7 +31,7 @@ import torch.distributed as dist
 import spcl.base
 import spcl.context
 from spcl.cli import main
-from spcl.stages import online
+from spcl.stages import training
 
 TIMEOUT = datetime.timedelta(seconds=180)  # a rank left alone in a collective fails, not hangs
 
@@ -63,15 +63,16 @@ def _arm_kill(fragment: str, nth: int, pids: Path) -> None:
 
 
 def _keep_rank_teachers() -> None:
-    """Every rank saves the teacher it holds when the online stage writes ``teacher.pth``."""
-    real = online.save_weights
+    """Every rank saves the teacher it holds when the online stage writes ``teacher.pth`` (the
+    runner of the training stages writes their outputs)."""
+    real = training.save_weights
 
     def save_weights(ctx, model, path):  # type: ignore[no-untyped-def]
         if path.name == "teacher.pth":
             torch.save(model.state_dict(), path.with_name(f"teacher.rank{ctx.rank}.pt"))
         return real(ctx, model, path)
 
-    online.save_weights = save_weights
+    training.save_weights = save_weights
 
 
 def run(job_file: Path) -> int:

@@ -31,15 +31,25 @@ class _Noisy(Dataset):
         return {"x": self.x[index] + 0.1 * noise, "y": self.x[index].sum(0, keepdim=True)}
 
 
-def _train(tmp: Path, stop: int, *, ckpt_every: int = 3, grad_accum: int = 1) -> nn.Module:
-    """Build everything afresh (as a restarted process would) and train to ``stop``."""
+def _train(
+    tmp: Path,
+    stop: int,
+    *,
+    ckpt_every: int = 3,
+    grad_accum: int = 1,
+    seen: list[tuple[int, int]] | None = None,
+) -> nn.Module:
+    """Build everything afresh (as a restarted process would) and train to ``stop``; ``seen``
+    gets (iteration given to the step, the schedule's ``last_epoch`` then) for every call."""
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     schedule = poly_scheduler(opt, max_iter=20)
     loader = InfiniteLoader(_Noisy(), batch_size=4, seed=5)
 
-    def step() -> dict[str, torch.Tensor]:
+    def step(iteration: int) -> dict[str, torch.Tensor]:
+        if seen is not None:
+            seen.append((iteration, schedule.last_epoch))
         batch = next(loader)
         loss = (model(batch["x"]) - batch["y"]).pow(2).mean()
         return {"mse": loss}
@@ -90,12 +100,23 @@ def test_grad_accum_draws_more_batches_and_averages(tmp_path: Path) -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_the_step_is_given_its_iteration_also_after_a_resume(tmp_path: Path) -> None:
+    straight: list[tuple[int, int]] = []
+    _train(tmp_path / "a", stop=5, grad_accum=2, seen=straight)
+    # every micro-batch of iteration i is given i, which is the schedule's count of steps
+    assert straight == [(i, i) for i in range(5) for _ in range(2)]
+    _train(tmp_path / "b", stop=3, ckpt_every=3)
+    resumed: list[tuple[int, int]] = []
+    _train(tmp_path / "b", stop=5, ckpt_every=3, seen=resumed)
+    assert resumed == [(3, 3), (4, 4)]  # the loop's count after the resume
+
+
 def test_non_finite_loss_names_the_iteration(tmp_path: Path) -> None:
     param = nn.Parameter(torch.ones(1))
     opt = torch.optim.SGD([param], lr=0.1)
     calls = iter(range(100))
 
-    def step() -> dict[str, torch.Tensor]:
+    def step(iteration: int) -> dict[str, torch.Tensor]:
         i = next(calls)
         value = param * (float("nan") if i == 2 else 1.0)
         return {"term": value.sum()}
@@ -153,7 +174,7 @@ def _hooked(tmp: Path, stop: int, seen: list[float]) -> _Counter:
         counter(done)
 
     train_loop(
-        lambda: {"pull": (param - 10.0).square().sum(), "watch": param.sum()},
+        lambda _: {"pull": (param - 10.0).square().sum(), "watch": param.sum()},
         weights={"pull": 0.25},
         state={"param": nn.ParameterList([param]), "opt": opt, "counter": counter},
         optimizers=[opt],
@@ -199,7 +220,7 @@ def _draws(tmp: Path, stop: int, seed: int = 0) -> torch.Tensor:
     opt = torch.optim.SGD([param], lr=0.5)
     generator = _Generator()
 
-    def step() -> dict[str, torch.Tensor]:
+    def step(iteration: int) -> dict[str, torch.Tensor]:
         target = torch.rand(1, generator=generator.generator) + torch.rand(1)
         return {"pull": (param - target).square().sum()}
 
@@ -242,7 +263,7 @@ def test_checkpoint_due_is_the_rule_the_loop_saves_by(tmp_path: Path, monkeypatc
     config = LoopConfig(stop_iter=7, checkpoint=tmp_path / "c.pth", ckpt_every=3)
     due: list[int] = []
     train_loop(
-        lambda: {"pull": (param - 1.0).square().sum()},
+        lambda _: {"pull": (param - 1.0).square().sum()},
         weights={"pull": 1.0},
         state={"opt": opt},
         optimizers=[opt],

@@ -19,7 +19,7 @@ def test_cpu_autocast_is_bf16_only(tmp_path: Path, amp: str, dtype: torch.dtype)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     seen = []
 
-    def step() -> dict[str, torch.Tensor]:
+    def step(iteration: int) -> dict[str, torch.Tensor]:
         out = model(torch.ones(3, 4))
         seen.append(out.dtype)
         return {"seg": out.float().pow(2).mean()}

@@ -1,7 +1,9 @@
 """The one training loop: every stage hands it a ``step`` and the objects that make up its state.
 
-A stage's ``step()`` draws its own batches (from resumable loaders registered in ``state``), runs
-the model and returns its named loss terms, unweighted (``{"seg": ..., "cl_src": ...}``). The loop
+A stage's ``step(iteration)`` is given the iteration it computes (0 for the first; the same for
+every micro-batch of one iteration, and the loop's own count after a resume), draws its own
+batches (from resumable loaders registered in ``state``), runs the model and returns its named loss
+terms, unweighted (``{"seg": ..., "cl_src": ...}``). The loop
 does everything else: the total loss as the weighted sum of the terms named in ``weights``
 (:func:`weighted_total`; other terms are only logged), autocast, backward (gradient accumulation,
 fp16 scaling), clipping, optimiser and schedule steps, the after-step hooks (an EMA teacher, a
@@ -37,6 +39,7 @@ __all__ = [
     "AfterStep",
     "LoopConfig",
     "Stateful",
+    "StepFn",
     "checkpoint_due",
     "rng_state",
     "set_rng_state",
@@ -44,7 +47,7 @@ __all__ = [
     "weighted_total",
 ]
 
-StepFn = Callable[[], Mapping[str, torch.Tensor]]
+StepFn = Callable[[int], Mapping[str, torch.Tensor]]  # iteration (0-based) → loss terms
 AfterStep = Callable[[int], None]  # called with the number of optimiser steps done so far
 TOTAL = "loss"  # the logged name of the weighted sum
 SECONDS = "sec_per_iter"  # logged: wall seconds per iteration since the last log line
@@ -214,7 +217,8 @@ def train_loop(
     """Run ``step`` until ``config.stop_iter``, resuming from ``config.checkpoint`` if it exists.
 
     Args:
-        step: draws a batch, returns its named loss terms (scalars; all are logged).
+        step: given the iteration (0-based: the number of optimiser steps done before it),
+            draws a batch, returns its named loss terms (scalars; all are logged).
         weights: term name → weight of the total loss (see :func:`weighted_total`).
         state: every object whose ``state_dict`` must survive a restart (models, optimisers,
             schedulers, loaders, prototype banks, an EMA teacher); keys name them.
@@ -251,7 +255,7 @@ def train_loop(
             opt.zero_grad(set_to_none=True)
         for _ in range(config.grad_accum):
             with _autocast(config):
-                terms = dict(step())
+                terms = dict(step(iteration))
                 if TOTAL in terms:
                     raise KeyError(f"a step may not return a term named {TOTAL!r}")
                 loss = weighted_total(terms, weights)

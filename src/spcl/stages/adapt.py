@@ -12,7 +12,8 @@ contrastive term can be switched off. ``target_ce`` adds a plain CE on the targe
 ``freeze_bn`` overrides ``model.freeze_bn`` for this stage.
 
 :func:`adapt_forward` (forward pass, masks, prototype step) and :func:`adapt_terms` (the loss
-terms) are what the stage's step binds, and what ``benchmarks/contrast_diagnostics.py`` replays.
+terms) are what the stage's step binds; ``benchmarks/contrast_diagnostics.py`` replays
+:func:`adapt_forward` on the parts and streams of :func:`setup`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from torch import Tensor, nn
 
 from spcl.config_schema import AdaptConfig
 from spcl.context import RunContext
-from spcl.engine.checkpoint import load_state, save_state
-from spcl.engine.distributed import all_reduce_sum_, max_difference_across_ranks
-from spcl.engine.loop import train_loop
+from spcl.engine.checkpoint import load_state
+from spcl.engine.distributed import all_reduce_sum_
+from spcl.engine.loop import Stateful
 from spcl.method.contrastive import pixel_prototype_loss
 from spcl.method.losses import tempered_cross_entropy, upsample_logits
 from spcl.method.prototypes import (
@@ -47,13 +48,12 @@ from spcl.stages.builders import (
     loop_config,
     optimizer_and_schedule,
     pseudo_labelled_dataset,
-    save_weights,
     skip_missing_labels,
     source_stream,
     train_loader,
     wrap_ddp,
 )
-from spcl.stages.validation import validation_hooks
+from spcl.stages.training import RankAgreement, TrainingSetup, train
 
 __all__ = [
     "PLAIN_CE",
@@ -66,6 +66,7 @@ __all__ = [
     "adapt_terms",
     "adapt_weights",
     "run",
+    "setup",
 ]
 
 SOURCE_STREAM, TARGET_STREAM = 11, 12  # loader seed salts
@@ -77,31 +78,10 @@ Batch = dict[str, Tensor]
 class AdaptParts:
     """What the adaptation step works with."""
 
+    cfg: AdaptConfig  # the stage's config section
     net: nn.Module  # the segmenter (DDP-wrapped under torchrun)
     bank: PrototypeBank  # the prototypes, updated by every step
     device: torch.device
-    num_classes: int
-    source_temperature: float  # source logits ÷ this before the CE (reference 1.8)
-    temperature: float  # prototype logits = cosine / temperature (reference 100)
-    contrast_source: bool = True
-    contrast_target: bool = True
-    target_ce: bool = False  # also a plain CE on the target pseudo-labels
-
-    @classmethod
-    def from_config(
-        cls, cfg: AdaptConfig, net: nn.Module, bank: PrototypeBank, device: torch.device
-    ) -> AdaptParts:
-        return cls(
-            net,
-            bank,
-            device,
-            bank.num_classes,
-            cfg.source_temperature,
-            cfg.temperature,
-            cfg.contrast_source,
-            cfg.contrast_target,
-            cfg.target_ce > 0,
-        )
 
 
 class AdaptPass(NamedTuple):
@@ -128,7 +108,7 @@ def adapt_forward(parts: AdaptParts, src: Batch, tgt: Batch) -> AdaptPass:
     src_mask = reliable_mask(downsample_labels(src_labels, feat_size), out.src.logits)
     tgt_mask = downsample_labels(tgt_labels, out.tgt.features.shape[-2:])
     sums, counts = class_feature_sums(
-        out.src.features.detach().float(), src_mask, parts.num_classes
+        out.src.features.detach().float(), src_mask, parts.bank.num_classes
     )
     parts.bank.update_from_sums(all_reduce_sum_(sums), all_reduce_sum_(counts))
     protos = parts.bank.prototypes.detach()
@@ -137,15 +117,15 @@ def adapt_forward(parts: AdaptParts, src: Batch, tgt: Batch) -> AdaptPass:
 
 def adapt_terms(parts: AdaptParts, step: AdaptPass) -> dict[str, Tensor]:
     """The loss terms of a pass: ``seg``, ``cl_src``, ``cl_tgt``, ``tgt_ce`` (those switched on)."""
-    out = step.out
+    cfg, out = parts.cfg, step.out
     src_logits = upsample_logits(out.src.logits, step.src_labels.shape[-2:])
-    terms = {"seg": tempered_cross_entropy(src_logits, step.src_labels, parts.source_temperature)}
-    tau, protos = parts.temperature, step.prototypes
-    if parts.contrast_source:
+    terms = {"seg": tempered_cross_entropy(src_logits, step.src_labels, cfg.source_temperature)}
+    tau, protos = cfg.temperature, step.prototypes
+    if cfg.contrast_source:
         terms["cl_src"] = pixel_prototype_loss(out.src.features, step.src_mask, protos, tau)
-    if parts.contrast_target:
+    if cfg.contrast_target:
         terms["cl_tgt"] = pixel_prototype_loss(out.tgt.features, step.tgt_mask, protos, tau)
-    if parts.target_ce:
+    if cfg.target_ce > 0:  # also a plain CE on the target pseudo-labels
         tgt_logits = upsample_logits(out.tgt.logits, step.tgt_labels.shape[-2:])
         terms["tgt_ce"] = tempered_cross_entropy(tgt_logits, step.tgt_labels, PLAIN_CE)
     return terms
@@ -168,64 +148,80 @@ def adapt_weights(cfg: AdaptConfig) -> dict[str, float]:
     return weights
 
 
-def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
-    """Adapt the warm-up model with its prototypes and pseudo-labels; returns ``model.pth``."""
-    weights, prototypes = inputs["warmup"], inputs["prototypes"]
-    labels_dir = inputs["pseudo_labels"]
-    cfg, data = ctx.config.adapt, ctx.config.data
-    model = load_weights(build_segmenter(ctx, freeze_bn=cfg.freeze_bn), weights)
-    net = wrap_ddp(ctx, model)
-    optimizer, schedule = optimizer_and_schedule(model, cfg.optim)
+def _bank(ctx: RunContext, cfg: AdaptConfig, prototypes: Path) -> PrototypeBank:
+    """The prototype bank, started from the prototypes stage's file."""
     init = load_state(prototypes)
     bank = PrototypeBank(
-        data.num_classes, init["prototypes"].shape[1], cfg.momentum, cfg.absent_policy
+        ctx.config.data.num_classes, init["prototypes"].shape[1], cfg.momentum, cfg.absent_policy
     ).to(ctx.device)
     bank.initialize(init["prototypes"].to(ctx.device), init["seen"].to(ctx.device))
+    return bank
+
+
+class _PrototypeScalars:
+    """The bank's logged scalars: mean prototype norm, and mean drift since the last log line."""
+
+    def __init__(self, bank: PrototypeBank) -> None:
+        self.bank, self.last = bank, bank.prototypes.clone()
+
+    def __call__(self) -> dict[str, float]:
+        drift = (self.bank.prototypes - self.last).norm(dim=1).mean()
+        self.last.copy_(self.bank.prototypes)
+        return {
+            "prototype_norm": float(self.bank.prototypes.norm(dim=1).mean()),
+            "prototype_drift": float(drift),
+        }
+
+
+def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> TrainingSetup:
+    """The warm-up model with its prototypes (``inputs["prototypes"]``) and the source stream and
+    the target stream with its pseudo-labels (``inputs["pseudo_labels"]``); writes the final
+    prototypes and ``model.pth``, the bank checked on every rank at each checkpoint."""
+    cfg, data = ctx.config.adapt, ctx.config.data
+    model = load_weights(build_segmenter(ctx, freeze_bn=cfg.freeze_bn), inputs["warmup"])
+    net = wrap_ddp(ctx, model)
+    optimizer, schedule = optimizer_and_schedule(model, cfg.optim)
+    bank = _bank(ctx, cfg, inputs["prototypes"])
     augment = {"hflip": data.hflip}
     source = source_stream(
         ctx, cfg.optim.batch_size, SOURCE_STREAM, color_jitter=data.color_jitter, **augment
     )
+    labels = inputs["pseudo_labels"]
     target = train_loader(
         ctx,
-        pseudo_labelled_dataset(data.target, labels_dir, skip_missing_labels(ctx), **augment),
+        pseudo_labelled_dataset(data.target, labels, skip_missing_labels(ctx), **augment),
         cfg.optim.batch_size,
         TARGET_STREAM,
     )
     model.train()
-    parts = AdaptParts.from_config(cfg, net, bank, ctx.device)
-    last = bank.prototypes.clone()
-
-    def prototype_scalars() -> dict[str, float]:
-        drift = (bank.prototypes - last).norm(dim=1).mean()
-        last.copy_(bank.prototypes)
-        return {
-            "prototype_norm": float(bank.prototypes.norm(dim=1).mean()),
-            "prototype_drift": float(drift),
-        }
-
-    train_loop(
-        lambda: adapt_step(parts, next(source), next(target)),
+    parts = AdaptParts(cfg, net, bank, ctx.device)
+    state: dict[str, Stateful] = {
+        "model": model,
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "bank": bank,
+        "source": source,
+        "target": target,
+    }
+    return TrainingSetup(
+        step=lambda _: adapt_step(parts, next(source), next(target)),
         weights=adapt_weights(cfg),
-        state={
-            "model": model,
-            "optimizer": optimizer,
-            "schedule": schedule,
-            "bank": bank,
-            "source": source,
-            "target": target,
-        },
+        state=state,
         optimizers=[optimizer],
         schedulers=[schedule],
-        config=loop_config(ctx, cfg.optim, out_dir, "adapt", prototype_scalars),
-        tracker=ctx.tracker,
-        after_step=validation_hooks(ctx, model, "adapt"),
+        loop=loop_config(ctx, cfg.optim, out_dir, "adapt", _PrototypeScalars(bank)),
+        outputs={
+            PROTOTYPES_FILE: lambda: {
+                "prototypes": bank.prototypes.cpu(),
+                "seen": bank.initialized.cpu(),
+            },
+            MODEL_FILE: model,
+        },
+        agree=[RankAgreement("prototype banks", "prototype banks", bank)],
+        parts=parts,
     )
-    if ctx.world > 1:
-        spread = max_difference_across_ranks(bank.prototypes)
-        ctx.tracker.info(f"[adapt] prototype banks of {ctx.world} ranks: max difference {spread:g}")
-        if spread != 0.0:
-            raise RuntimeError(f"prototype banks diverged across ranks (max difference {spread})")
-    if ctx.is_main:
-        final = {"prototypes": bank.prototypes.cpu(), "seen": bank.initialized.cpu()}
-        save_state(final, out_dir / PROTOTYPES_FILE)
-    return save_weights(ctx, model, out_dir / MODEL_FILE)
+
+
+def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
+    """Adapt the warm-up model with its prototypes and pseudo-labels; returns ``model.pth``."""
+    return train(ctx, out_dir, setup(ctx, out_dir, inputs))

@@ -22,7 +22,8 @@ each a switch of the ``online`` config section (docs/recipes.md, sections DAForm
 The stage seeds the global RNGs (Dropout, DropPath) from the run seed and its rank when it starts,
 so its draws do not depend on the stages that ran before it in the same process: a run killed
 before the stage's first checkpoint starts it again exactly. The step itself is
-:func:`spcl.stages.online_step.online_step`. Writes ``student.pth``,
+:func:`spcl.stages.online_step.online_step`; :func:`setup` builds it and its parts and
+:func:`spcl.stages.training.train` runs it. Writes ``student.pth``,
 ``teacher.pth`` and ``model.pth``, the one of them evaluated and handed on (``online.hand_on``:
 the student, as DAFormer evaluates it, or the teacher).
 """
@@ -35,37 +36,35 @@ from pathlib import Path
 
 from torch import nn
 
-from spcl.base import IMAGENET_MEAN, IMAGENET_STD, ConfigError, atomic_duplicate
+from spcl.base import IMAGENET_MEAN, IMAGENET_STD, ConfigError
+from spcl.config_schema import OnlineConfig
 from spcl.context import RunContext, seed_everything
-from spcl.engine.distributed import (
-    RanksDivergedError,
-    all_reduce_mean_buffers_,
-    module_difference_across_ranks,
-)
-from spcl.engine.loop import AfterStep, LoopConfig, checkpoint_due, train_loop
+from spcl.data.loaders import InfiniteLoader
+from spcl.engine.distributed import all_reduce_mean_buffers_
+from spcl.engine.loop import AfterStep, Stateful
 from spcl.method.ema import disable_teacher_dropout, init_teacher, update_teacher
 from spcl.method.prototypes import PrototypeBank
-from spcl.run_dir import MODEL_FILE, STUDENT_FILE, TEACHER_FILE
+from spcl.run_dir import STUDENT_FILE, TEACHER_FILE
 from spcl.stages.builders import (
     build_segmenter,
     domain_dataset,
     load_weights,
     loop_config,
     optimizer_and_schedule,
-    save_weights,
     source_stream,
     train_loader,
     wrap_ddp,
 )
 from spcl.stages.collapse import PSEUDO_LABEL_SHARE, CollapseAlert
 from spcl.stages.online_step import OnlineParts, SeededGenerator, online_step, online_weights
-from spcl.stages.validation import validation_hooks
+from spcl.stages.training import RankAgreement, TrainingSetup, train
 
-__all__ = ["run"]
+__all__ = ["run", "setup"]
 
 SOURCE_STREAM, TARGET_STREAM = 31, 32  # loader seed salts
 AUGMENT_SALT = 33  # seed salt of the mixing/masking/augmentation generator
 RNG_SALT = 34  # seed salt of the global RNGs (Dropout, DropPath) when the stage starts
+HANDED_ON = {"student": STUDENT_FILE, "teacher": TEACHER_FILE}  # online.hand_on → its file
 
 
 def _teacher(student: nn.Module) -> nn.Module:
@@ -91,30 +90,6 @@ def _models(ctx: RunContext, warmup: Path | None) -> tuple[nn.Module, nn.Module 
     return student, imnet
 
 
-def _teachers_agree(ctx: RunContext, teacher: nn.Module, loop: LoopConfig) -> AfterStep:
-    """After-step hook: under torchrun, every rank's teacher equals rank 0's at each checkpoint.
-
-    It runs before the loop writes the checkpoint, so a divergence stops the run with the last
-    checkpoint holding teachers that still agreed.
-    """
-
-    def check(done: int) -> None:
-        if ctx.world <= 1 or not checkpoint_due(loop, done):
-            return
-        spread = module_difference_across_ranks(teacher)
-        ctx.tracker.info(
-            f"[online] iteration {done}: teachers of {ctx.world} ranks: max difference {spread:g}"
-        )
-        if spread != 0.0:
-            raise RanksDivergedError(
-                f"[online] iteration {done}: the EMA teachers of the {ctx.world} ranks differ "
-                f"(max difference {spread:g}); this iteration's checkpoint was not written, "
-                f"{loop.checkpoint} holds the last state they agreed on"
-            )
-
-    return check
-
-
 def _check_class_balanced_crop(crop: list[int], target_size: list[int]) -> None:
     """The class-balanced crop needs a crop size and target images of one size that holds it."""
     if not crop:
@@ -131,16 +106,8 @@ def _check_class_balanced_crop(crop: list[int], target_size: list[int]) -> None:
         )
 
 
-def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
-    """Adapt online from the ImageNet init or the warm-up (``inputs["warmup"]`` with
-    ``online.init: warmup``); returns ``model.pth``."""
-    cfg, data = ctx.config.online, ctx.config.data
-    warmup = inputs.get("warmup")
-    seed_everything(ctx.config.run.seed * 1000 + RNG_SALT + ctx.rank)
-    student, imnet = _models(ctx, warmup)
-    net = wrap_ddp(ctx, student)  # every rank's student now holds rank 0's weights
-    teacher = _teacher(student)  # so every rank's teacher starts from them too
-    optimizer, schedule = optimizer_and_schedule(student, cfg.optim)
+def _streams(ctx: RunContext, cfg: OnlineConfig) -> tuple[InfiniteLoader, InfiniteLoader]:
+    """The source stream (labelled crops) and the target stream (unlabelled)."""
     augment = {"hflip": cfg.hflip, "crop": cfg.crop}  # no photometric change: the step's own
     source = source_stream(  # DAFormer limits the top class's share of source crops only
         ctx,
@@ -150,15 +117,42 @@ def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
         crop_max_share=cfg.source_crop_max_share,
         **augment,
     )
+    target_domain = ctx.config.data.target
     if cfg.pseudo.class_balanced_crop:  # SePiCo: the step crops the whole target images
-        _check_class_balanced_crop(cfg.crop, data.target.size)
+        _check_class_balanced_crop(cfg.crop, target_domain.size)
         augment = {**augment, "crop": []}
     target = train_loader(
         ctx,
-        domain_dataset(data.target, with_labels=False, train=True, **augment),
+        domain_dataset(target_domain, with_labels=False, train=True, **augment),
         cfg.optim.batch_size,
         TARGET_STREAM,
     )
+    return source, target
+
+
+def _ema_hook(cfg: OnlineConfig, teacher: nn.Module, student: nn.Module) -> AfterStep:
+    """The loop's after-step hook that moves the teacher toward the student."""
+
+    def ema_step(done: int) -> None:
+        update_teacher(
+            teacher, student, done, cfg.teacher.alpha, include_buffers=cfg.teacher.ema_buffers
+        )
+        all_reduce_mean_buffers_(teacher)  # BN statistics of each rank's target batches
+
+    return ema_step
+
+
+def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> TrainingSetup:
+    """Student and EMA teacher from the ImageNet init or the warm-up (``inputs["warmup"]`` with
+    ``online.init: warmup``), the two streams, the prototype bank when contrast is on and the
+    step's generator; the teachers checked on every rank at each checkpoint."""
+    cfg, data = ctx.config.online, ctx.config.data
+    seed_everything(ctx.config.run.seed * 1000 + RNG_SALT + ctx.rank)
+    student, imnet = _models(ctx, inputs.get("warmup"))
+    net = wrap_ddp(ctx, student)  # every rank's student now holds rank 0's weights
+    teacher = _teacher(student)  # so every rank's teacher starts from them too
+    optimizer, schedule = optimizer_and_schedule(student, cfg.optim)
+    source, target = _streams(ctx, cfg)
     bank = None
     if cfg.contrast.source or cfg.contrast.target:
         dim = student.feature_channels  # the projection's size when the model has one
@@ -176,17 +170,9 @@ def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
         image_std=IMAGENET_STD,
         imnet=imnet,
         bank=bank,
-        schedule=schedule,
         watch=alert.observe,
     )
-
-    def ema_step(done: int) -> None:  # the loop's after-step hook
-        update_teacher(
-            teacher, student, done, cfg.teacher.alpha, include_buffers=cfg.teacher.ema_buffers
-        )
-        all_reduce_mean_buffers_(teacher)  # BN statistics of each rank's target batches
-
-    state: dict = {
+    state: dict[str, Stateful] = {
         "model": student,
         "teacher": teacher,
         "optimizer": optimizer,
@@ -195,29 +181,27 @@ def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
         "target": target,
     }
     state |= {"bank": bank} if bank is not None else {}
-    handed_on = teacher if cfg.hand_on == "teacher" else student
     student.train()
     teacher.train()  # DAFormer: the teacher keeps train-mode BatchNorm, its dropout is off
     disable_teacher_dropout(teacher)
-    loop = loop_config(ctx, cfg.optim, out_dir, "online")
-    train_loop(
-        lambda: online_step(parts, next(source), next(target)),
+    return TrainingSetup(
+        step=lambda iteration: online_step(parts, iteration, next(source), next(target)),
         weights=online_weights(cfg, feature_distance=imnet is not None),
         state=state,
         optimizers=[optimizer],
         schedulers=[schedule],
-        config=loop,
-        tracker=ctx.tracker,
-        after_step=[
-            ema_step,
-            _teachers_agree(ctx, teacher, loop),
-            *validation_hooks(ctx, handed_on, "online", alert.validated),
-            alert.after_step,  # the class-collapse alert (no draw, no forward pass)
-        ],
+        loop=loop_config(ctx, cfg.optim, out_dir, "online"),
+        outputs={TEACHER_FILE: teacher, STUDENT_FILE: student},
+        hand_on=HANDED_ON[cfg.hand_on],
+        hooks=[_ema_hook(cfg, teacher, student)],
+        watchers=[alert.after_step],  # the class-collapse alert (no draw, no forward pass)
+        on_scores=alert.validated,
         rank_state={"generator": generator},  # seeded with the rank: each rank's own draws
+        agree=[RankAgreement("teachers", "EMA teachers", teacher)],
+        parts=parts,
     )
-    save_weights(ctx, teacher, out_dir / TEACHER_FILE)
-    save_weights(ctx, student, out_dir / STUDENT_FILE)
-    if ctx.is_main:  # the same bytes as the file handed on: a second name, not a third write
-        atomic_duplicate(out_dir / f"{cfg.hand_on}.pth", out_dir / MODEL_FILE)
-    return out_dir / MODEL_FILE
+
+
+def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
+    """Adapt online from the ImageNet init or the warm-up; returns ``model.pth``."""
+    return train(ctx, out_dir, setup(ctx, out_dir, inputs))

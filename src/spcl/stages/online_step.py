@@ -17,15 +17,14 @@ with S the student, T its EMA teacher:
    projection) on source ground truth and on target pseudo-labels (W > 0), against prototypes
    kept from T's features on the source crop; zero before ``online.contrast.start_iter``.
 
-The loop weighs the terms (:func:`online_weights`), steps the optimiser, then updates T (the
-stage's after-step hook).
+The loop gives the step its iteration (0-based), weighs the terms (:func:`online_weights`), steps
+the optimiser, then updates T (the stage's after-step hook).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -78,7 +77,6 @@ class OnlineParts:
     generator: SeededGenerator
     image_mean: Sequence[float]  # the input normalisation, undone for colour jitter
     image_std: Sequence[float]
-    schedule: Any  # the lr schedule: its last_epoch is the iteration
     imnet: nn.Module | None = None  # frozen ImageNet model (feature distance)
     bank: PrototypeBank | None = None  # class prototypes from teacher features (contrast)
     watch: Callable[[Tensor, Tensor], None] | None = None  # given ŷ and W of each step (the
@@ -161,6 +159,7 @@ def _update_prototypes(parts: OnlineParts, src_images: Tensor, src_labels: Tenso
 
 def _contrast_terms(
     parts: OnlineParts,
+    iteration: int,
     src: tuple[Tensor, Tensor, Tensor],
     tgt_features: Tensor | None,
     pseudo: tuple[Tensor, Tensor],
@@ -169,7 +168,7 @@ def _contrast_terms(
     cfg = parts.cfg.contrast
     src_images, src_labels, src_features = src
     protos = _update_prototypes(parts, src_images, src_labels)
-    started = parts.schedule.last_epoch >= cfg.start_iter
+    started = iteration >= cfg.start_iter
     terms: dict[str, Tensor] = {}
     if cfg.source:
         feats = src_features
@@ -191,8 +190,8 @@ def _contrast_terms(
     return terms
 
 
-def online_step(parts: OnlineParts, src: Batch, tgt: Batch) -> dict[str, Tensor]:
-    """One online adaptation step's loss terms (the function the stage binds)."""
+def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> dict[str, Tensor]:
+    """The loss terms of iteration ``iteration`` (0-based; the function the stage binds)."""
     cfg, dev = parts.cfg, parts.device
     src_images = src["image"].to(dev, non_blocking=True)
     src_labels = src["label"].to(dev, non_blocking=True)
@@ -247,7 +246,7 @@ def online_step(parts: OnlineParts, src: Batch, tgt: Batch) -> dict[str, Tensor]
         if cfg.contrast.target and tgt_features is None:
             tgt_features = parts.student(_augment(parts, tgt_images)).features
         src_part = (src_images, src_labels, src_out.features)
-        terms |= _contrast_terms(parts, src_part, tgt_features, (pseudo, weight))
+        terms |= _contrast_terms(parts, iteration, src_part, tgt_features, (pseudo, weight))
     return terms
 
 

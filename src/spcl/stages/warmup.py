@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from spcl.config_schema import WarmupConfig
 from spcl.context import RunContext
-from spcl.engine.loop import train_loop
 from spcl.engine.optim import poly_scheduler
 from spcl.method.adversarial import adversarial_generator_loss, discriminator_loss
 from spcl.method.losses import tempered_cross_entropy, upsample_logits
@@ -29,14 +29,13 @@ from spcl.stages.builders import (
     forward_pair,
     loop_config,
     optimizer_and_schedule,
-    save_weights,
     source_stream,
     train_loader,
     wrap_ddp,
 )
-from spcl.stages.validation import validation_hooks
+from spcl.stages.training import TrainingSetup, train
 
-__all__ = ["WarmupParts", "run", "warmup_step", "warmup_weights"]
+__all__ = ["WarmupParts", "run", "setup", "warmup_step", "warmup_weights"]
 
 SOURCE_STREAM, TARGET_STREAM = 1, 2  # loader seed salts
 Batch = dict[str, Tensor]
@@ -46,9 +45,9 @@ Batch = dict[str, Tensor]
 class WarmupParts:
     """What the warm-up step works with (the discriminator only when adversarial)."""
 
+    cfg: WarmupConfig  # the stage's config section
     net: nn.Module  # the segmenter (DDP-wrapped under torchrun)
     device: torch.device
-    source_temperature: float  # source logits ÷ this before the CE (reference 1.8)
     disc: nn.Module | None = None  # the discriminator module (its weights are frozen for G)
     disc_net: nn.Module | None = None  # the same, DDP-wrapped under torchrun
 
@@ -60,18 +59,19 @@ def _set_requires_grad(module: nn.Module, flag: bool) -> None:
 
 def warmup_step(parts: WarmupParts, src: Batch, tgt: Batch | None = None) -> dict[str, Tensor]:
     """One warm-up step's loss terms: ``seg`` and, with a target batch, ``adv`` and ``disc``."""
+    temperature = parts.cfg.source_temperature  # source logits ÷ this before the CE
     images = src["image"].to(parts.device, non_blocking=True)
     labels = src["label"].to(parts.device, non_blocking=True)
     if tgt is None:
         src_logits = upsample_logits(parts.net(images).logits, labels.shape[-2:])
-        return {"seg": tempered_cross_entropy(src_logits, labels, parts.source_temperature)}
+        return {"seg": tempered_cross_entropy(src_logits, labels, temperature)}
     assert parts.disc is not None and parts.disc_net is not None
     tgt_images = tgt["image"].to(parts.device, non_blocking=True)
     out = forward_pair(parts.net, images, tgt_images)
     src_logits = upsample_logits(out.src.logits, labels.shape[-2:])
-    loss_seg = tempered_cross_entropy(src_logits, labels, parts.source_temperature)
+    loss_seg = tempered_cross_entropy(src_logits, labels, temperature)
     tgt_logits = upsample_logits(out.tgt.logits, tgt_images.shape[-2:])
-    src_probs = (src_logits / parts.source_temperature).softmax(1)  # reference quirk
+    src_probs = (src_logits / temperature).softmax(1)  # reference quirk
     tgt_probs = tgt_logits.softmax(1)
     # the segmenter's adversarial term must not train D: D's weights are frozen for it
     _set_requires_grad(parts.disc, False)
@@ -83,15 +83,16 @@ def warmup_step(parts: WarmupParts, src: Batch, tgt: Batch | None = None) -> dic
     return {"seg": loss_seg, "adv": loss_adv, "disc": loss_disc}
 
 
-def warmup_weights(adversarial: bool, lambda_adv: float) -> dict[str, float]:
+def warmup_weights(cfg: WarmupConfig) -> dict[str, float]:
     """The total loss: source CE, plus λ_adv·adversarial + the discriminator's own loss."""
-    if not adversarial:
+    if not cfg.adversarial:
         return {"seg": 1.0}
-    return {"seg": 1.0, "adv": lambda_adv, "disc": 1.0}
+    return {"seg": 1.0, "adv": cfg.lambda_adv, "disc": 1.0}
 
 
-def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
-    """Train the warm-up model (it reads no stage); returns its final weights (``model.pth``)."""
+def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> TrainingSetup:
+    """The warm-up model, its source stream and, when adversarial, the target stream and the
+    discriminator with its own optimiser (built in this order: the inits draw from the RNG)."""
     cfg, data = ctx.config.warmup, ctx.config.data
     model = build_segmenter(ctx)
     net = wrap_ddp(ctx, model)
@@ -105,8 +106,7 @@ def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
     )
     state: dict = {"model": model, "optimizer": optimizer, "schedule": schedule, "source": source}
     optimizers, schedules = [optimizer], [schedule]
-    parts = WarmupParts(net, ctx.device, cfg.source_temperature)
-    target = None
+    target = disc = disc_net = None
     if cfg.adversarial:
         target = train_loader(
             ctx,
@@ -115,7 +115,7 @@ def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
             TARGET_STREAM,
         )
         disc = build_discriminator(data.num_classes, ndf=cfg.disc_width).to(ctx.device)
-        parts.disc, parts.disc_net = disc, wrap_ddp(ctx, disc)
+        disc_net = wrap_ddp(ctx, disc)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr, betas=tuple(cfg.disc_betas))
         disc_schedule = poly_scheduler(disc_opt, cfg.optim.max_iter, cfg.optim.power)
         state |= {
@@ -126,15 +126,20 @@ def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
         }
         optimizers.append(disc_opt)
         schedules.append(disc_schedule)
+    parts = WarmupParts(cfg, net, ctx.device, disc, disc_net)
     model.train()
-    train_loop(
-        lambda: warmup_step(parts, next(source), next(target) if target is not None else None),
-        weights=warmup_weights(cfg.adversarial, cfg.lambda_adv),
+    return TrainingSetup(
+        step=lambda _: warmup_step(parts, next(source), None if target is None else next(target)),
+        weights=warmup_weights(cfg),
         state=state,
         optimizers=optimizers,
         schedulers=schedules,
-        config=loop_config(ctx, cfg.optim, out_dir, "warmup"),
-        tracker=ctx.tracker,
-        after_step=validation_hooks(ctx, model, "warmup"),
+        loop=loop_config(ctx, cfg.optim, out_dir, "warmup"),
+        outputs={MODEL_FILE: model},
+        parts=parts,
     )
-    return save_weights(ctx, model, out_dir / MODEL_FILE)
+
+
+def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
+    """Train the warm-up model (it reads no stage); returns its final weights (``model.pth``)."""
+    return train(ctx, out_dir, setup(ctx, out_dir, inputs))
