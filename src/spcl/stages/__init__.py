@@ -1,4 +1,7 @@
-"""Pipeline stages: one module per stage, each with ``run(ctx, out_dir, ...)`` writing one folder.
+"""Pipeline stages: one module per stage, each with ``run(ctx, out_dir, inputs)`` writing one folder.
+
+The training stages (warm-up, adapt, self-training, online) are each a ``setup(ctx, out_dir,
+inputs)`` that returns a :class:`~spcl.stages.training.TrainingSetup`, trained by one runner.
 
 Stages, in pipeline order (:mod:`spcl.pipeline` runs them):
 
@@ -13,6 +16,8 @@ Stages, in pipeline order (:mod:`spcl.pipeline` runs them):
 
 What the stages share:
 
+- :mod:`~spcl.stages.training`: the one runner of every training stage (the loop, the rank
+  agreement check before each checkpoint, validation, the declared outputs).
 - :mod:`~spcl.stages.builders`: config → models, datasets, loaders, optimisers.
 - :mod:`~spcl.stages.class_sets`: the run's one class set, checked against every side.
 - :mod:`~spcl.stages.source_order`: the source stream's order (class-balanced or rare-class).
