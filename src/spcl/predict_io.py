@@ -29,6 +29,7 @@ import yaml
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from spcl.base import DatasetError, OutputExistsError, atomic_write_bytes, load_yaml
+from spcl.run_dir import CONFIG_FILE
 
 __all__ = [
     "LARGE_IMAGE_FACTOR",
@@ -48,7 +49,7 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")  # Pillow's 16-bit greys
 INT32_MODE = "I"  # Pillow's 32-bit integer mode: read as 16-bit when every value fits
 UINT16_MAX = 65535
 HASH_CHUNK = 1 << 20  # bytes read at a time while hashing the model file
-RUN_CONFIG = "config.yaml"  # a run's resolved config, beside its stage folders
+RUN_CONFIG = CONFIG_FILE  # a run's resolved config, beside its stage folders
 STAGE_INPUT_KEYS: dict[str, tuple[str, ...]] = {  # config keys holding the input a stage trains on
     "warmup": ("data.source.size",),  # whole source images at this size
     "adapt": ("data.source.size",),

@@ -33,6 +33,7 @@ __all__ = [
     "TRAINED_MODELS",
     "Stage",
     "plan",
+    "stage",
     "stage_by_folder",
     "stage_inputs",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spcl.base import UsageError
-from spcl.recipe import EVALUATION, STAGE_FOLDERS, TRAINED_MODELS
+from spcl.recipe import EVALUATION, STAGE_FOLDERS, TRAINED_MODELS, stage
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -66,15 +66,16 @@ REPLACED_FILE = "replaced.json"  # in history/N/: stage → why it was replaced
 DONE_FILE = "done.json"  # a stage's completion record (fingerprint, output, seconds, inputs)
 STARTED_FILE = "started.json"  # the fingerprint a stage started with (a resumable partial stage)
 CHECKPOINT_FILE = "checkpoint.pth"
-MODEL_FILE = "model.pth"  # the model a training stage hands on
+MODEL_FILE = stage("warmup").output  # model.pth: the model a training stage hands on
 STUDENT_FILE, TEACHER_FILE = "student.pth", "teacher.pth"  # the online stage's two models
-PROTOTYPES_FILE = "prototypes.pth"
-LABELS_DIR = "labels"  # pseudo-label PNGs
+PROTOTYPES_FILE = stage("prototypes").output  # prototypes.pth
+LABELS_DIR = stage("pseudo_labels").output  # labels/: pseudo-label PNGs
 THRESHOLDS_FILE, STATS_FILE = "thresholds.json", "stats.json"  # of the pseudo-label stages
 COLLAPSE_FILE = "collapse.json"
 METRICS_FILE, METRICS_TABLE, METRICS_CSV = "metrics.json", "metrics.txt", "metrics.csv"
 CONFUSION_FILE = "confusion.png"
-SUMMARY_FILE, PANELS_FILE = "summary.json", "panels.png"  # of the evaluation stage
+SUMMARY_FILE = stage(EVALUATION).output  # summary.json: stage → mIoU
+PANELS_FILE = "panels.png"  # of the evaluation stage
 
 
 class RunDir:

@@ -1,4 +1,4 @@
-"""Pipeline stages: one module per stage, each with ``run(ctx, out_dir, inputs)`` writing one folder.
+"""Pipeline stages: one module per stage, each with ``run(ctx, out_dir, inputs)`` writing a folder.
 
 The training stages (warm-up, adapt, self-training, online) are each a ``setup(ctx, out_dir,
 inputs)`` that returns a :class:`~spcl.stages.training.TrainingSetup`, trained by one runner.
