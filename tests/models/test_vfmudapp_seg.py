@@ -63,9 +63,7 @@ def _authors_head(d: int, classes: int) -> int:
     return ups + reduces + smooths + sum(2 * w[k] for k in (1, 2, 3)) + w[3] * classes
 
 
-@pytest.mark.parametrize(
-    ("variant", "d", "depth"), [("vitb14", 768, 12), ("vitl14", 1024, 24)]
-)
+@pytest.mark.parametrize(("variant", "d", "depth"), [("vitb14", 768, 12), ("vitl14", 1024, 24)])
 def test_parameter_counts_match_the_authors_module_definitions(
     variant: str, d: int, depth: int
 ) -> None:
