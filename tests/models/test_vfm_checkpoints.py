@@ -14,14 +14,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor
 
 from spcl.base import CheckpointError
 from spcl.models.build import build_model
 from spcl.models.files import load_model_file
 from spcl.models.segmenter import Segmenter
+from spcl.predict import predict_paths
 
 CLASSES = 19
 ADAPTER, VFMUDA = "vfmudapp_vits14", "dinov2_vits14"
@@ -181,3 +184,11 @@ def test_a_file_of_another_size_is_named(files: dict, tmp_path: Path) -> None:
         load_model_file(tmp_path / "edited.ckpt")
     with pytest.raises(CheckpointError, match="level_embed"):
         build_model(ADAPTER, CLASSES, pretrained=tmp_path / "edited.ckpt")
+
+
+def test_spcl_predict_runs_a_released_checkpoint(files: dict, tmp_path: Path) -> None:
+    image = tmp_path / "frame.png"
+    Image.fromarray(np.full((48, 80, 3), 128, dtype=np.uint8)).save(image)
+    written = predict_paths(files["adapter"], [str(image)], tmp_path / "out", progress=False)
+    masks = [Image.open(path) for path in written if path.suffix == ".png"]
+    assert masks and all(mask.size == (80, 48) for mask in masks)
