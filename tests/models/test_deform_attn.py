@@ -110,3 +110,18 @@ def test_module_initialisation_and_forward() -> None:
     assert attn.sampling_offsets.weight.grad is not None
     with pytest.raises(ValueError, match="do not split"):
         MSDeformAttn(d_model=6, n_levels=1, n_heads=4, n_points=4, ratio=0.5)
+
+
+def test_low_precision_inputs_are_sampled_in_float32() -> None:
+    """Under bfloat16 the locations keep float32 precision (as the reference casts them)."""
+    value, loc, weights = (t.float() for t in _inputs())
+    low_value, low_weights = value.bfloat16(), weights.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ms_deform_attn_sample(low_value, SHAPES, loc, low_weights)
+    assert out.dtype == torch.bfloat16
+    exact = ms_deform_attn_sample(low_value.float(), SHAPES, loc, low_weights.float())
+    torch.testing.assert_close(out.float(), exact.bfloat16().float(), rtol=0, atol=0)
+    rounded = ms_deform_attn_sample(
+        low_value.float(), SHAPES, loc.bfloat16().float(), low_weights.float()
+    )
+    assert not torch.equal(rounded.bfloat16(), out)  # bfloat16 locations would differ

@@ -48,7 +48,10 @@ def ms_deform_attn_sample(
     """Weighted sum of bilinear samples of multi-level values at the given locations.
 
     Levels are sampled one at a time and accumulated, so the samples of all levels are never held
-    together (the reference stacks them; the sum is the same).
+    together (the reference stacks them; the sum is the same). The sampling runs in at least
+    float32 with autocast off, as the reference casts its inputs (``custom_fwd(cast_inputs=
+    torch.float32)``): in bfloat16 a location on a 140-pixel map would be off by up to half a
+    pixel. The result has ``value``'s dtype.
 
     Args:
         value: (B, Σ H_l·W_l, heads, C) per-head values, levels flattened row-major and stacked.
@@ -61,13 +64,23 @@ def ms_deform_attn_sample(
     Returns:
         (B, Q, heads·C), heads concatenated on channels.
     """
-    batch, length, heads, channels = value.shape
-    _, queries, _, levels, points, _ = locations.shape
+    length, levels = value.shape[1], locations.shape[3]
     if len(shapes) != levels or sum(h * w for h, w in shapes) != length:
         raise ValueError(
             f"value holds {length} positions but the level shapes {list(shapes)} give "
             f"{sum(h * w for h, w in shapes)} (locations have {levels} levels)"
         )
+    out_dtype = value.dtype
+    dtype = torch.promote_types(value.dtype, torch.float32)  # float64 stays, half types → float32
+    with torch.autocast(device_type=value.device.type, enabled=False):
+        out = _sample(value.to(dtype), shapes, locations.to(dtype), weights.to(dtype))
+    return out.to(out_dtype)
+
+
+def _sample(value: Tensor, shapes: Shapes, locations: Tensor, weights: Tensor) -> Tensor:
+    """:func:`ms_deform_attn_sample` in one dtype."""
+    batch, _, heads, channels = value.shape
+    _, queries, _, _, points, _ = locations.shape
     grids = 2.0 * locations - 1.0  # grid_sample's [-1, 1] frame
     out = value.new_zeros(batch * heads, channels, queries)
     for level, ((height, width), start) in enumerate(
@@ -79,13 +92,12 @@ def ms_deform_attn_sample(
         # (B, Q, heads, P, 2) → (B·heads, Q, P, 2)
         grid = grids[:, :, :, level].transpose(1, 2).reshape(batch * heads, queries, points, 2)
         sampled = F.grid_sample(
-            level_value, grid.to(level_value.dtype), mode="bilinear", padding_mode="zeros",
-            align_corners=False,
-        )  # (B·heads, C, Q, P)  # fmt: skip
+            level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )  # (B·heads, C, Q, P)
         level_weights = (
             weights[:, :, :, level].transpose(1, 2).reshape(batch * heads, 1, queries, points)
         )
-        out = out + (sampled * level_weights.to(sampled.dtype)).sum(-1)
+        out = out + (sampled * level_weights).sum(-1)
     # (B·heads, C, Q) → (B, Q, heads·C)
     return out.reshape(batch, heads * channels, queries).transpose(1, 2)
 
@@ -153,9 +165,10 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).reshape(batch, queries, heads, levels, points, 2)
         weights = self.attention_weights(query).reshape(batch, queries, heads, levels * points)
         weights = weights.softmax(-1).reshape(batch, queries, heads, levels, points)
-        # offsets are in pixels of each level: divide by (W_l, H_l) to normalise them
-        normaliser = torch.tensor(
-            [[w, h] for h, w in shapes], dtype=offsets.dtype, device=offsets.device
-        )
-        locations = reference[:, :, None, None, None, :] + offsets / normaliser[:, None, :]
+        # offsets are in pixels of each level: divide by (W_l, H_l) to normalise them, in at
+        # least float32 (under autocast the offsets come in bfloat16)
+        dtype = torch.promote_types(offsets.dtype, torch.float32)
+        normaliser = torch.tensor([[w, h] for h, w in shapes], dtype=dtype, device=offsets.device)
+        offsets = offsets.to(dtype) / normaliser[:, None, :]
+        locations = reference.to(dtype)[:, :, None, None, None, :] + offsets
         return self.output_proj(ms_deform_attn_sample(value, shapes, locations, weights))
