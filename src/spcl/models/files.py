@@ -39,10 +39,10 @@ from spcl.models.safetensors_file import is_safetensors_file, read_safetensors_m
 from spcl.models.segmenter import Segmenter
 from spcl.models.vfm_checkpoints import (
     ADAPTER_OPTIONAL,
-    VFM_ROLES,
     detect_vfm_layout,
     is_vfm_network,
     vfm_model_weights,
+    vfm_unused_keys,
 )
 from spcl.models.weight_layouts import (
     LAYOUTS,
@@ -172,8 +172,7 @@ def _import_vfm(
     if shown:
         raise CheckpointError(f"{path}: {layout.description}, but {'; '.join(shown)}")
     model.load_state_dict(weights, strict=False)
-    used = {VFM_ROLES[role] + "encoder.", VFM_ROLES[role] + "upscale.", VFM_ROLES[role] + "out."}
-    unused = sorted({k.split(".", 1)[0] for k in tensors if not k.startswith(tuple(used))})
+    unused = sorted(set(vfm_unused_keys(tensors, layout)))
     logger.info("%s: imported %s; unused: %s", path, layout.description, unused or "none")
     arch = {
         "name": layout.name,

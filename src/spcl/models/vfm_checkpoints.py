@@ -22,11 +22,13 @@ authors                                             spcl                        
 ``out.weight``                                      ``decode_head.out.weight``  both
 ==================================================  ==========================  ==============
 
-VFM-UDA++'s encoder has no final ``norm`` and no ``mask_token`` (spcl's ViT keeps them for
-official DINOv2 files; the adapter model does not use them). The authors' ImageNet-1k adapter
-pre-training files have the same ``network.encoder.*`` layout plus a classification
-``network.head.*``; they initialise a model (``model.pretrained``) but are not segmenters. The
-variant is read from the weights (embed dim and depth), the classes from ``out.weight``.
+VFM-UDA's network also names its mask token ``token_masking.mask_token`` (the same tensor as
+``encoder.mask_token``; not read). VFM-UDA++'s encoder has no final ``norm`` and no
+``mask_token`` (spcl's ViT keeps them for official DINOv2 files; the adapter model does not use
+them). The authors' ImageNet-1k adapter pre-training files have the same ``network.encoder.*``
+layout plus a classification ``network.head.*``; they initialise a model (``model.pretrained``)
+but are not segmenters. The variant is read from the weights (embed dim and depth), the classes
+from ``out.weight``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ __all__ = [
     "is_vfm_network",
     "vfm_encoder_tensors",
     "vfm_model_weights",
+    "vfm_unused_keys",
 ]
 
 Role = Literal["student", "teacher"]
@@ -176,6 +179,19 @@ def detect_vfm_layout(tensors: Mapping[str, Tensor], role: Role, source: str | P
         name, family = f"dinov2_{variant}{registers}", "VFM-UDA (DINOv2, lightweight head)"
     description = f"{family} {variant}, {classes} classes, the {role} ({VFM_ROLES[role]}*)"
     return VFMLayout(name, classes, role, description)
+
+
+def vfm_unused_keys(tensors: Mapping[str, Tensor], layout: VFMLayout) -> list[str]:
+    """What an import leaves out, by module: the other networks, and inside the one read its
+    modules outside the table (VFM-UDA's ``token_masking.mask_token``, a second name of
+    ``encoder.mask_token``)."""
+    prefix = VFM_ROLES[layout.role]
+    read = (prefix + ENCODER, *(prefix + theirs for theirs in HEAD_MAP))
+    return sorted(
+        ".".join(k.split(".")[:2]) if k.startswith(prefix) else k.split(".")[0]
+        for k in tensors
+        if not k.startswith(read)
+    )
 
 
 def vfm_model_weights(tensors: Mapping[str, Tensor], layout: VFMLayout) -> dict[str, Tensor]:
