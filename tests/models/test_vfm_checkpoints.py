@@ -193,3 +193,15 @@ def test_spcl_predict_runs_a_released_checkpoint(files: dict, tmp_path: Path) ->
     written = predict_paths(files["adapter"], [str(image)], tmp_path / "out", progress=False)
     masks = [Image.open(path) for path in written if path.suffix == ".png"]
     assert masks and all(mask.size == (80, 48) for mask in masks)
+
+
+def test_entries_that_are_no_tensors_are_not_read(files: dict, tmp_path: Path) -> None:
+    state = torch.load(files["trimmed"], weights_only=True)
+    state["state_dict"][7] = "not a weight"  # an edited file: a key and a value of no weight
+    state["state_dict"]["network.note"] = "text"
+    torch.save(state, tmp_path / "edited.ckpt")
+    _, info = load_model_file(tmp_path / "edited.ckpt")
+    assert info["arch"]["name"] == ADAPTER and info["unused_keys"] == [
+        "network_feature_extractor",
+        "network_feature_head",
+    ]

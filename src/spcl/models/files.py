@@ -233,8 +233,13 @@ def load_model_file(
             f"use model.pth beside it (written when the stage finishes)"
         )
     layout = detect_layout(state)
-    tensors = state.get("state_dict")
-    if isinstance(tensors, Mapping) and is_vfm_network(tensors):
+    nested = state.get("state_dict")
+    tensors = {
+        k: v
+        for k, v in (nested.items() if isinstance(nested, Mapping) else ())
+        if isinstance(k, str) and isinstance(v, Tensor)
+    }  # a Lightning checkpoint's weights (edited files may hold anything there)
+    if is_vfm_network(tensors):
         model, info = _import_vfm(path, tensors, mmseg_role)
         _check_classes(path, info["arch"]["num_classes"], num_classes)
         return model.to(device).eval(), info
