@@ -23,6 +23,8 @@ DINOV2_VARIANTS = ("vits14", "vitb14", "vitl14", "vitg14")  # spcl.models.vit.DI
 _DEEPLAB = ("projection_dim", "dilations", "style", "input_convention")
 _MIT = ("decoder_channels", "projection_dim", "drop_path_rate", "dropout")
 _DINOV2 = ("feature_blocks", "freeze_backbone", "input_scale")
+ADAPTER_VARIANTS = ("vits14", "vitb14", "vitl14")  # spcl.models.vfmudapp_seg.ADAPTER_VARIANTS
+_ADAPTER = ("freeze_backbone", "input_scale")
 
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {  # registry name → what model.options may set
     **{f"deeplabv2_resnet{depth}": _DEEPLAB for depth in RESNET_DEPTHS},
@@ -33,6 +35,7 @@ MODEL_OPTIONS: dict[str, tuple[str, ...]] = {  # registry name → what model.op
         for variant in DINOV2_VARIANTS
         for suffix in ("", "_reg")
     },
+    **{f"vfmudapp_{variant}": _ADAPTER for variant in ADAPTER_VARIANTS},
 }
 
 

@@ -16,12 +16,14 @@ from spcl.models.build import (
     load_backbone_weights,
 )
 from spcl.models.deeplab_v2 import DeepLabV2
+from spcl.models.deform_attn import MSDeformAttn
 from spcl.models.resnet import FrozenBatchNorm2d, freeze_batchnorm, resnet18, resnet50
 
 NUM_CLASSES = 5
 # a 33×65 input, by hand: DeepLab-v2 at stride 8 (5×9); MiT models at stride 4: ⌊(n + 6 − 7)/4⌋ + 1
 # (9×17); DINOv2 resizes to ⌊33/14⌋·14 × ⌊65/14⌋·14 = 28×56 → 2×4 tokens → ×4 in the head → 8×16
 OUT_SIZE = {"deeplabv2": (5, 9), "daformer": (9, 17), "segformer": (9, 17), "dinov2": (8, 16)}
+OUT_SIZE["vfmudapp"] = (56, 56)  # ViT-Adapter: ⌊33·1.1/224⌋ → at least 224 per side, stride 4
 # feature channels at width 8: ResNet-18/34 8·8, ResNet-50/101 8·8·4; DAFormer 256·8/64;
 # SegFormer 256·8/64 (B0/B1) or 768·8/64 (B2-B5); DINOv2 heads·8/4 (the head's last map has D/4
 # channels, D = heads × width)
@@ -31,12 +33,16 @@ FEATURES_AT_WIDTH_8 |= {f"daformer_mit_b{i}": 32 for i in range(6)}
 FEATURES_AT_WIDTH_8 |= {f"segformer_mit_b{i}": 32 if i < 2 else 96 for i in range(6)}
 FEATURES_AT_WIDTH_8 |= {f"dinov2_{v}": h * 8 // 4 for v, h in DINOV2_HEADS.items()}
 FEATURES_AT_WIDTH_8 |= {f"dinov2_{v}_reg": h * 8 // 4 for v, h in DINOV2_HEADS.items()}
+FEATURES_AT_WIDTH_8 |= {
+    f"vfmudapp_{v}": DINOV2_HEADS[v] * 8 // 8 for v in ("vits14", "vitb14", "vitl14")
+}
 # stochastic depth may drop a block for both samples of the one step (no gradient): off here
 OPTIONS = {
     "deeplabv2": {},
     "daformer": {"drop_path_rate": 0.0},
     "segformer": {"drop_path_rate": 0.0},
     "dinov2": {},
+    "vfmudapp": {},
 }
 
 
@@ -52,6 +58,17 @@ def _backbone_keys(model: torch.nn.Module) -> set[str]:
     return {k for k, _ in model.named_parameters()} | {k for k, _ in model.named_buffers()}
 
 
+def _perturb_zero_init(model: torch.nn.Module) -> None:
+    """Give the weights ViT-Adapter initialises to zero small values (injector ``gamma``, the
+    deformable attentions' offset and weight projections), so every parameter gets a gradient."""
+    for module in model.modules():
+        if isinstance(module, MSDeformAttn):
+            torch.nn.init.normal_(module.sampling_offsets.weight, std=0.01)
+            torch.nn.init.normal_(module.attention_weights.weight, std=0.01)
+    for interaction in model.adapter.interactions:
+        torch.nn.init.constant_(interaction.injector.gamma, 0.1)
+
+
 # --- one shared tester over every registered model -------------------------------------------
 
 
@@ -63,6 +80,10 @@ def test_every_model_is_finite_and_fully_trained(name: str, freeze_bn: bool) -> 
     model = build_model(
         name, NUM_CLASSES, width=8, freeze_bn=freeze_bn, options=OPTIONS[family]
     ).train()
+    if family == "vfmudapp":  # by design, an untrained adapter passes no gradient to some of its
+        _perturb_zero_init(
+            model
+        )  # parameters: the injectors' gamma and queries' weights start at 0
     x = torch.randn(2, 3, 33, 65)
     out = model(x)
     size = OUT_SIZE[family]
@@ -99,6 +120,7 @@ def test_registry_names_and_depths() -> None:
         "deeplabv2_resnet50",
         *(f"dinov2_vit{s}14{r}" for s in "bgls" for r in ("", "_reg")),
         *(f"segformer_mit_b{i}" for i in range(6)),
+        *(f"vfmudapp_vit{s}14" for s in "bls"),
     ]
     model = build_model("deeplabv2_resnet34", 19, width=8)
     assert isinstance(model, DeepLabV2)

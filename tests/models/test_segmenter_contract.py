@@ -24,6 +24,8 @@ from spcl.models.segmenter import ModelEntry, Segmenter, SegOutput
 NUM_CLASSES = 3
 WIDTH = 4  # the smallest width every family takes (DINOv2 needs heads × width divisible by 4)
 HEIGHT, WIDTH_PX = 56, 112  # multiples of 8, 4 and 14: every output stride divides them exactly
+# families whose input sides must be multiples of more: ViT-Adapter needs multiples of 224
+SIZES = {"vfmudapp": (224, 448)}
 NAMES = sorted(MODEL_REGISTRY)
 # a constructor option a model file's weights imply when it is loaded as model.pretrained (the
 # DeepLab-v2 COCO convention); the other families' files imply none
@@ -53,8 +55,9 @@ def _build(name: str, seed: int, **kwargs: object) -> Segmenter:
     return build_model(name, NUM_CLASSES, width=WIDTH, **kwargs).eval()  # type: ignore[arg-type]
 
 
-def _images() -> torch.Tensor:
-    return torch.randn(2, 3, HEIGHT, WIDTH_PX, generator=torch.Generator().manual_seed(0))
+def _images(name: str) -> torch.Tensor:
+    size = SIZES.get(_family(name), (HEIGHT, WIDTH_PX))
+    return torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
 
 
 def _is_backbone(name: str) -> bool:
@@ -74,12 +77,12 @@ def test_outputs_head_and_layer_ids(name: str) -> None:
     model = _build(name, seed=0)
     assert isinstance(model, Segmenter) and isinstance(model.backbone, nn.Module)
     assert model.num_classes == NUM_CLASSES and model.layout_options == {}
-    x = _images()
+    x = _images(name)
     with torch.no_grad():
         out = model(x)
         logits = model.forward_head(model.forward_features(x))
     assert isinstance(out, SegOutput)
-    size = (int(HEIGHT / model.output_stride), int(WIDTH_PX / model.output_stride))
+    size = tuple(int(side / model.output_stride) for side in x.shape[-2:])
     assert out.logits.shape == (2, NUM_CLASSES, *size)
     assert out.features.shape == (2, model.feature_channels, *size)
     torch.testing.assert_close(logits, out.logits)
@@ -121,7 +124,7 @@ def test_weight_loader_and_layout_options_round_trip(name: str, tmp_path: Path) 
     )  # fmt: skip
     rebuilt, info = load_model_file(tmp_path / "model.pth")
     assert info["arch"]["options"] == implied
-    x = _images()
+    x = _images(name)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x).logits, loaded(x).logits, rtol=0, atol=0)
 

@@ -1,4 +1,5 @@
-"""Segmentation models: dilated ResNets + DeepLab-v2, MiT + DAFormer/SegFormer, DINOv2 ViTs, D."""
+"""Segmentation models: dilated ResNets + DeepLab-v2, MiT + DAFormer/SegFormer, DINOv2 ViTs
+(VFM-UDA; VFM-UDA++ with ViT-Adapter), D."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from spcl.models.resnet import (
 )
 from spcl.models.segformer import SegFormerSegmenter, daformer_mit, segformer_mit
 from spcl.models.segmenter import ModelEntry, Segmenter, SegOutput
+from spcl.models.vfmudapp_seg import AdapterSegmenter, adapter_segmenter
 from spcl.models.vit import DINOV2_VARIANTS, DINOv2Encoder, dinov2_encoder
 from spcl.models.vit_seg import LightweightUpscaleHead, ViTSegmenter, dinov2_segmenter
 
@@ -34,6 +36,7 @@ __all__ = [
     "MIT_VARIANTS",
     "MODEL_REGISTRY",
     "ASPPClassifierV2",
+    "AdapterSegmenter",
     "BasicBlock",
     "Bottleneck",
     "DINOv2Encoder",
@@ -48,6 +51,7 @@ __all__ = [
     "SegOutput",
     "Segmenter",
     "ViTSegmenter",
+    "adapter_segmenter",
     "build_discriminator",
     "build_model",
     "daformer_mit",

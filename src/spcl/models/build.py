@@ -10,7 +10,9 @@ bn_eps_frozen=0.0)`` builds SPCL's segmenter (arXiv 2111.12358, Sec. 4.1) as the
 it; ``build_model("daformer_mit_b5", 19, pretrained="mit_b5.pth")`` builds DAFormer's (MiT-B5 +
 sep-ASPP decoder, Hoyer et al. 2022), ``segformer_mit_bX`` SegFormer's (all-MLP decoder), and
 ``build_model("dinov2_vitb14", 19, pretrained="dinov2_vitb14_pretrain.pth")`` a DINOv2 ViT-B/14
-with VFM-UDA's lightweight head (:mod:`spcl.models.vit_seg`; ``dinov2_<v>_reg`` with registers).
+with VFM-UDA's lightweight head (:mod:`spcl.models.vit_seg`; ``dinov2_<v>_reg`` with registers),
+``vfmudapp_vitb14`` the same ViT inside a ViT-Adapter with VFM-UDA++'s pyramid head
+(:mod:`spcl.models.vfmudapp_seg`).
 Backbone checkpoints are torchvision-format ResNet state dicts, the official SegFormer ImageNet
 files ``mit_bX.pth`` or the official DINOv2 files, read from a local file with
 ``torch.load(weights_only=True)``; a URL is downloaded into the torch hub cache only when one is
@@ -33,7 +35,7 @@ from types import ModuleType
 from typing import Any
 
 from spcl.base import ConfigError, UnknownNameError
-from spcl.models import deeplab_v2, segformer, vit_seg
+from spcl.models import deeplab_v2, segformer, vfmudapp_seg, vit_seg
 from spcl.models.deeplab_v2 import load_backbone_weights
 from spcl.models.discriminator import DISC_NDF, OutputDiscriminator
 from spcl.models.pretrained import resolve_pretrained
@@ -52,7 +54,7 @@ __all__ = [
     "load_mit_weights",
 ]
 
-FAMILIES: tuple[ModuleType, ...] = (deeplab_v2, segformer, vit_seg)
+FAMILIES: tuple[ModuleType, ...] = (deeplab_v2, segformer, vit_seg, vfmudapp_seg)
 # ^ the modules that declare registry entries (their MODELS); a new family adds its module here
 BUILD_ARGUMENTS = ("num_classes", "width")  # passed by build_model itself, not via options
 

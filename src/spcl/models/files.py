@@ -5,7 +5,8 @@ A model file is a dict ``{"model": state_dict, "arch": {"name", "num_classes", "
 table of the dataset the model was trained on); :func:`load_model_file` rebuilds the segmenter
 from it alone (for ``spcl predict`` and ``spcl evaluate``) and says what is wrong when it cannot.
 A file that is no spcl model file but an mmseg checkpoint of DAFormer, MIC(DAFormer) or SePiCo is
-imported instead (:mod:`spcl.models.mmseg_import`), and so is a checkpoint of the reference
+imported instead (:mod:`spcl.models.mmseg_import`), and so are the Lightning checkpoints of
+VFM-UDA and VFM-UDA++ (:mod:`spcl.models.vfm_checkpoints`) and a checkpoint of the reference
 SPCL/FADA code (``feature_extractor``/``classifier``, :mod:`spcl.models.weight_layouts`), so
 published models can be scored. A ``.safetensors`` file written by ``spcl export`` is read too
 (:mod:`spcl.models.safetensors_file`).
@@ -36,6 +37,13 @@ from spcl.models.model_meta import checked_arch, checked_class_table
 from spcl.models.resnet import freeze_batchnorm
 from spcl.models.safetensors_file import is_safetensors_file, read_safetensors_model
 from spcl.models.segmenter import Segmenter
+from spcl.models.vfm_checkpoints import (
+    ADAPTER_OPTIONAL,
+    detect_vfm_layout,
+    is_vfm_network,
+    vfm_model_weights,
+    vfm_unused_keys,
+)
 from spcl.models.weight_layouts import (
     LAYOUTS,
     detect_layout,
@@ -151,6 +159,34 @@ def _import_reference(path: str | Path, state: Mapping[str, Any]) -> tuple[Segme
     return model, {"arch": arch, "class_names": names, "palette": [], "unused_keys": weights.unused}
 
 
+def _import_vfm(
+    path: str | Path, tensors: Mapping[str, Any], role: Literal["student", "teacher"]
+) -> tuple[Segmenter, dict[str, Any]]:
+    """A VFM-UDA or VFM-UDA++ Lightning checkpoint as ``(model, info)`` (width 64)."""
+    layout = detect_vfm_layout(tensors, role, path)
+    model = build_model(layout.name, layout.num_classes)
+    weights = vfm_model_weights(tensors, layout)
+    optional = ADAPTER_OPTIONAL if layout.name.startswith("vfmudapp_") else ()
+    problems = fit_problems(model.state_dict(), weights, optional=optional)
+    shown = [f"{kind} {keys[:3]} ({len(keys)})" for kind, keys in problems.items() if keys]
+    if shown:
+        raise CheckpointError(f"{path}: {layout.description}, but {'; '.join(shown)}")
+    model.load_state_dict(weights, strict=False)
+    unused = sorted(set(vfm_unused_keys(tensors, layout)))
+    logger.info("%s: imported %s; unused: %s", path, layout.description, unused or "none")
+    arch = {
+        "name": layout.name,
+        "num_classes": layout.num_classes,
+        "width": DEFAULT_WIDTH,
+        "options": {},
+        "source": "vfm_lightning",
+        "role": role,
+        "layout": layout.description,
+    }
+    names = list(REFERENCE_CLASS_NAMES.get(layout.num_classes, ()))
+    return model, {"arch": arch, "class_names": names, "palette": [], "unused_keys": unused}
+
+
 def load_model_file(
     path: str | Path,
     device: torch.device | str = "cpu",
@@ -163,11 +199,14 @@ def load_model_file(
     Args:
         path: a file written by :func:`save_model_file`, a ``.safetensors`` file written by
             ``spcl export``, a checkpoint of the reference SPCL/FADA code (warm-up, SPCL or
-            self-training), or an mmseg checkpoint of DAFormer, MIC(DAFormer) or SePiCo.
+            self-training), an mmseg checkpoint of DAFormer, MIC(DAFormer) or SePiCo, or a
+            Lightning checkpoint of VFM-UDA or VFM-UDA++.
         device: where to put the model.
         num_classes: when given, the file must have this many classes.
         mmseg_role: which network of an mmseg UDA checkpoint: the ``"student"`` (``model.*``,
-            what mmseg evaluates) or the EMA ``"teacher"`` (``ema_model.*``).
+            what mmseg evaluates) or the EMA ``"teacher"`` (``ema_model.*``); of a VFM-UDA(++)
+            Lightning checkpoint likewise ``network.*`` (what the authors evaluate) or
+            ``network_ema.*`` (:mod:`spcl.models.vfm_checkpoints`).
 
     Returns:
         ``(model, info)`` with ``info = {"arch": ..., "class_names": [...], "palette": [...]}``
@@ -194,6 +233,16 @@ def load_model_file(
             f"use model.pth beside it (written when the stage finishes)"
         )
     layout = detect_layout(state)
+    nested = state.get("state_dict")
+    tensors = {
+        k: v
+        for k, v in (nested.items() if isinstance(nested, Mapping) else ())
+        if isinstance(k, str) and isinstance(v, Tensor)
+    }  # a Lightning checkpoint's weights (edited files may hold anything there)
+    if is_vfm_network(tensors):
+        model, info = _import_vfm(path, tensors, mmseg_role)
+        _check_classes(path, info["arch"]["num_classes"], num_classes)
+        return model.to(device).eval(), info
     if layout == "spcl_reference":
         model, info = _import_reference(path, state)
         _check_classes(path, info["arch"]["num_classes"], num_classes)
@@ -206,7 +255,8 @@ def load_model_file(
                 f"(keys {sorted(state)[:8]}); expected the model.pth written by a stage of "
                 f"`spcl run`, an `spcl export` .safetensors file, a reference SPCL/FADA "
                 f"checkpoint (feature_extractor + classifier) or an mmseg checkpoint of "
-                f"DAFormer/MIC/SePiCo ([model.|ema_model.]backbone.*); backbone "
+                f"DAFormer/MIC/SePiCo ([model.|ema_model.]backbone.*), a VFM-UDA(++) Lightning "
+                f"checkpoint (state_dict with network.encoder.*); backbone "
                 f"initialisations (torchvision, DeepLab COCO) belong in model.pretrained"
             )
         model, info = _import_mmseg(path, state, mmseg_role)

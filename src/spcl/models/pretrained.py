@@ -35,9 +35,12 @@ from spcl.models.segmenter import Build, Segmenter
 from spcl.models.weight_layouts import detect_layout, fit_problems
 
 __all__ = [
+    "OFFICIAL_WIDTH",
     "SHOWN_KEYS",
     "EncoderWeightLoader",
     "FillOfficial",
+    "checkpoint_tensors",
+    "fill_from_model_file",
     "load_encoder_weights",
     "read_state_dict",
     "resolve_pretrained",
@@ -86,7 +89,7 @@ def resolve_pretrained(pretrained: str | Path | None) -> Path | None:
     return destination
 
 
-def _tensors_of(loaded: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
+def checkpoint_tensors(loaded: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
     """The tensors of a loaded file, one ``state_dict``/``model`` level down when present."""
     for container in CHECKPOINT_CONTAINER_KEYS:
         if isinstance(loaded.get(container), Mapping):
@@ -101,18 +104,27 @@ def _tensors_of(loaded: Mapping[str, Any], path: Path) -> dict[str, Tensor]:
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Load a tensor mapping from ``path`` (safely), unwrapping a ``state_dict``/``model`` level."""
-    return _tensors_of(load_state(path), path)  # weights_only; non-dict files: a named error
+    return checkpoint_tensors(load_state(path), path)  # weights_only; non-dict files: a named error
 
 
-def _fill_from_model_file(
-    encoder: nn.Module, loaded: Mapping[str, Any], path: Path, name: str, width: int
+def fill_from_model_file(
+    encoder: nn.Module,
+    loaded: Mapping[str, Any],
+    path: Path,
+    name: str,
+    width: int,
+    *,
+    prefix: str = SPCL_BACKBONE,
 ) -> None:
-    """Load the ``backbone.*`` weights of an spcl model file into ``encoder`` (shapes compared)."""
+    """Load the ``prefix`` weights of an spcl model file into ``encoder`` (shapes compared).
+
+    ``prefix`` is ``backbone.`` for every family; the VFM-UDA++ family also reads ``adapter.``.
+    """
     model = loaded["model"] if isinstance(loaded["model"], Mapping) else {}
     weights = {
-        k.removeprefix(SPCL_BACKBONE): v
+        k.removeprefix(prefix): v
         for k, v in clean_state_dict(model).items()
-        if k.startswith(SPCL_BACKBONE) and isinstance(v, Tensor)
+        if k.startswith(prefix) and isinstance(v, Tensor)
     }
     problems = fit_problems(encoder.state_dict(), weights)
     if any(problems.values()) or not weights:
@@ -126,9 +138,9 @@ def _fill_from_model_file(
             f"{kind} ({len(k)}): {', '.join(k[:SHOWN_KEYS])}" for kind, k in problems.items() if k
         ]
         raise CheckpointError(
-            f"{path}: an spcl model file of {holds}; its backbone does not fit {name!r} at "
-            f"width {width}: {'; '.join(shown) or 'it holds no backbone weights'}; configure "
-            f"the model and width it was trained with"
+            f"{path}: an spcl model file of {holds}; its {prefix[:-1]} does not fit {name!r} at "
+            f"width {width}: {'; '.join(shown) or 'it holds none'}; configure the model and "
+            f"width it was trained with"
         )
     encoder.load_state_dict(weights, strict=True)
 
@@ -155,7 +167,7 @@ def load_encoder_weights(
         raise MissingFileError(f"model.pretrained not found: {path}")
     loaded = load_state(path)
     if detect_layout(loaded) == "spcl_model_file":
-        _fill_from_model_file(model.backbone, loaded, path, name, width)
+        fill_from_model_file(model.backbone, loaded, path, name, width)
         return
     if width != OFFICIAL_WIDTH:
         raise ConfigError(
@@ -163,7 +175,7 @@ def load_encoder_weights(
             f"width={width} with pretrained={str(path)!r} (an spcl model file, another run's "
             f"model.pth, loads at its own width)"
         )
-    fill_official(model.backbone, _tensors_of(loaded, path), path)
+    fill_official(model.backbone, checkpoint_tensors(loaded, path), path)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Each family of spcl (DeepLab-v2 on a dilated ResNet, :mod:`spcl.models.deeplab_v2`; SegFormer and
 DAFormer on a MiT, :mod:`spcl.models.segformer`; a DINOv2 ViT with VFM-UDA's head,
-:mod:`spcl.models.vit_seg`) subclasses :class:`Segmenter`, so that the rest of spcl reads one
-written interface instead of probing models for attributes:
+:mod:`spcl.models.vit_seg`; the same ViT inside a ViT-Adapter with VFM-UDA++'s pyramid head,
+:mod:`spcl.models.vfmudapp_seg`) subclasses :class:`Segmenter`, so that the rest of spcl reads
+one written interface instead of probing models for attributes:
 
 - ``model(x)`` returns :class:`SegOutput` (logits and the features they are a read-out of, the
   features SPCL's prototypes and contrast use), both at ``output_stride``;
@@ -57,7 +58,8 @@ class Segmenter(nn.Module, ABC):
         num_classes: K.
         feature_channels: Channels of ``SegOutput.features``.
         output_stride: Input side / logits side (8 for DeepLab-v2, 4 for MiT; 3.5 for DINOv2,
-            of the input after its resize to a multiple of 14).
+            of the input after its resize to a multiple of 14; 4 for the ViT-Adapter model, of
+            the input after its resize to a multiple of 224).
         num_layers: Highest layer id (:meth:`layer_id`); the head sits at this id.
         layout_options: Constructor options a pretrained file implied; ``{}`` unless a weight
             loader sets them (saved in the model file with the configured options).

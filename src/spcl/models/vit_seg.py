@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from spcl.base import CheckpointError, MissingFileError
 from spcl.models.pretrained import SHOWN_KEYS, EncoderWeightLoader, read_state_dict
 from spcl.models.segmenter import ModelEntry, Segmenter
+from spcl.models.vfm_checkpoints import is_vfm_network, vfm_encoder_tensors
 from spcl.models.vit import (
     DEFAULT_WIDTH,
     DINOV2_VARIANTS,
@@ -60,7 +61,9 @@ __all__ = [
     "LayerNorm2d",
     "LightweightUpscaleHead",
     "ViTSegmenter",
+    "backbone_layer_id",
     "dinov2_segmenter",
+    "fill_dinov2",
     "load_dinov2_weights",
 ]
 
@@ -216,14 +219,23 @@ class ViTSegmenter(Segmenter):
         """
         if self.is_head(name):
             return self.num_layers
-        parts = name.split(".")
-        if parts[0] != "backbone" or len(parts) < 2:
-            raise ValueError(f"{name!r} is not an encoder parameter (names start 'backbone.')")
-        if parts[1] == "blocks" and len(parts) > 2 and parts[2].isdigit():
-            return int(parts[2]) + 1
-        if parts[1] in STEM_NAMES:
-            return STEM_LAYER
-        raise ValueError(f"{name!r}: no layer id (expected blocks.N.* or one of {STEM_NAMES})")
+        return backbone_layer_id(name)
+
+
+def backbone_layer_id(name: str) -> int:
+    """Layer of a DINOv2 encoder parameter: ``backbone.blocks.i.*`` → i + 1, the stems → 0.
+
+    Raises:
+        ValueError: ``name`` is not a ``backbone.`` parameter name of a DINOv2 encoder.
+    """
+    parts = name.split(".")
+    if parts[0] != "backbone" or len(parts) < 2:
+        raise ValueError(f"{name!r} is not an encoder parameter (names start 'backbone.')")
+    if parts[1] == "blocks" and len(parts) > 2 and parts[2].isdigit():
+        return int(parts[2]) + 1
+    if parts[1] in STEM_NAMES:
+        return STEM_LAYER
+    raise ValueError(f"{name!r}: no layer id (expected blocks.N.* or one of {STEM_NAMES})")
 
 
 def _resolve_blocks(feature_blocks: Sequence[int], depth: int) -> tuple[int, ...]:
@@ -280,8 +292,13 @@ def _dinov2_file_shape(state: Mapping[str, Tensor]) -> str:
     return f"embed dim {dim}, {len(blocks)} blocks, register_tokens {registers}"
 
 
-def _fill_dinov2(encoder: DINOv2Encoder, ckpt: Mapping[str, Tensor], path: Path) -> None:
-    """Load official DINOv2 weights strictly (keys and shapes exactly the encoder's)."""
+def fill_dinov2(encoder: DINOv2Encoder, ckpt: Mapping[str, Tensor], path: Path) -> None:
+    """Load official DINOv2 weights strictly (keys and shapes exactly the encoder's).
+
+    A VFM-UDA checkpoint (:mod:`spcl.models.vfm_checkpoints`) gives its student's encoder.
+    """
+    if is_vfm_network(ckpt):
+        ckpt = vfm_encoder_tensors(ckpt, path)
     own = encoder.state_dict()
     found = fit_problems(own, ckpt)  # strict below: every key and shape must fit
     if any(found.values()):
@@ -313,10 +330,10 @@ def load_dinov2_weights(encoder: DINOv2Encoder, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"DINOv2 checkpoint not found: {path}")
-    _fill_dinov2(encoder, read_state_dict(path), path)
+    fill_dinov2(encoder, read_state_dict(path), path)
 
 
-DINOV2_WEIGHTS = EncoderWeightLoader("DINOv2", _fill_dinov2)  # official file or spcl model file
+DINOV2_WEIGHTS = EncoderWeightLoader("DINOv2", fill_dinov2)  # official file or spcl model file
 MODELS: dict[str, ModelEntry] = {  # registry names of this family
     f"dinov2_{variant}{suffix}": ModelEntry(
         partial(dinov2_segmenter, variant, registers=bool(suffix)), DINOV2_WEIGHTS
