@@ -216,7 +216,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         agree=[
             RankAgreement("teachers", "EMA teachers", teacher),
             *(
-                [RankAgreement("statistics", "class statistics", statistics)]
+                [RankAgreement("class statistics", "class statistics", statistics)]
                 if statistics is not None
                 else []
             ),
