@@ -9,7 +9,19 @@ after-step hooks: for the online rows the EMA update) of:
 - ``self_train``: the self-training stage's step on one batch of target images (the baseline);
 - ``online``: the online step as the config sets it (source CE, teacher forward on the clean
   target batch, ClassMix, strong augmentation, the mixed CE), and the variants with MIC, with the
-  prototype contrast (source and target, from the first iteration) and without mixing.
+  contrast on source and target from the first iteration (SPCL's EMA prototypes; SePiCo's
+  ProtoCL, DistCL and BankCL on cumulative statistics with its regulariser and ratio labels) and
+  without mixing;
+- the two passes every row is made of: a student pass (forward, CE, backward; no optimiser step)
+  and a teacher forward (no gradient), each on one batch.
+
+Each online row's *floor* is the passes it cannot do without (``FLOORS``): the online step two
+student passes (source, mixed) and one teacher forward (pseudo-labels); MIC one more student pass
+(the masked image); the contrast one more teacher forward (the class statistics on the source
+image) and, with mixing on, one more student pass (the features of the augmented target crop,
+which the mixed pass cannot give: SePiCo runs the same extra pass, ``mode='aux'``). The table
+prints each row's time over its floor's; what is above 1 is everything else (augmentation,
+mixing, the losses, the statistics, the optimiser and EMA steps).
 
 Batches are the config's batch size of random images and labels at its crop (or image) size: the
 cost does not depend on the content. The stages' data streams, which the timed steps do not draw
@@ -39,6 +51,8 @@ from spcl.data.synthetic import generate_pair
 from spcl.engine.distributed import resolve_device
 from spcl.engine.loop import weighted_total
 from spcl.engine.tracking import Tracker
+from spcl.method.losses import upsample_logits
+from spcl.method.weighted_ce import pixel_weighted_cross_entropy
 from spcl.stages import online, self_train
 from spcl.stages.builders import build_segmenter, save_weights
 from spcl.stages.online_step import online_step
@@ -47,14 +61,31 @@ from spcl.stages.training import TrainingSetup
 
 Step = Callable[[], None]
 PAIR_SIZE = (64, 128)  # the tiny pair the stages' streams are built on (never drawn from)
+CONTRAST = ("online.contrast.source=true", "online.contrast.target=true")
+SEPICO = (  # SePiCo's contrast settings beside its loss
+    *CONTRAST,
+    "online.contrast.statistics=cumulative",
+    "online.contrast.regularizer=1.0",
+    "online.contrast.labels=ratio",
+)
 VARIANTS = {  # row → its overrides of the config
     "online": (),
     "online + MIC": ("online.masking.enabled=true",),
-    "online + contrast (source, target)": (
-        "online.contrast.source=true",
-        "online.contrast.target=true",
-    ),
+    "online + contrast (source, target)": CONTRAST,
+    "online + ProtoCL (SePiCo)": (*SEPICO, "online.contrast.loss=proto"),
+    "online + DistCL": (*SEPICO, "online.contrast.loss=dist"),
+    "online + BankCL": (*SEPICO, "online.contrast.loss=bank"),
     "online without mixing": ("online.mix.enabled=false",),
+}
+PASSES = ("student pass", "teacher forward")  # the rows the floors are made of
+FLOORS = {  # row → (student passes, teacher forwards) it cannot do without
+    "online": (2, 1),
+    "online + MIC": (3, 1),
+    "online + contrast (source, target)": (3, 2),
+    "online + ProtoCL (SePiCo)": (3, 2),
+    "online + DistCL": (3, 2),
+    "online + BankCL": (3, 2),
+    "online without mixing": (2, 1),
 }
 COMMON = (
     "model.pretrained=null",  # the random init (no weights to download)
@@ -135,6 +166,25 @@ def _online(ctx: RunContext, size: tuple[int, int]) -> Step:
     return _timed(stage, lambda iteration: online_step(stage.parts, iteration, src, tgt))
 
 
+def _passes(ctx: RunContext, size: tuple[int, int]) -> dict[str, Step]:
+    """One student pass (forward, the source CE, backward) and one teacher forward, each on one
+    batch, with the online stage's own models."""
+    stage = online.setup(ctx, ctx.run_dir / "online", {})
+    parts = stage.parts
+    batch = _batch(ctx.config, size, torch.Generator().manual_seed(3))
+
+    def student() -> None:
+        parts.student.zero_grad(set_to_none=True)
+        logits = upsample_logits(parts.student(batch["image"]).logits, size, align_corners=False)
+        pixel_weighted_cross_entropy(logits, batch["label"]).backward()
+
+    @torch.no_grad()
+    def teacher() -> None:
+        parts.teacher(batch["image"])
+
+    return dict(zip(PASSES, (student, teacher), strict=True))
+
+
 def _steps(args: argparse.Namespace, cfg: Config, tmp: Path) -> dict[str, Step]:
     """Every row's step, each stage built by its setup in its own folder under ``tmp``."""
     images = max(cfg.self_train.optim.batch_size, cfg.online.optim.batch_size)  # one batch
@@ -149,7 +199,7 @@ def _steps(args: argparse.Namespace, cfg: Config, tmp: Path) -> dict[str, Step]:
     steps = {"self_train": _self_train(context("self_train"), pair, size)}
     for i, (name, extra) in enumerate(VARIANTS.items()):
         steps[name] = _online(context(f"online{i}", extra), size)
-    return steps
+    return steps | _passes(context("passes"), size)
 
 
 def _time(steps: dict[str, Step], rounds: int, warmup: int, device: torch.device) -> dict:
@@ -190,11 +240,17 @@ def main() -> None:
         f"{size[0]}x{size[1]}, batch {b} (online: {b} source + {b} target), "
         f"device {device}, threads {torch.get_num_threads()}, {args.steps} steps each\n"
     )
-    print("| step | median ms | × self-training step |")
-    print("|---|---:|---:|")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"| {name} | {1000 * median:.0f} | {median / base:.2f} |")
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print("| step | median ms | × self-training step | floor ms | × floor |")
+    print("|---|---:|---:|---:|---:|")
+    for name, median in medians.items():
+        floor = ""
+        if name in FLOORS:
+            cost = sum(n * medians[p] for n, p in zip(FLOORS[name], PASSES, strict=True))
+            floor = f"{1000 * cost:.0f} | {median / cost:.2f}"
+        else:
+            floor = " | "
+        print(f"| {name} | {1000 * median:.0f} | {median / base:.2f} | {floor} |")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,26 @@ EXPECTED_DIFFERENCES = {  # run → what differs from the spcl run (besides run.
         "online.contrast.target": True,
         "online.contrast.start_iter": 0,
     },
+    "online_contrast_ratio": {
+        "warmup.adversarial": False,
+        "online.contrast.source": True,
+        "online.contrast.target": True,
+        "online.contrast.start_iter": 0,
+        "online.contrast.labels": "ratio",
+    },
+    **{
+        f"online_{loss}cl": {
+            "warmup.adversarial": False,
+            "online.contrast.source": True,
+            "online.contrast.target": True,
+            "online.contrast.start_iter": 0,
+            "online.contrast.statistics": "cumulative",
+            "online.contrast.regularizer": 1.0,
+            "online.contrast.labels": "ratio",
+            "online.contrast.loss": loss,
+        }
+        for loss in ("dist", "bank")
+    },
     "online_no_mix": {"warmup.adversarial": False, "online.mix.enabled": False},
     "online_no_weight": {"warmup.adversarial": False, "online.pseudo.weight": "none"},
     "online_no_ema": {"warmup.adversarial": False, "online.teacher.alpha": 0.0},

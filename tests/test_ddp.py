@@ -229,3 +229,31 @@ def test_every_family_and_init_on_two_ranks_then_kill_9_and_resume_on_two_nodes(
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}: {key} differs after the resume"
+
+
+def test_sepico_class_statistics_agree_across_two_ranks(tmp_path: Path) -> None:
+    """SePiCo's cumulative statistics (BankCL: mean, variance and the bank) are all-reduced:
+    both ranks hold the same ones after every step (checked before each checkpoint)."""
+    data = tmp_path / "data"
+    generate_pair(data, seed=3, n_train=8, n_val=2, size=(64, 128), preview=False, progress=False)
+    out = tmp_path / "sepico"
+    sepico = [
+        "online.contrast.source=true",
+        "online.contrast.target=true",
+        "online.contrast.statistics=cumulative",
+        "online.contrast.loss=bank",
+        "online.contrast.memory_length=3",
+        "online.contrast.labels=ratio",
+        "online.contrast.regularizer=1.0",
+        "online.contrast.augment_source=true",
+    ]
+    _launch(
+        tmp_path, "sepico", [[*_online(data, out, "deeplab", "pretrained"), *sepico]], nodes=1,
+        kill=None,
+    )  # fmt: skip
+    log = (out / "log.txt").read_text()
+    _checked_every_step(log, out)
+    for step in range(1, STEPS + 1):
+        assert f"[online] iteration {step}: class statistics of 2 ranks: max difference 0\n" in log
+    state = torch.load(out / "07_online" / "checkpoint.pth", weights_only=True)["statistics"]
+    assert int(state["filled"].max()) == 3  # the ring is full: the last 3 of 4 batch means

@@ -5,6 +5,7 @@ MiT runs with Dropout and DropPath on (raised above the published 0.1 so that ev
 masks); its online stage starts from the warm-up, so the first kill, before the stage's first
 checkpoint, also checks that the stage starts again exactly after a finished one. DINOv2 has
 neither (nor has the official model in training), and runs from ``online.init: pretrained``.
+``sepico_bankcl`` resumes SePiCo's class statistics (DeepLab, BankCL with a ring that wraps).
 The DeepLab case is tests/test_online_stage.py's kill test.
 """
 
@@ -34,6 +35,20 @@ FAMILIES = {
         "run.stages=[warmup, online]",
     ),
     "dinov2": ("model.name=dinov2_vits14", "online.init=pretrained", "run.stages=[online]"),
+    "sepico_bankcl": (  # DeepLab with SePiCo's statistics, whose BankCL ring wraps (length 2)
+        "online.init=pretrained",
+        "run.stages=[online]",
+        "online.contrast.source=true",
+        "online.contrast.target=true",
+        "online.contrast.start_iter=0",
+        "online.contrast.statistics=cumulative",
+        "online.contrast.loss=bank",
+        "online.contrast.memory_length=2",
+        "online.contrast.labels=ratio",
+        "online.contrast.regularizer=1.0",
+        "online.contrast.augment_source=true",
+        "online.pseudo.weight=none",
+    ),
 }
 KILL_POINTS = (
     ("07_online/.checkpoint.pth", 1),  # the first checkpoint: the stage starts again

@@ -79,6 +79,21 @@ def _steps(warm: dict, tmp_path: Path, steps: int, *overrides: str) -> dict:
             {"seg", "mix", "cl_src", "cl_tgt"},
         ),
         (("online.contrast.target=true", "online.mix.enabled=false"), {"seg", "tgt", "cl_tgt"}),
+        *(
+            (
+                (
+                    "online.contrast.source=true",
+                    "online.contrast.target=true",
+                    "online.contrast.statistics=cumulative",
+                    f"online.contrast.loss={loss}",
+                    "online.contrast.labels=ratio",
+                    "online.contrast.regularizer=1.0",
+                    "online.contrast.augment_source=true",
+                ),
+                {"seg", "mix", "cl_src", "cl_tgt"},
+            )
+            for loss in ("proto", "dist", "bank")
+        ),
     ],
 )
 def test_each_switch_computes_its_terms(
@@ -130,6 +145,42 @@ def test_the_prototype_pass_leaves_the_teachers_batchnorm_statistics(warm, tmp_p
     assert stats
     for key in stats:  # the students differ (one more loss term): compare buffers only
         torch.testing.assert_close(with_bank["teacher"][key], plain["teacher"][key], rtol=0, atol=0)
+
+
+def test_sepico_statistics_are_checkpointed_checked_across_ranks_and_fed_each_step(
+    warm, tmp_path: Path
+) -> None:
+    sepico = (
+        "online.contrast.source=true",
+        "online.contrast.statistics=cumulative",
+        "online.contrast.loss=bank",
+        "online.contrast.memory_length=3",
+        "online.contrast.start_iter=0",
+    )
+    config = load_config("demo", [*warm["overrides"], *sepico, f"run.out={tmp_path}"])
+    with open_run(config) as ctx:
+        stage = online.setup(ctx, tmp_path / "07_online", {"warmup": warm["warmup"]})
+        statistics = stage.state["statistics"]
+        assert "bank" not in stage.state
+        assert [a.module for a in stage.agree] == [stage.state["teacher"], statistics]
+        assert tuple(statistics.bank.shape[:2]) == (ctx.config.data.num_classes, 3)
+        stage.step(0)
+        assert int(statistics.count.sum()) > 0  # the teacher's source pixels, from iteration 0
+        assert int(statistics.filled.max()) == 2  # the zero vector and this batch's mean
+
+
+def test_dist_and_bank_contrast_need_cumulative_statistics() -> None:
+    from spcl.base import ConfigError
+
+    with pytest.raises(ConfigError, match=r"contrast\.statistics: cumulative"):
+        load_config(
+            "demo",
+            [
+                "online.contrast.source=true",
+                "online.contrast.start_iter=0",
+                "online.contrast.loss=dist",
+            ],
+        )
 
 
 def test_no_weight_and_no_ema_switches_reach_the_step(warm, tmp_path: Path) -> None:

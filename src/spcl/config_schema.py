@@ -300,6 +300,19 @@ class OnlineContrastConfig:
     momentum: Fraction = 0.1  # prototype EMA α from teacher features (SPCL's α; SePiCo keeps
     # cumulative class means instead). The contrast works on the model's features, which are
     # SePiCo's projection when the model has one (model.options.projection_dim: 512)
+    loss: Literal["proto", "dist", "bank"] = "proto"  # SePiCo's ProtoCL (cosine to the class
+    # means), DistCL (means and variances; its headline) or BankCL (banked batch means);
+    # dist and bank need statistics: cumulative
+    statistics: Literal["ema", "cumulative"] = "ema"  # ema: SPCL's prototype EMA (momentum);
+    # cumulative: SePiCo's running mean and diagonal variance of every source pixel so far
+    memory_length: Count = 200  # BankCL: batch means kept per class (SePiCo `memory_length`)
+    regularizer: NonNegative = 0.0  # weight of SePiCo's regulariser Σ log softmax(mean f·μ/τ)
+    # / (K ln K), added to each term with the authors' sign (SePiCo `use_reg`: 1.0)
+    labels: Literal["nearest", "ratio"] = "nearest"  # labels at feature size: nearest
+    # neighbour, or SePiCo's average pooling where a class holds label_min_ratio of the block
+    label_min_ratio: Fraction = 0.75  # SePiCo `scale_min_ratio`
+    augment_source: bool = False  # strong augmentation (colour jitter, blur) of the student's
+    # source batch, as SePiCo's `enable_strong_aug`; statistics and mixing keep the weak images
 
 
 @dataclass
@@ -351,6 +364,12 @@ class OnlineConfig:
                 f"the contrast starts at iteration {contrast.start_iter} but the stage stops at "
                 f"{self.optim.stop_iter}: its terms would stay 0; lower contrast.start_iter or "
                 f"turn contrast.source/target off",
+            )
+        if contrast.loss != "proto" and contrast.statistics != "cumulative":
+            yield (
+                ("contrast.loss", "contrast.statistics"),
+                f"the {contrast.loss} contrast needs class variances or banked means: set "
+                f"contrast.statistics: cumulative",
             )
         if self.crop:
             yield from pseudo_crop_problems(self.pseudo, self.crop[0], "online.crop")

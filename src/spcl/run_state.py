@@ -46,6 +46,13 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
     "online.source_crop_max_share": 1.0,
     "online.pseudo.class_balanced_crop": False,
     "online.pseudo.regenerate": True,
+    "online.contrast.loss": "proto",
+    "online.contrast.statistics": "ema",
+    "online.contrast.memory_length": 200,
+    "online.contrast.regularizer": 0.0,
+    "online.contrast.labels": "nearest",
+    "online.contrast.label_min_ratio": 0.75,
+    "online.contrast.augment_source": False,
     **{
         f"data.{d}.{key}": value
         for d in ("source", "target", "target_val")

@@ -98,6 +98,13 @@ ONLINE_PINS = (
 # iterations from ImageNet weights; at the config default the terms would never start in a
 # demo-sized stage)
 CONTRAST_FROM_START = "online.contrast.start_iter=0"
+CONTRAST_BOTH = ("online.contrast.source=true", "online.contrast.target=true")
+SEPICO_CONTRAST = (  # SePiCo's contrast as its experiments run it, beside the loss it picks
+    *CONTRAST_BOTH,
+    "online.contrast.statistics=cumulative",
+    "online.contrast.regularizer=1.0",
+    "online.contrast.labels=ratio",
+)
 ONLINE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     ONLINE_ROW: ("online: EMA teacher + ClassMix + confidence weight (no MIC, no contrast)", ()),
     "online_mic": ("online + masked image consistency (MIC)", ("online.masking.enabled=true",)),
@@ -112,6 +119,18 @@ ONLINE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "online_contrast": (
         "online + prototype contrast on source and target (SePiCo-style)",
         ("online.contrast.source=true", "online.contrast.target=true", CONTRAST_FROM_START),
+    ),
+    "online_contrast_ratio": (
+        "online + prototype contrast, labels down-scaled by SePiCo's 0.75 ratio rule",
+        (*CONTRAST_BOTH, CONTRAST_FROM_START, "online.contrast.labels=ratio"),
+    ),
+    "online_distcl": (
+        "online + SePiCo's DistCL (cumulative statistics, regulariser, ratio labels)",
+        (*SEPICO_CONTRAST, CONTRAST_FROM_START, "online.contrast.loss=dist"),
+    ),
+    "online_bankcl": (
+        "online + SePiCo's BankCL (cumulative statistics, regulariser, ratio labels)",
+        (*SEPICO_CONTRAST, CONTRAST_FROM_START, "online.contrast.loss=bank"),
     ),
     "online_no_mix": (
         "online without mixing (EMA-teacher self-training on target crops)",

@@ -21,6 +21,7 @@ The online recipe (stage 7; DAFormer, MIC, SePiCo, docs/online.md and docs/recip
 - :mod:`~spcl.method.feature_distance`: the thing-class ImageNet feature distance.
 - :mod:`~spcl.method.weighted_ce`: the pixel-weighted CE with mmseg's reduction.
 - :mod:`~spcl.method.class_balanced_crop`: SePiCo's class-balanced crop on the teacher's labels.
+- :mod:`~spcl.method.sepico`: SePiCo's class statistics and its DistCL, BankCL and ProtoCL losses.
 
 ``__all__`` is the union of the modules' own ``__all__``.
 """
@@ -137,6 +138,19 @@ from spcl.method.pseudo_weight import (
     pseudo_labels_with_ignore,
     teacher_pseudo_labels,
 )
+from spcl.method.sepico import (
+    REFERENCE_LABEL_MIN_RATIO,
+    REFERENCE_MEMORY_LENGTH,
+    REFERENCE_REGULARIZER_WEIGHT,
+    ClassStatistics,
+    ContrastLoss,
+    LabelDownscale,
+    bank_contrastive_loss,
+    contrast_labels,
+    dist_contrastive_loss,
+    proto_contrastive_loss,
+    prototype_regularizer,
+)
 from spcl.method.weighted_ce import (
     CrossEntropyReduction,
     pixel_weighted_cross_entropy,
@@ -164,8 +178,11 @@ __all__ = [
     "REFERENCE_CONTRASTIVE_WEIGHT",
     "REFERENCE_EMA_ALPHA",
     "REFERENCE_FD_WEIGHT",
+    "REFERENCE_LABEL_MIN_RATIO",
+    "REFERENCE_MEMORY_LENGTH",
     "REFERENCE_MOMENTUM",
     "REFERENCE_PSEUDO_THRESHOLD",
+    "REFERENCE_REGULARIZER_WEIGHT",
     "REFERENCE_TEMPERATURE",
     "REFERENCE_THRESHOLD_CAP",
     "SOURCE_DOMAIN_LABEL",
@@ -175,8 +192,11 @@ __all__ = [
     "TARGET_DOMAIN_LABEL",
     "AbsentPolicy",
     "ClassMixMasks",
+    "ClassStatistics",
+    "ContrastLoss",
     "ContrastiveLosses",
     "CrossEntropyReduction",
+    "LabelDownscale",
     "MixedBatch",
     "PrototypeAccumulator",
     "PrototypeBank",
@@ -187,6 +207,7 @@ __all__ = [
     "adversarial_generator_loss",
     "apply_strong_augment",
     "apply_thresholds",
+    "bank_contrastive_loss",
     "block_mask",
     "blur_kernel_size",
     "class_balanced_corners",
@@ -195,11 +216,13 @@ __all__ = [
     "class_feature_sums",
     "class_mix_masks",
     "color_jitter",
+    "contrast_labels",
     "crop_at",
     "crop_pseudo_weight",
     "crop_score",
     "disable_teacher_dropout",
     "discriminator_loss",
+    "dist_contrastive_loss",
     "downsample_labels",
     "downscale_label_ratio",
     "ema_alpha",
@@ -216,6 +239,8 @@ __all__ = [
     "pixel_prototype_loss",
     "pixel_weighted_cross_entropy",
     "pl_crop_rows",
+    "proto_contrastive_loss",
+    "prototype_regularizer",
     "pseudo_labels_with_ignore",
     "recalibrate_batchnorm",
     "reliable_mask",

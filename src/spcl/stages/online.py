@@ -17,7 +17,9 @@ each a switch of the ``online`` config section (docs/recipes.md, sections DAForm
 - the ImageNet feature distance on thing classes, when the model starts from ImageNet weights;
 - SPCL's pixel-to-prototype contrast on source ground truth and target pseudo-labels, with
   prototypes from teacher features (in SePiCo's projection space when the model has one:
-  ``model.options.projection_dim``).
+  ``model.options.projection_dim``), or SePiCo's ProtoCL, DistCL and BankCL against cumulative
+  class statistics, all-reduced across ranks and checked identical before every checkpoint
+  (:mod:`spcl.stages.online_contrast`).
 
 The stage seeds the global RNGs (Dropout, DropPath) from the run seed and its rank when it starts,
 so its draws do not depend on the stages that ran before it in the same process: a run killed
@@ -44,6 +46,7 @@ from spcl.engine.distributed import all_reduce_mean_buffers_
 from spcl.engine.loop import AfterStep, Stateful
 from spcl.method.ema import disable_teacher_dropout, init_teacher, update_teacher
 from spcl.method.prototypes import PrototypeBank
+from spcl.method.sepico import ClassStatistics
 from spcl.run_dir import STUDENT_FILE, TEACHER_FILE
 from spcl.stages.builders import (
     build_segmenter,
@@ -142,6 +145,20 @@ def _ema_hook(cfg: OnlineConfig, teacher: nn.Module, student: nn.Module) -> Afte
     return ema_step
 
 
+def _contrast_state(
+    cfg: OnlineConfig, num_classes: int, dim: int
+) -> tuple[PrototypeBank | None, ClassStatistics | None]:
+    """The contrast's class statistics: SPCL's EMA bank or SePiCo's cumulative statistics (the
+    features' ``dim`` is the projection's size when the model has one); none without contrast."""
+    contrast = cfg.contrast
+    if not (contrast.source or contrast.target):
+        return None, None
+    if contrast.statistics == "cumulative":
+        memory = contrast.memory_length if contrast.loss == "bank" else 0
+        return None, ClassStatistics(num_classes, dim, memory)
+    return PrototypeBank(num_classes, dim, contrast.momentum, "keep"), None
+
+
 def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> TrainingSetup:
     """Student and EMA teacher from the ImageNet init or the warm-up (``inputs["warmup"]`` with
     ``online.init: warmup``), the two streams, the prototype bank when contrast is on and the
@@ -153,10 +170,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
     teacher = _teacher(student)  # so every rank's teacher starts from them too
     optimizer, schedule = optimizer_and_schedule(student, cfg.optim)
     source, target = _streams(ctx, cfg)
-    bank = None
-    if cfg.contrast.source or cfg.contrast.target:
-        dim = student.feature_channels  # the projection's size when the model has one
-        bank = PrototypeBank(data.num_classes, dim, cfg.contrast.momentum, "keep").to(ctx.device)
+    bank, statistics = _contrast_state(cfg, data.num_classes, student.feature_channels)
     generator = SeededGenerator(ctx.config.run.seed * 1000 + AUGMENT_SALT + ctx.rank)
     alert = CollapseAlert(ctx, out_dir, "online", PSEUDO_LABEL_SHARE, cfg.optim.stop_iter)
     parts = OnlineParts(
@@ -169,7 +183,8 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         image_mean=IMAGENET_MEAN,
         image_std=IMAGENET_STD,
         imnet=imnet,
-        bank=bank,
+        bank=bank.to(ctx.device) if bank is not None else None,
+        statistics=statistics.to(ctx.device) if statistics is not None else None,
         watch=alert.observe,
     )
     state: dict[str, Stateful] = {
@@ -181,6 +196,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         "target": target,
     }
     state |= {"bank": bank} if bank is not None else {}
+    state |= {"statistics": statistics} if statistics is not None else {}
     student.train()
     teacher.train()  # DAFormer: the teacher keeps train-mode BatchNorm, its dropout is off
     disable_teacher_dropout(teacher)
@@ -197,7 +213,14 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         watchers=[alert.after_step],  # the class-collapse alert (no draw, no forward pass)
         on_scores=alert.validated,
         rank_state={"generator": generator},  # seeded with the rank: each rank's own draws
-        agree=[RankAgreement("teachers", "EMA teachers", teacher)],
+        agree=[
+            RankAgreement("teachers", "EMA teachers", teacher),
+            *(
+                [RankAgreement("class statistics", "class statistics", statistics)]
+                if statistics is not None
+                else []
+            ),
+        ],
         parts=parts,
     )
 

@@ -13,9 +13,11 @@ with S the student, T its EMA teacher:
    weighted CE; without mixing (``online.mix.enabled=false``) ``tgt``: S's weighted CE on the
    strongly augmented target crop against ŷ.
 5. ``mask`` (MIC): S on the colour-augmented, block-masked target crop against ŷ with W.
-6. ``cl_src``/``cl_tgt``: pixel-to-prototype contrast (SPCL's loss) of S's features (or their
-   projection) on source ground truth and on target pseudo-labels (W > 0), against prototypes
-   kept from T's features on the source crop; zero before ``online.contrast.start_iter``.
+6. ``cl_src``/``cl_tgt``: pixel-to-prototype contrast (SPCL's loss, or SePiCo's ProtoCL, DistCL,
+   BankCL) of S's features (or their projection) on source ground truth and on target
+   pseudo-labels (W > 0), against class statistics kept from T's features on the source crop;
+   zero before ``online.contrast.start_iter`` (:mod:`spcl.stages.online_contrast`). With
+   ``online.contrast.augment_source`` S sees the source crop strongly augmented (SePiCo).
 
 The loop gives the step its iteration (0-based), weighs the terms (:func:`online_weights`), steps
 the optimiser, then updates T (the stage's after-step hook).
@@ -30,22 +32,17 @@ import torch
 from torch import Tensor, nn
 
 from spcl.config_schema import OnlineConfig
-from spcl.engine.distributed import all_reduce_sum_
 from spcl.method.class_balanced_crop import class_balanced_corners, crop_at
-from spcl.method.contrastive import pixel_prototype_loss
-from spcl.method.ema import kept_batchnorm_statistics
 from spcl.method.feature_distance import thing_feature_distance
 from spcl.method.losses import upsample_logits
 from spcl.method.masking import block_mask
 from spcl.method.mixing import class_mix_masks, mix_batch
 from spcl.method.photometric import strong_augment
-from spcl.method.prototypes import PrototypeBank, class_feature_sums, downsample_labels
-from spcl.method.pseudo_weight import (
-    crop_pseudo_weight,
-    pseudo_labels_with_ignore,
-    teacher_pseudo_labels,
-)
+from spcl.method.prototypes import PrototypeBank
+from spcl.method.pseudo_weight import crop_pseudo_weight, teacher_pseudo_labels
+from spcl.method.sepico import ClassStatistics
 from spcl.method.weighted_ce import pixel_weighted_cross_entropy
+from spcl.stages.online_contrast import contrast_terms
 
 __all__ = ["OnlineParts", "SeededGenerator", "online_step", "online_weights"]
 
@@ -79,6 +76,8 @@ class OnlineParts:
     image_std: Sequence[float]
     imnet: nn.Module | None = None  # frozen ImageNet model (feature distance)
     bank: PrototypeBank | None = None  # class prototypes from teacher features (contrast)
+    statistics: ClassStatistics | None = None  # SePiCo's cumulative class statistics (contrast
+    # with statistics: cumulative; then bank is None)
     watch: Callable[[Tensor, Tensor], None] | None = None  # given ŷ and W of each step (the
     # class-collapse alert counts them; spcl.stages.collapse)
 
@@ -141,62 +140,15 @@ def _class_balanced_target(parts: OnlineParts, tgt_images: Tensor) -> tuple[Tens
     return images, crop_at(labels, corners, cfg.crop), kept
 
 
-@torch.no_grad()
-def _update_prototypes(parts: OnlineParts, src_images: Tensor, src_labels: Tensor) -> Tensor:
-    """One EMA step of the bank from the teacher's source features; returns the prototypes.
-
-    The teacher's BatchNorm running statistics are kept: they stay statistics of clean target
-    batches (the authors evaluate the student, so this pass's effect on them never shows there).
-    """
-    assert parts.bank is not None
-    with kept_batchnorm_statistics(parts.teacher):
-        feats = parts.teacher(src_images).features
-    labels = downsample_labels(src_labels, feats.shape[-2:])
-    sums, counts = class_feature_sums(feats.float(), labels, parts.num_classes)
-    parts.bank.update_from_sums(all_reduce_sum_(sums), all_reduce_sum_(counts))
-    return parts.bank.prototypes.detach()
-
-
-def _contrast_terms(
-    parts: OnlineParts,
-    iteration: int,
-    src: tuple[Tensor, Tensor, Tensor],
-    tgt_features: Tensor | None,
-    pseudo: tuple[Tensor, Tensor],
-) -> dict[str, Tensor]:
-    """``cl_src`` and ``cl_tgt``: 0 (no graph) before the start iteration."""
-    cfg = parts.cfg.contrast
-    src_images, src_labels, src_features = src
-    protos = _update_prototypes(parts, src_images, src_labels)
-    started = iteration >= cfg.start_iter
-    terms: dict[str, Tensor] = {}
-    if cfg.source:
-        feats = src_features
-        labels = downsample_labels(src_labels, feats.shape[-2:])
-        terms["cl_src"] = (
-            pixel_prototype_loss(feats, labels, protos, cfg.temperature)
-            if started
-            else feats.new_zeros(())
-        )
-    if cfg.target and tgt_features is not None:
-        kept = pseudo_labels_with_ignore(*pseudo)
-        feats = tgt_features
-        small = downsample_labels(kept, feats.shape[-2:])
-        terms["cl_tgt"] = (
-            pixel_prototype_loss(feats, small, protos, cfg.temperature)
-            if started
-            else feats.new_zeros(())
-        )
-    return terms
-
-
 def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> dict[str, Tensor]:
     """The loss terms of iteration ``iteration`` (0-based; the function the stage binds)."""
     cfg, dev = parts.cfg, parts.device
     src_images = src["image"].to(dev, non_blocking=True)
     src_labels = src["label"].to(dev, non_blocking=True)
     tgt_images = tgt["image"].to(dev, non_blocking=True)
-    src_out = parts.student(src_images)
+    src_out = parts.student(
+        _augment(parts, src_images) if cfg.contrast.augment_source else src_images
+    )
     terms = {"seg": _ce(parts, src_out.logits, src_labels, None)}
     if parts.imnet is not None:
         with torch.no_grad():
@@ -242,11 +194,11 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
         )
         masked = parts.student(images * mask)
         terms["mask"] = _ce(parts, masked.logits, pseudo, weight)
-    if parts.bank is not None:
+    if parts.bank is not None or parts.statistics is not None:
         if cfg.contrast.target and tgt_features is None:
             tgt_features = parts.student(_augment(parts, tgt_images)).features
         src_part = (src_images, src_labels, src_out.features)
-        terms |= _contrast_terms(parts, iteration, src_part, tgt_features, (pseudo, weight))
+        terms |= contrast_terms(parts, iteration, src_part, tgt_features, (pseudo, weight))
     return terms
 
 
