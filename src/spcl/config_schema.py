@@ -43,6 +43,7 @@ __all__ = [
     "EvalConfig",
     "FeatureDistanceConfig",
     "Fraction",
+    "HRDAConfig",
     "Length",
     "MaskingConfig",
     "MixConfig",
@@ -67,6 +68,23 @@ REQUIRED: str = "???"  # a value the user must set; loading fails naming the key
 
 
 @dataclass
+class HRDAConfig:
+    enabled: bool = False  # HRDA multi-resolution training and inference (spcl.models.hrda);
+    # off: the model runs at one scale. Defaults: lhoyer/HRDA configs/hrda/gtaHR2csHR_hrda.py
+    context_scale: Annotated[float, Range(0, 1, low_open=True)] = 0.5  # context view = the
+    # crop × this (HRDA `scales=[1, 0.5]`)
+    detail_crop: Annotated[list[Count], Length((2,))] = field(default_factory=lambda: [512, 512])
+    # detail window [H, W] of the full-resolution crop (HRDA `hr_crop_size`)
+    crop_divisible: Count = 8  # detail-window corners on multiples of this (`crop_coord_divisible`)
+    detail_loss_weight: Fraction = 0.1  # λ_d: fused CE × (1 − λ_d) + detail CE × λ_d
+    # (`hr_loss_weight`)
+    attention: Literal["classwise", "single"] = "classwise"  # a scale attention per class
+    # (`attention_classwise=True`) or one for all classes
+    slide_overlap: bool = True  # inference detail windows at half-window stride
+    # (`hr_slide_overlapping=True`); false: side by side
+
+
+@dataclass
 class ModelConfig:
     name: str = "deeplabv2_resnet101"  # registry name, see spcl.models.build
     width: Count = 64  # base channels of the ResNet (64 = torchvision; the CPU demo uses less);
@@ -79,6 +97,7 @@ class ModelConfig:
     frozen_bn_eps: NonNegative = 0.0  # reference quirk: frozen BN without eps during training
     options: dict[str, Any] = field(default_factory=dict)  # constructor keywords of the model,
     # e.g. {fusion: sepaspp, projection_dim: 512} for daformer_mit_b5 (spcl.models.build)
+    hrda: HRDAConfig = field(default_factory=HRDAConfig)  # HRDA's two-scale model (off)
 
     def problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
         """An unknown model name, or options the model does not take (spcl.model_catalog)."""

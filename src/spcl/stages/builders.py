@@ -28,6 +28,7 @@ from spcl.engine.loop import LoopConfig
 from spcl.engine.optim import optimizer_from_groups, param_groups, poly_scheduler
 from spcl.models.build import build_model
 from spcl.models.files import save_model_file
+from spcl.models.hrda import HRDASegmenter, HRDASettings
 from spcl.models.segmenter import SegOutput
 from spcl.run_dir import CHECKPOINT_FILE
 from spcl.stages.class_sets import (
@@ -65,7 +66,8 @@ __all__ = [
 
 
 def build_segmenter(ctx: RunContext, *, freeze_bn: bool | None = None) -> nn.Module:
-    """The configured DeepLab-v2 on the run's device (BN frozen as configured unless overridden)."""
+    """The configured segmenter on the run's device (BN frozen as configured unless overridden),
+    wrapped in HRDA's two-scale model when ``model.hrda.enabled``."""
     cfg = ctx.config.model
     model = build_model(
         cfg.name,
@@ -76,6 +78,8 @@ def build_segmenter(ctx: RunContext, *, freeze_bn: bool | None = None) -> nn.Mod
         bn_eps_frozen=cfg.frozen_bn_eps,
         options=cfg.options,
     )
+    if cfg.hrda.enabled:  # HRDA: the scale-attention head beside the model, two views
+        model = HRDASegmenter(model, HRDASettings.from_mapping(dataclasses.asdict(cfg.hrda)))
     trainable_bn = not (cfg.freeze_bn if freeze_bn is None else freeze_bn)
     if ctx.world > 1 and trainable_bn and ctx.device.type == "cuda":
         # SyncBN needs CUDA; on CPU (gloo) each rank normalises its own batch and DDP keeps the

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -44,6 +45,7 @@ from spcl.engine.distributed import all_reduce_mean_buffers_
 from spcl.engine.loop import AfterStep, Stateful
 from spcl.method.ema import disable_teacher_dropout, init_teacher, update_teacher
 from spcl.method.prototypes import PrototypeBank
+from spcl.models.hrda import ContextView, DetailCropStudent, HRDASegmenter
 from spcl.run_dir import STUDENT_FILE, TEACHER_FILE
 from spcl.stages.builders import (
     build_segmenter,
@@ -83,10 +85,12 @@ def _models(ctx: RunContext, warmup: Path | None) -> tuple[nn.Module, nn.Module 
         student = load_weights(build_segmenter(ctx, freeze_bn=cfg.freeze_bn), warmup)
     else:
         student = build_segmenter(ctx, freeze_bn=cfg.freeze_bn)
-    imnet = None
+    imnet: nn.Module | None = None
     if model_cfg.pretrained and cfg.feature_distance.weight > 0:
         imnet = build_segmenter(ctx, freeze_bn=cfg.freeze_bn).eval()  # the ImageNet init
         imnet.requires_grad_(False)
+        if isinstance(imnet, HRDASegmenter):  # HRDA: FD on the context view's features
+            imnet = ContextView(imnet.segmenter, imnet.settings.context_scale)
     return student, imnet
 
 
@@ -130,6 +134,14 @@ def _streams(ctx: RunContext, cfg: OnlineConfig) -> tuple[InfiniteLoader, Infini
     return source, target
 
 
+def _training_view(net: nn.Module, student: nn.Module, generator: SeededGenerator) -> Any:
+    """What the step calls as the student: ``net`` itself, or under HRDA ``net`` with a detail
+    window drawn per call from the step's generator (:class:`DetailCropStudent`)."""
+    if isinstance(student, HRDASegmenter):
+        return DetailCropStudent(net, student.settings, generator.generator)
+    return net
+
+
 def _ema_hook(cfg: OnlineConfig, teacher: nn.Module, student: nn.Module) -> AfterStep:
     """The loop's after-step hook that moves the teacher toward the student."""
 
@@ -162,7 +174,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
     parts = OnlineParts(
         cfg=cfg,
         num_classes=data.num_classes,
-        student=net,
+        student=_training_view(net, student, generator),
         teacher=teacher,
         device=ctx.device,
         generator=generator,

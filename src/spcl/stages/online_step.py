@@ -17,6 +17,10 @@ with S the student, T its EMA teacher:
    projection) on source ground truth and on target pseudo-labels (W > 0), against prototypes
    kept from T's features on the source crop; zero before ``online.contrast.start_iter``.
 
+Under HRDA (``model.hrda``, docs/recipes.md "HRDA multi-resolution training") each student call
+draws a detail window and its CE is HRDA's fused + detail loss; the teacher labels the whole crop
+with overlapping detail windows; mixing and masking act on the whole crop.
+
 The loop gives the step its iteration (0-based), weighs the terms (:func:`online_weights`), steps
 the optimiser, then updates T (the stage's after-step hook).
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +40,7 @@ from spcl.method.class_balanced_crop import class_balanced_corners, crop_at
 from spcl.method.contrastive import pixel_prototype_loss
 from spcl.method.ema import kept_batchnorm_statistics
 from spcl.method.feature_distance import thing_feature_distance
+from spcl.method.hrda import hrda_loss
 from spcl.method.losses import upsample_logits
 from spcl.method.masking import block_mask
 from spcl.method.mixing import class_mix_masks, mix_batch
@@ -46,6 +52,7 @@ from spcl.method.pseudo_weight import (
     teacher_pseudo_labels,
 )
 from spcl.method.weighted_ce import pixel_weighted_cross_entropy
+from spcl.models.hrda import HRDAOutput
 
 __all__ = ["OnlineParts", "SeededGenerator", "online_step", "online_weights"]
 
@@ -71,7 +78,8 @@ class OnlineParts:
 
     cfg: OnlineConfig
     num_classes: int
-    student: nn.Module  # DDP-wrapped under torchrun
+    student: nn.Module | Callable[[Tensor], HRDAOutput]  # DDP-wrapped under torchrun; with
+    # HRDA a DetailCropStudent (spcl.models.hrda) that draws each call's detail window
     teacher: nn.Module  # EMA of the student, train-mode BatchNorm, no gradient
     device: torch.device
     generator: SeededGenerator
@@ -93,6 +101,14 @@ def _ce(parts: OnlineParts, logits: Tensor, labels: Tensor, weight: Tensor | Non
         up = up / parts.cfg.source_temperature
     reduction = "all_pixels" if parts.cfg.ce_over_all_pixels else "valid_pixels"
     return pixel_weighted_cross_entropy(up, labels, weight, reduction=reduction)
+
+
+def _out_ce(parts: OnlineParts, out: object, labels: Tensor, weight: Tensor | None) -> Tensor:
+    """:func:`_ce` of a student output; HRDA's fused + detail CE when it has a detail view."""
+    if isinstance(out, HRDAOutput) and out.detail is not None and out.box is not None:
+        ce = partial(_ce, parts)
+        return hrda_loss(ce, out.logits, out.detail, out.box, labels, weight, out.detail_weight)
+    return _ce(parts, out.logits, labels, weight)  # type: ignore[attr-defined]
 
 
 def _augment(parts: OnlineParts, images: Tensor) -> Tensor:
@@ -197,7 +213,7 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
     src_labels = src["label"].to(dev, non_blocking=True)
     tgt_images = tgt["image"].to(dev, non_blocking=True)
     src_out = parts.student(src_images)
-    terms = {"seg": _ce(parts, src_out.logits, src_labels, None)}
+    terms = {"seg": _out_ce(parts, src_out, src_labels, None)}
     if parts.imnet is not None:
         with torch.no_grad():
             imnet_features = parts.imnet(src_images).features
@@ -225,10 +241,10 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
         )
         mixed = mix_batch(masks.mask, src_images, tgt_images, src_labels, pseudo, weight)
         out = parts.student(_augment(parts, mixed.image))
-        terms["mix"] = _ce(parts, out.logits, mixed.labels, mixed.weight)
+        terms["mix"] = _out_ce(parts, out, mixed.labels, mixed.weight)
     else:  # the EMA teacher without mixing: self-training on the augmented target crop
         out = parts.student(_augment(parts, tgt_images))
-        terms["tgt"] = _ce(parts, out.logits, pseudo, weight)
+        terms["tgt"] = _out_ce(parts, out, pseudo, weight)
         tgt_features = out.features
     if cfg.masking.enabled:
         images = _augment(parts, tgt_images) if cfg.masking.color_aug else tgt_images
@@ -241,7 +257,7 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
             device=dev,
         )
         masked = parts.student(images * mask)
-        terms["mask"] = _ce(parts, masked.logits, pseudo, weight)
+        terms["mask"] = _out_ce(parts, masked, pseudo, weight)
     if parts.bank is not None:
         if cfg.contrast.target and tgt_features is None:
             tgt_features = parts.student(_augment(parts, tgt_images)).features

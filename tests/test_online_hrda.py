@@ -1,0 +1,99 @@
+"""The online stage under HRDA (model.hrda): the student's two views and HRDA's loss, the
+teacher's whole-crop pseudo-labels, FD on context features, and the model file it writes read
+back by evaluate/predict as the two-scale model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from spcl.config import load_config
+from spcl.context import open_run
+from spcl.data.synthetic import generate_pair
+from spcl.engine.loop import weighted_total
+from spcl.method.hrda import Box
+from spcl.models.files import load_model_file
+from spcl.models.hrda import ContextView, DetailCropStudent, HRDAOutput, HRDASegmenter
+from spcl.pipeline import run_pipeline
+from spcl.stages import online
+from tiny import TINY
+
+HRDA = (
+    "model.hrda.enabled=true",
+    "model.hrda.detail_crop=[32, 32]",
+    "online.crop=[64, 64]",
+    "online.init=pretrained",
+    "online.optim.batch_size=2",
+    "run.stages=[online]",
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    root = tmp_path_factory.mktemp("hrda")
+    path = generate_pair(
+        root / "data", seed=4, n_train=4, n_val=2, size=(64, 128), preview=False, progress=False
+    )
+    return [f"data.{d}.root={path}" for d in ("source", "target", "target_val")]
+
+
+def _config(data: list[str], tmp_path: Path, *overrides: str) -> Any:
+    return load_config("demo", [*TINY, *data, *HRDA, *overrides, f"run.out={tmp_path}"])
+
+
+def test_the_student_trains_on_two_views_with_hrdas_loss(data, tmp_path: Path) -> None:
+    config = _config(data, tmp_path, "online.masking.enabled=true")
+    with open_run(config) as ctx:
+        stage = online.setup(ctx, tmp_path / "07_online", {})
+        parts = stage.parts
+        assert isinstance(parts.student, DetailCropStudent)
+        assert isinstance(stage.state["teacher"], HRDASegmenter)
+        seen: list[HRDAOutput] = []
+        original = parts.student.net
+
+        def spy(images: torch.Tensor, box: Any = None) -> HRDAOutput:
+            out = original(images, box=box)
+            seen.append(out)
+            return out
+
+        parts.student.net = spy
+        terms = stage.step(0)
+        assert set(terms) == {"seg", "mix", "mask"}
+        weighted_total(terms, stage.weights).backward()
+    assert len(seen) == 3 and all(o.detail is not None for o in seen)
+    for out in seen:  # 64-pixel crops, DeepLab-v2 at stride 8: 8×8 fused, 4×4 detail logits
+        assert out.logits.shape[-2:] == (8, 8) and out.detail.shape[-2:] == (4, 4)
+        assert out.box.y1 % 8 == 0 and out.box.y2 - out.box.y1 == 32
+    attention = stage.state["model"].scale_attention
+    assert all(p.grad is not None for p in attention.parameters())
+
+
+def test_the_feature_distance_compares_context_features(data, tmp_path: Path, monkeypatch) -> None:
+    """The frozen ImageNet model sees the context view: its features match the student's."""
+    config = _config(data, tmp_path, "model.name=daformer_mit_b0")
+    with open_run(config) as ctx:
+        built = online.build_segmenter(ctx)
+        monkeypatch.setattr(online, "build_segmenter", lambda *_, **__: built)
+        ctx.config.model.pretrained = "mit_b0.pth"  # stands for an ImageNet init: FD is on
+        student, imnet = online._models(ctx, None)
+    assert isinstance(imnet, ContextView) and imnet.segmenter is built.segmenter
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert imnet(x).features.shape == student(x, box=Box(0, 32, 0, 32)).features.shape
+
+
+def test_the_model_file_rebuilds_the_two_scale_model(data, tmp_path: Path) -> None:
+    config = _config(
+        data, tmp_path, "online.optim.max_iter=2", "online.optim.stop_iter=2", "run.val_every=0"
+    )
+    with open_run(config) as ctx:
+        outputs = run_pipeline(ctx)
+    model, info = load_model_file(outputs["online"])
+    assert isinstance(model, HRDASegmenter)
+    assert info["arch"]["hrda"]["detail_crop"] == [32, 32]
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 128))
+    assert out.logits.shape == (1, 19, 8, 16) and out.detail is None
