@@ -1,9 +1,10 @@
-"""The online stage under HRDA (model.hrda): the student's two views and HRDA's loss, the
+"""The online stage under HRDA (online.hrda): the student's two views and HRDA's loss, the
 teacher's whole-crop pseudo-labels, FD on context features, and the model file it writes read
 back by evaluate/predict as the two-scale model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,15 @@ from spcl.context import open_run
 from spcl.data.synthetic import generate_pair
 from spcl.engine.loop import weighted_total
 from spcl.method.hrda import Box
-from spcl.models.files import load_model_file
+from spcl.models.files import load_model_file, save_model_file
 from spcl.models.hrda import ContextView, DetailCropStudent, HRDAOutput, HRDASegmenter
 from spcl.pipeline import run_pipeline
 from spcl.stages import online
 from tiny import TINY
 
 HRDA = (
-    "model.hrda.enabled=true",
-    "model.hrda.detail_crop=[32, 32]",
+    "online.hrda.enabled=true",
+    "online.hrda.detail_crop=[32, 32]",
     "online.crop=[64, 64]",
     "online.init=pretrained",
     "online.optim.batch_size=2",
@@ -72,25 +73,55 @@ def test_the_student_trains_on_two_views_with_hrdas_loss(data, tmp_path: Path) -
 
 
 def test_the_feature_distance_compares_context_features(data, tmp_path: Path, monkeypatch) -> None:
-    """The frozen ImageNet model sees the context view: its features match the student's."""
-    config = _config(data, tmp_path, "model.name=daformer_mit_b0")
-    with open_run(config) as ctx:
-        built = online.build_segmenter(ctx)
-        monkeypatch.setattr(online, "build_segmenter", lambda *_, **__: built)
-        ctx.config.model.pretrained = "mit_b0.pth"  # stands for an ImageNet init: FD is on
+    """The frozen ImageNet model is single-scale and sees the context view: its features match
+    the student's."""
+    real = online.build_segmenter
+
+    def without_file(ctx: Any, **kwargs: Any) -> torch.nn.Module:
+        saved, ctx.config.model.pretrained = ctx.config.model.pretrained, None
+        try:
+            return real(ctx, **kwargs)
+        finally:
+            ctx.config.model.pretrained = saved
+
+    monkeypatch.setattr(online, "build_segmenter", without_file)
+    config = _config(data, tmp_path, "model.name=daformer_mit_b0", "model.pretrained=mit_b0.pth")
+    with open_run(config) as ctx:  # the file stands for an ImageNet init: FD is on
         student, imnet = online._models(ctx, None)
-    assert isinstance(imnet, ContextView) and imnet.segmenter is built.segmenter
+    assert isinstance(student, HRDASegmenter) and isinstance(imnet, ContextView)
+    assert not isinstance(imnet.segmenter, HRDASegmenter)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert imnet(x).features.shape == student(x, box=Box(0, 32, 0, 32)).features.shape
 
 
+def test_a_single_scale_warm_up_fills_the_segmenter_inside(data, tmp_path: Path) -> None:
+    config = _config(data, tmp_path, "online.init=warmup")
+    with open_run(config) as ctx:
+        warm = online.build_segmenter(ctx)  # what the warm-up stage trains: one scale
+        path = tmp_path / "warmup.pth"
+        save_model_file(
+            warm,
+            path,
+            name="deeplabv2_resnet18",
+            num_classes=19,
+            width=8,
+            class_names=[str(i) for i in range(19)],
+        )
+        student, _ = online._models(ctx, path)
+    assert isinstance(student, HRDASegmenter)
+    for key, value in warm.state_dict().items():
+        assert torch.equal(student.segmenter.state_dict()[key], value)
+
+
 def test_the_model_file_rebuilds_the_two_scale_model(data, tmp_path: Path) -> None:
-    config = _config(
-        data, tmp_path, "online.optim.max_iter=2", "online.optim.stop_iter=2", "run.val_every=0"
-    )
+    """The stage's model.pth is scored by the evaluate stage and read back by load_model_file
+    (spcl evaluate, spcl predict) as the two-scale model."""
+    steps = ("online.optim.max_iter=2", "online.optim.stop_iter=2", "run.val_every=0")
+    config = _config(data, tmp_path, *steps, "run.stages=[online, evaluate]")
     with open_run(config) as ctx:
         outputs = run_pipeline(ctx)
+    assert json.loads(outputs["evaluate"].read_text())["online"] >= 0
     model, info = load_model_file(outputs["online"])
     assert isinstance(model, HRDASegmenter)
     assert info["arch"]["hrda"]["detail_crop"] == [32, 32]

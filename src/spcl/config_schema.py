@@ -69,8 +69,9 @@ REQUIRED: str = "???"  # a value the user must set; loading fails naming the key
 
 @dataclass
 class HRDAConfig:
-    enabled: bool = False  # HRDA multi-resolution training and inference (spcl.models.hrda);
-    # off: the model runs at one scale. Defaults: lhoyer/HRDA configs/hrda/gtaHR2csHR_hrda.py
+    enabled: bool = False  # HRDA multi-resolution training and inference of the online stage's
+    # model (spcl.models.hrda; its model file keeps the settings); off: one scale. Defaults:
+    # lhoyer/HRDA configs/hrda/gtaHR2csHR_hrda.py
     context_scale: Annotated[float, Range(0, 1, low_open=True)] = 0.5  # context view = the
     # crop × this (HRDA `scales=[1, 0.5]`)
     detail_crop: Annotated[list[Count], Length((2,))] = field(default_factory=lambda: [512, 512])
@@ -97,7 +98,6 @@ class ModelConfig:
     frozen_bn_eps: NonNegative = 0.0  # reference quirk: frozen BN without eps during training
     options: dict[str, Any] = field(default_factory=dict)  # constructor keywords of the model,
     # e.g. {fusion: sepaspp, projection_dim: 512} for daformer_mit_b5 (spcl.models.build)
-    hrda: HRDAConfig = field(default_factory=HRDAConfig)  # HRDA's two-scale model (off)
 
     def problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
         """An unknown model name, or options the model does not take (spcl.model_catalog)."""
@@ -347,6 +347,7 @@ class OnlineConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     feature_distance: FeatureDistanceConfig = field(default_factory=FeatureDistanceConfig)
     contrast: OnlineContrastConfig = field(default_factory=OnlineContrastConfig)
+    hrda: HRDAConfig = field(default_factory=HRDAConfig)  # HRDA's two-scale model and step (off)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             optimizer="adamw",

@@ -46,7 +46,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
     "online.source_crop_max_share": 1.0,
     "online.pseudo.class_balanced_crop": False,
     "online.pseudo.regenerate": True,
-    "model.hrda": {  # HRDA off (spcl.config_schema.HRDAConfig's defaults)
+    "online.hrda": {  # HRDA off (spcl.config_schema.HRDAConfig's defaults)
         "enabled": False,
         "context_scale": 0.5,
         "detail_crop": [512, 512],

@@ -119,6 +119,8 @@ def _import_mmseg(
         "role": role,
         "layout": layout.description,
     }
+    if layout.hrda is not None:  # an HRDA checkpoint: rebuilt as the two-scale model
+        arch["hrda"] = dict(layout.hrda)
     info = {
         "arch": arch,
         "class_names": report.class_names,

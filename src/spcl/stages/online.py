@@ -77,20 +77,21 @@ def _teacher(student: nn.Module) -> nn.Module:
 
 
 def _models(ctx: RunContext, warmup: Path | None) -> tuple[nn.Module, nn.Module | None]:
-    """Student and, for the feature distance, the frozen ImageNet model."""
+    """Student (inside HRDA's two-scale model with ``online.hrda``) and, for the feature
+    distance, the frozen ImageNet model (under HRDA run on the context view)."""
     cfg, model_cfg = ctx.config.online, ctx.config.model
-    if cfg.init == "warmup":
-        if warmup is None:
-            raise ConfigError("online.init=warmup needs the warmup stage in run.stages")
-        student = load_weights(build_segmenter(ctx, freeze_bn=cfg.freeze_bn), warmup)
-    else:
-        student = build_segmenter(ctx, freeze_bn=cfg.freeze_bn)
+    if cfg.init == "warmup" and warmup is None:
+        raise ConfigError("online.init=warmup needs the warmup stage in run.stages")
+    student = build_segmenter(ctx, freeze_bn=cfg.freeze_bn, hrda=cfg.hrda)
+    if cfg.init == "warmup" and warmup is not None:
+        single = student.segmenter if isinstance(student, HRDASegmenter) else student
+        load_weights(single, warmup)  # the warm-up trained one scale: HRDA's attention is new
     imnet: nn.Module | None = None
     if model_cfg.pretrained and cfg.feature_distance.weight > 0:
         imnet = build_segmenter(ctx, freeze_bn=cfg.freeze_bn).eval()  # the ImageNet init
         imnet.requires_grad_(False)
-        if isinstance(imnet, HRDASegmenter):  # HRDA: FD on the context view's features
-            imnet = ContextView(imnet.segmenter, imnet.settings.context_scale)
+        if cfg.hrda.enabled:  # HRDA: FD on the context view's features
+            imnet = ContextView(imnet, cfg.hrda.context_scale)
     return student, imnet
 
 
