@@ -5,6 +5,7 @@ MiT runs with Dropout and DropPath on (raised above the published 0.1 so that ev
 masks); its online stage starts from the warm-up, so the first kill, before the stage's first
 checkpoint, also checks that the stage starts again exactly after a finished one. DINOv2 has
 neither (nor has the official model in training), and runs from ``online.init: pretrained``.
+MiT under HRDA (``online.hrda``) adds the detail windows each student pass draws.
 The DeepLab case is tests/test_online_stage.py's kill test.
 """
 
@@ -34,6 +35,15 @@ FAMILIES = {
         "run.stages=[warmup, online]",
     ),
     "dinov2": ("model.name=dinov2_vits14", "online.init=pretrained", "run.stages=[online]"),
+    # HRDA: each student pass draws a detail window from the step's generator; MIC masks too
+    "mit_hrda": (
+        "model.name=daformer_mit_b0",
+        "online.init=warmup",
+        "run.stages=[warmup, online]",
+        "online.hrda.enabled=true",
+        "online.hrda.detail_crop=[32,64]",
+        "online.masking.enabled=true",
+    ),
 }
 KILL_POINTS = (
     ("07_online/.checkpoint.pth", 1),  # the first checkpoint: the stage starts again

@@ -18,6 +18,7 @@ from PIL import Image
 
 from spcl.engine.checkpoint import CheckpointError
 from spcl.models.build import build_model
+from spcl.models.export import export_model
 from spcl.models.files import load_model_file, save_model_file
 from spcl.models.hrda import HRDASegmenter, HRDASettings
 from spcl.models.mmseg_import import detect_mmseg_layout
@@ -90,6 +91,21 @@ def test_an_imported_hrda_model_is_saved_and_rebuilt(mic_hrda, tmp_path: Path) -
     out = tmp_path / "model.pth"
     save_model_file(model, out, name=arch["name"], num_classes=19, width=64, class_names=[])
     again, _ = load_model_file(out)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x).logits, made["student"](x).logits)
+
+
+def test_an_hrda_model_file_exports_to_safetensors_and_back(mic_hrda, tmp_path: Path) -> None:
+    path, made = mic_hrda
+    model, info = load_model_file(path)
+    spcl_file = tmp_path / "model.pth"
+    names = [str(i) for i in range(19)]
+    save_model_file(model, spcl_file, name=info["arch"]["name"], num_classes=19, width=64,
+                    class_names=names)  # fmt: skip
+    report = export_model(spcl_file, "safetensors")
+    again, _ = load_model_file(report.path)
+    assert isinstance(again, HRDASegmenter)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(again(x).logits, made["student"](x).logits)

@@ -98,6 +98,9 @@ ONLINE_PINS = (
 # iterations from ImageNet weights; at the config default the terms would never start in a
 # demo-sized stage)
 CONTRAST_FROM_START = "online.contrast.start_iter=0"
+# HRDA at the demo's scale: the authors' detail window is half the 1024 crop's side; the demo
+# trains on whole 96×192 images (64×128 with --quick), so the window is half of 96×192
+HRDA_DEMO_DETAIL = "[48,96]"
 ONLINE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     ONLINE_ROW: ("online: EMA teacher + ClassMix + confidence weight (no MIC, no contrast)", ()),
     "online_mic": ("online + masked image consistency (MIC)", ("online.masking.enabled=true",)),
@@ -112,6 +115,10 @@ ONLINE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "online_contrast": (
         "online + prototype contrast on source and target (SePiCo-style)",
         ("online.contrast.source=true", "online.contrast.target=true", CONTRAST_FROM_START),
+    ),
+    "online_hrda": (
+        "online + HRDA (context at ×0.5, a 48×96 detail window of the 96×192 image)",
+        ("online.hrda.enabled=true", f"online.hrda.detail_crop={HRDA_DEMO_DETAIL}"),
     ),
     "online_no_mix": (
         "online without mixing (EMA-teacher self-training on target crops)",
