@@ -129,7 +129,7 @@ def _scaled(values: list[int], scale: int) -> str:
 def shrink_overrides(config: Config, scale: int) -> list[str]:
     """Overrides that shrink every spatial size of ``config`` ÷ ``scale`` (areas ÷ scale²): the
     data sizes, crops, ``evaluate.slide``, HRDA's detail window, the pseudo-label weight's cropped
-    rows, MIC's mask blocks and rare-class pixel thresholds. Nothing at scale 1."""
+    rows and margins, MIC's mask blocks and rare-class pixel thresholds. Nothing at scale 1."""
     if scale == 1:
         return []
     out = []
@@ -152,6 +152,10 @@ def shrink_overrides(config: Config, scale: int) -> list[str]:
         f"online.pseudo.crop_bottom={round(pseudo.crop_bottom / scale)}",
         f"online.masking.block_size={max(1, round(online.masking.block_size / scale))}",
     ]
+    if pseudo.margins:  # HRDA's PL crop v2 margins (pixels of the whole target image)
+        out.append(
+            f"online.pseudo.margins=[{','.join(str(round(m / scale)) for m in pseudo.margins)}]"
+        )
     return out
 
 

@@ -13,6 +13,7 @@ import torch
 
 from spcl.config import load_config
 from spcl.context import open_run
+from spcl.data.lists import _margin_mask
 from spcl.data.synthetic import generate_pair
 from spcl.engine.loop import weighted_total
 from spcl.method.hrda import Box
@@ -20,6 +21,7 @@ from spcl.models.files import load_model_file, save_model_file
 from spcl.models.hrda import ContextView, DetailCropStudent, HRDAOutput, HRDASegmenter
 from spcl.pipeline import run_pipeline
 from spcl.stages import online
+from spcl.stages.online_step import online_step
 from tiny import TINY
 
 HRDA = (
@@ -128,3 +130,52 @@ def test_the_model_file_rebuilds_the_two_scale_model(data, tmp_path: Path) -> No
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 128))
     assert out.logits.shape == (1, 19, 8, 16) and out.detail is None
+
+
+def test_margin_mask_by_hand() -> None:
+    mask = _margin_mask((8, 16), (1, 2, 3, 1), ())
+    assert mask[0].sum() == 0 and mask[6:].sum() == 0  # top 1, bottom 2 rows
+    assert mask[1:6, :3].sum() == 0 and mask[1:6, 15].sum() == 0  # left 3, right 1 columns
+    assert mask[1:6, 3:15].all()
+    scaled = _margin_mask((16, 32), (1, 2, 3, 1), (8, 16))  # given at half the file's size
+    assert scaled[:2].sum() == 0 and scaled[2].sum() > 0 and scaled[12:].sum() == 0
+    assert scaled[2:12, :6].sum() == 0 and scaled[2:12, 6:30].all() and scaled[2:12, 30:].sum() == 0
+    assert _margin_mask((4, 4), (0, 0, 0, 0), ()).all()  # zero margins zero nothing
+
+
+def test_pseudo_margins_follow_the_crop_and_zero_the_weight(data, tmp_path: Path) -> None:
+    """HRDA's PL crop v2: the whole image's margins, cropped and flipped with it, zero the pseudo
+    weight; the images are those of a run without margins (no draw added)."""
+    overrides = ("online.pseudo.margins=[8, 16, 8, 8]", "online.crop=[48, 96]")
+    config = _config(data, tmp_path, *overrides, "online.pseudo.weight=none")
+    with open_run(config) as ctx:
+        stage = online.setup(ctx, tmp_path / "07_online", {})
+        src, tgt = next(stage.state["source"]), next(stage.state["target"])
+        plain = online.domain_dataset(
+            ctx.config.data.target, with_labels=False, train=True, hflip=True, crop=[48, 96]
+        )
+        seen: dict[str, torch.Tensor] = {}
+        stage.parts.watch = lambda labels, weight: seen.update(weight=weight)
+        online_step(stage.parts, 0, src, tgt)
+    valid = tgt["pseudo_valid"]
+    assert valid.shape == (2, 48, 96) and not valid.all() and valid.any()
+    assert torch.equal(seen["weight"] > 0, valid)
+    crop = stage.state["target"].loader.dataset[(0, 5)]
+    assert torch.equal(crop["image"], plain[(0, 5)]["image"])  # the same crop and flip
+    whole = online.domain_dataset(ctx.config.data.target, with_labels=False, train=True)[0]
+    mask = torch.from_numpy(_margin_mask((64, 128), (8, 16, 8, 8), ()) == 1)
+    places = [
+        (y, x, flip)
+        for y in range(17)
+        for x in range(33)
+        for flip in (False, True)
+        if torch.equal(_cut(whole["image"], y, x, flip), crop["image"])
+    ]
+    assert len(places) == 1  # where the loader cut the image, and whether it flipped it
+    y, x, flip = places[0]
+    assert torch.equal(crop["pseudo_valid"], _cut(mask, y, x, flip))
+
+
+def _cut(tensor: torch.Tensor, y: int, x: int, flip: bool) -> torch.Tensor:
+    window = tensor[..., y : y + 48, x : x + 96]
+    return window.flip(-1) if flip else window

@@ -94,7 +94,7 @@ def test_online_configs_keep_the_authors_recipe(name: str) -> None:
     assert (online.teacher.alpha, online.pseudo.threshold) == (0.999, 0.968)
     hrda = "_hrda_" in name
     assert config.online.hrda.enabled == hrda
-    if hrda:  # HRDA: 1024 crops of 2048x1024 Cityscapes, a 512 detail window, PL crop 30/240
+    if hrda:  # HRDA: 1024 crops of 2048x1024 Cityscapes, a 512 detail window
         assert online.crop == [1024, 1024] and config.online.hrda.detail_crop == [512, 512]
         assert config.data.target.size == [1024, 2048] == config.data.target_val.size
         assert (config.online.hrda.context_scale, config.online.hrda.detail_loss_weight) == (
@@ -102,7 +102,8 @@ def test_online_configs_keep_the_authors_recipe(name: str) -> None:
             0.1,
         )
         assert online.masking.block_size == (64 if "_mic_" in name else 32)
-    assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == ((30, 240) if hrda else (15, 120))
+    assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == ((0, 0) if hrda else (15, 120))
+    assert online.pseudo.margins == ([30, 240, 30, 30] if hrda else [])  # HRDA's PL crop v2
     assert online.mix.enabled and online.ce_over_all_pixels
     assert online.source_crop_max_share == 0.75  # source RandomCrop cat_max_ratio
     # RCS crops: > 1500 px of the class (HRDA: > 6000 px of 4× larger crops)

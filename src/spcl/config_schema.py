@@ -270,6 +270,10 @@ class OnlinePseudoConfig:
     # at 512 px)
     crop_bottom: NonNegativeInt = 0  # rows zeroed at the bottom: the ego car (DAFormer: 120 at
     # 512 px)
+    margins: Annotated[list[NonNegativeInt], Length((0, 4))] = field(default_factory=list)
+    # [top, bottom, left, right] pixels of the whole target image (at data.target.size) whose
+    # pseudo-labels get weight 0, cut with the crop: zeroed only where a crop reaches the border
+    # (HRDA's PL crop v2 `crop_pseudo_margins`: [30, 240, 30, 30] at 1024x2048); [] = off
     class_balanced_crop: bool = False  # SePiCo's CBC (`pseudo_random_crop`): target images come
     # whole (data.target.size, no loader crop) and are cut to online.crop where the teacher's
     # labels score best of 10 boxes (>= 2 classes, top share < 0.75, sum of log counts)
@@ -374,6 +378,12 @@ class OnlineConfig:
             )
         if self.crop:
             yield from pseudo_crop_problems(self.pseudo, self.crop[0], "online.crop")
+        if self.pseudo.margins and self.pseudo.class_balanced_crop:
+            yield (
+                ("pseudo.margins", "pseudo.class_balanced_crop"),
+                "the pseudo-label margins follow the loader's crop, and the class-balanced crop "
+                "is cut later, in the step: use one of them",
+            )
 
 
 def pseudo_crop_problems(

@@ -46,6 +46,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
     "online.source_crop_max_share": 1.0,
     "online.pseudo.class_balanced_crop": False,
     "online.pseudo.regenerate": True,
+    "online.pseudo.margins": [],
     "online.hrda": {  # HRDA off (spcl.config_schema.HRDAConfig's defaults)
         "enabled": False,
         "context_scale": 0.5,

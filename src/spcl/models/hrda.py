@@ -55,7 +55,7 @@ ATTENTION_FUSION = "conv1"  # HRDA replaces the DAFormer attention head's sep-AS
 
 @dataclass(frozen=True)
 class HRDASettings:
-    """HRDA's geometry and loss weight (``model.hrda`` of the config; the model file's
+    """HRDA's geometry and loss weight (``online.hrda`` of the config; the model file's
     ``arch["hrda"]``), defaults from ``configs/hrda/gtaHR2csHR_hrda.py``."""
 
     context_scale: float = 0.5  # context view = crop × 0.5 (HRDA `scales=[1, 0.5]`)
@@ -138,7 +138,9 @@ class HRDASegmenter(Segmenter):
         self.segmenter = segmenter
         self.settings = settings
         outputs = segmenter.num_classes if settings.attention == "classwise" else 1
-        self.scale_attention = attention or scale_attention_head(segmenter, outputs)
+        self.scale_attention = (
+            attention if attention is not None else scale_attention_head(segmenter, outputs)
+        )
         self.num_classes = segmenter.num_classes
         self.feature_channels = segmenter.feature_channels
         self.output_stride = segmenter.output_stride  # of the fused logits (features: / scale)

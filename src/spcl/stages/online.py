@@ -126,12 +126,10 @@ def _streams(ctx: RunContext, cfg: OnlineConfig) -> tuple[InfiniteLoader, Infini
     if cfg.pseudo.class_balanced_crop:  # SePiCo: the step crops the whole target images
         _check_class_balanced_crop(cfg.crop, target_domain.size)
         augment = {**augment, "crop": []}
-    target = train_loader(
-        ctx,
-        domain_dataset(target_domain, with_labels=False, train=True, **augment),
-        cfg.optim.batch_size,
-        TARGET_STREAM,
-    )
+    target_data = domain_dataset(target_domain, with_labels=False, train=True, **augment)
+    if cfg.pseudo.margins:  # HRDA's PL crop v2: margins of the whole image, cut with the crop
+        target_data.pseudo_margins = (tuple(cfg.pseudo.margins), tuple(target_domain.size))
+    target = train_loader(ctx, target_data, cfg.optim.batch_size, TARGET_STREAM)
     return source, target
 
 

@@ -6,9 +6,10 @@ with S the student, T its EMA teacher:
 1. ``seg``: S on the source crop, CE against its labels.
 2. ``fd``: the ImageNet feature distance on thing-class pixels (only with an ImageNet init).
 3. T on the clean target crop (no gradient): pseudo-labels ŷ and their weight W (DAFormer's
-   share of confident pixels, or per pixel, or 1), zeroed in the PL-crop rows. With SePiCo's
-   class-balanced crop (``online.pseudo.class_balanced_crop``) T labels the whole target image,
-   the crop goes where those labels are most varied, and T labels the crop again.
+   share of confident pixels, or per pixel, or 1), zeroed in the PL-crop rows (and, with
+   ``online.pseudo.margins``, where the crop holds the whole image's margins: HRDA's v2). With
+   SePiCo's class-balanced crop (``online.pseudo.class_balanced_crop``) T labels the whole
+   target image, the crop goes where those labels are most varied, and T labels the crop again.
 4. ``mix``: ClassMix of source onto target (image, label, weight), strong augmentation, S's
    weighted CE; without mixing (``online.mix.enabled=false``) ``tgt``: S's weighted CE on the
    strongly augmented target crop against ŷ.
@@ -17,7 +18,7 @@ with S the student, T its EMA teacher:
    projection) on source ground truth and on target pseudo-labels (W > 0), against prototypes
    kept from T's features on the source crop; zero before ``online.contrast.start_iter``.
 
-Under HRDA (``model.hrda``, docs/recipes.md "HRDA multi-resolution training") each student call
+Under HRDA (``online.hrda``, docs/recipes.md "HRDA multi-resolution training") each student call
 draws a detail window and its CE is HRDA's fused + detail loss; the teacher labels the whole crop
 with overlapping detail windows; mixing and masking act on the whole crop.
 
@@ -229,6 +230,8 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
         tgt_images, pseudo, weight = _class_balanced_target(parts, tgt_images)
     else:
         pseudo, weight = _pseudo_labels(parts, tgt_images)
+        if "pseudo_valid" in tgt:  # online.pseudo.margins: HRDA's PL crop v2
+            weight = weight * tgt["pseudo_valid"].to(weight.device, weight.dtype)
     if parts.watch is not None:
         parts.watch(pseudo, weight)
     tgt_features = None
