@@ -22,6 +22,7 @@ Run: ``PYTHONPATH=src python benchmarks/rehearsal.py [--configs a,b] [--device c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shutil
@@ -36,11 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the da
 from rehearsal_world import SHIPPED, STAGE_LINE, Rehearsal, fast_dev_process
 from spcl.config import load_config
 from spcl.models.build import build_model
+from spcl.models.hrda import HRDASegmenter, HRDASettings
 from spcl.stages.class_sets import run_class_table
 
 AMP_CONFIGS = {  # one shipped config per model family
     "DeepLab-v2 R101": "gta5_to_cityscapes_daformer_dlv2",
     "MiT-B5": "gta5_to_cityscapes_daformer_mitb5",
+    "MiT-B5 + HRDA": "gta5_to_cityscapes_hrda_mitb5",
     "DINOv2 ViT-B/14": "gta5_to_cityscapes_vfmuda_vitb14",
 }
 KEPT = re.compile(r"kept (\S+)")
@@ -50,7 +53,8 @@ GIB = 2**30
 
 
 def parameter_count(name: str, extra: list[str]) -> float:
-    """Millions of parameters of the config's model (built on the meta device: no memory)."""
+    """Millions of parameters of the config's model (built on the meta device: no memory), HRDA's
+    scale-attention head included when ``online.hrda`` is on."""
     config = load_config(name, extra, require_all=False)
     classes = config.data.num_classes or run_class_table(config.data).num_classes  # own data
     with torch.device("meta"):
@@ -60,6 +64,9 @@ def parameter_count(name: str, extra: list[str]) -> float:
             width=config.model.width,
             options=config.model.options,
         )
+        if config.online.hrda.enabled:
+            settings = HRDASettings.from_mapping(dataclasses.asdict(config.online.hrda))
+            model = HRDASegmenter(model, settings)
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 

@@ -128,8 +128,8 @@ def _scaled(values: list[int], scale: int) -> str:
 
 def shrink_overrides(config: Config, scale: int) -> list[str]:
     """Overrides that shrink every spatial size of ``config`` ÷ ``scale`` (areas ÷ scale²): the
-    data sizes, crops, ``evaluate.slide``, the pseudo-label weight's cropped rows, MIC's mask
-    blocks and rare-class pixel thresholds. Nothing at scale 1."""
+    data sizes, crops, ``evaluate.slide``, HRDA's detail window, the pseudo-label weight's cropped
+    rows and margins, MIC's mask blocks and rare-class pixel thresholds. Nothing at scale 1."""
     if scale == 1:
         return []
     out = []
@@ -144,12 +144,18 @@ def shrink_overrides(config: Config, scale: int) -> list[str]:
             out.append(f"{key}={_scaled(value, scale)}")
     if config.evaluate.slide:
         out.append(f"evaluate.slide={_scaled(config.evaluate.slide, scale)}")
+    if config.online.hrda.enabled:  # HRDA's detail window (its corners stay on multiples of 8)
+        out.append(f"online.hrda.detail_crop={_scaled(config.online.hrda.detail_crop, scale)}")
     pseudo = online.pseudo
     out += [
         f"online.pseudo.crop_top={round(pseudo.crop_top / scale)}",
         f"online.pseudo.crop_bottom={round(pseudo.crop_bottom / scale)}",
         f"online.masking.block_size={max(1, round(online.masking.block_size / scale))}",
     ]
+    if pseudo.margins:  # HRDA's PL crop v2 margins (pixels of the whole target image)
+        out.append(
+            f"online.pseudo.margins=[{','.join(str(round(m / scale)) for m in pseudo.margins)}]"
+        )
     return out
 
 

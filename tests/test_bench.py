@@ -113,6 +113,11 @@ EXPECTED_DIFFERENCES = {  # run → what differs from the spcl run (besides run.
         }
         for loss in ("dist", "bank")
     },
+    "online_hrda": {
+        "warmup.adversarial": False,
+        "online.hrda.enabled": True,
+        "online.hrda.detail_crop": [48, 96],
+    },
     "online_no_mix": {"warmup.adversarial": False, "online.mix.enabled": False},
     "online_no_weight": {"warmup.adversarial": False, "online.pseudo.weight": "none"},
     "online_no_ema": {"warmup.adversarial": False, "online.teacher.alpha": 0.0},

@@ -5,7 +5,8 @@ Three launches (each pays torch's start-up once; tests/torchrun_job.py runs seve
 1. ``--nproc_per_node 2``: the SPCL chain then the online stage (DeepLab, ``online.init: warmup``),
    and the online stage of a DeepLab, a MiT and a DINOv2 model from ``online.init: pretrained``
    (their random init: the ranks start from different weights before DDP hands rank 0's to every
-   student) and, for MiT and DINOv2, from ``warmup``. The EMA teachers must be identical on
+   student) and, for MiT and DINOv2, from ``warmup``; and HRDA's two-scale MiT (``online.hrda``,
+   each rank drawing its own detail windows) from ``warmup``. The EMA teachers must be identical on
    every rank at every checkpoint (the stage checks it at each one; the ranks' final teachers are
    compared here too).
 2. Two "nodes" on this machine (two launchers, ``--nnodes 2``, a c10d rendezvous on 127.0.0.1):
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.slow
 
 JOB = Path(__file__).with_name("torchrun_job.py")
 FAMILIES = {"deeplab": "deeplabv2_resnet18", "mit": "daformer_mit_b0", "dinov2": "dinov2_vits14"}
+HRDA = ("online.hrda.enabled=true", "online.hrda.detail_crop=[32,64]")  # each rank's windows
 INITS = {
     "pretrained": ("online.init=pretrained", "run.stages=[online]"),
     "warmup": ("online.init=warmup", "run.stages=[warmup, online]"),
@@ -64,9 +66,9 @@ def _common(data: Path) -> list[str]:
     ]
 
 
-def _online(data: Path, out: Path, family: str, init: str) -> list[str]:
+def _online(data: Path, out: Path, family: str, init: str, *extra: str) -> list[str]:
     model = [f"model.name={FAMILIES[family]}"]
-    return ["run", "demo", *_common(data), *model, *INITS[init], f"run.out={out}"]
+    return ["run", "demo", *_common(data), *model, *INITS[init], *extra, f"run.out={out}"]
 
 
 def _spcl_chain(data: Path, out: Path) -> list[str]:
@@ -196,6 +198,9 @@ def test_every_family_and_init_on_two_ranks_then_kill_9_and_resume_on_two_nodes(
     chain = tmp_path / "chain"
     commands = [_spcl_chain(data, chain)]
     commands += [_online(data, out, family, init) for (family, init), out in runs.items()]
+    hrda = tmp_path / "mit_hrda_warmup"  # HRDA's two-scale MiT from the one-scale warm-up
+    commands.append(_online(data, hrda, "mit", "warmup", *HRDA))
+    runs[("mit_hrda", "warmup")] = hrda
     _launch(tmp_path, "one_node", commands, nodes=1, kill=None)
 
     chain_log = (chain / "log.txt").read_text()

@@ -6,6 +6,7 @@ masks); its online stage starts from the warm-up, so the first kill, before the 
 checkpoint, also checks that the stage starts again exactly after a finished one. DINOv2 has
 neither (nor has the official model in training), and runs from ``online.init: pretrained``.
 ``sepico_bankcl`` resumes SePiCo's class statistics (DeepLab, BankCL with a ring that wraps).
+MiT under HRDA (``online.hrda``) adds the detail windows each student pass draws.
 The DeepLab case is tests/test_online_stage.py's kill test.
 """
 
@@ -48,6 +49,15 @@ FAMILIES = {
         "online.contrast.regularizer=1.0",
         "online.contrast.augment_source=true",
         "online.pseudo.weight=none",
+    ),
+    # HRDA: each student pass draws a detail window from the step's generator; MIC masks too
+    "mit_hrda": (
+        "model.name=daformer_mit_b0",
+        "online.init=warmup",
+        "run.stages=[warmup, online]",
+        "online.hrda.enabled=true",
+        "online.hrda.detail_crop=[32,64]",
+        "online.masking.enabled=true",
     ),
 }
 KILL_POINTS = (

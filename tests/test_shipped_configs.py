@@ -92,10 +92,22 @@ def test_online_configs_keep_the_authors_recipe(name: str) -> None:
         2,
     )
     assert (online.teacher.alpha, online.pseudo.threshold) == (0.999, 0.968)
-    assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == (15, 120)
+    hrda = "_hrda_" in name
+    assert config.online.hrda.enabled == hrda
+    if hrda:  # HRDA: 1024 crops of 2048x1024 Cityscapes, a 512 detail window
+        assert online.crop == [1024, 1024] and config.online.hrda.detail_crop == [512, 512]
+        assert config.data.target.size == [1024, 2048] == config.data.target_val.size
+        assert (config.online.hrda.context_scale, config.online.hrda.detail_loss_weight) == (
+            0.5,
+            0.1,
+        )
+        assert online.masking.block_size == (64 if "_mic_" in name else 32)
+    assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == ((0, 0) if hrda else (15, 120))
+    assert online.pseudo.margins == ([30, 240, 30, 30] if hrda else [])  # HRDA's PL crop v2
     assert online.mix.enabled and online.ce_over_all_pixels
     assert online.source_crop_max_share == 0.75  # source RandomCrop cat_max_ratio
-    assert config.data.source.rcs_min_crop_ratio == 0.5  # RCS crops: > 1500 px of the class
+    # RCS crops: > 1500 px of the class (HRDA: > 6000 px of 4× larger crops)
+    assert config.data.source.rcs_min_crop_ratio == (2.0 if hrda else 0.5)
     assert (
         config.data.source.sampling == "rare_class" and config.data.source.rcs_temperature == 0.01
     )

@@ -43,6 +43,7 @@ __all__ = [
     "EvalConfig",
     "FeatureDistanceConfig",
     "Fraction",
+    "HRDAConfig",
     "Length",
     "MaskingConfig",
     "MixConfig",
@@ -64,6 +65,24 @@ __all__ = [
 ]
 
 REQUIRED: str = "???"  # a value the user must set; loading fails naming the key if it is left
+
+
+@dataclass
+class HRDAConfig:
+    enabled: bool = False  # HRDA multi-resolution training and inference of the online stage's
+    # model (spcl.models.hrda; its model file keeps the settings); off: one scale. Defaults:
+    # lhoyer/HRDA configs/hrda/gtaHR2csHR_hrda.py
+    context_scale: Annotated[float, Range(0, 1, low_open=True)] = 0.5  # context view = the
+    # crop × this (HRDA `scales=[1, 0.5]`)
+    detail_crop: Annotated[list[Count], Length((2,))] = field(default_factory=lambda: [512, 512])
+    # detail window [H, W] of the full-resolution crop (HRDA `hr_crop_size`)
+    crop_divisible: Count = 8  # detail-window corners on multiples of this (`crop_coord_divisible`)
+    detail_loss_weight: Fraction = 0.1  # λ_d: fused CE × (1 − λ_d) + detail CE × λ_d
+    # (`hr_loss_weight`)
+    attention: Literal["classwise", "single"] = "classwise"  # a scale attention per class
+    # (`attention_classwise=True`) or one for all classes
+    slide_overlap: bool = True  # inference detail windows at half-window stride
+    # (`hr_slide_overlapping=True`); false: side by side
 
 
 @dataclass
@@ -251,6 +270,10 @@ class OnlinePseudoConfig:
     # at 512 px)
     crop_bottom: NonNegativeInt = 0  # rows zeroed at the bottom: the ego car (DAFormer: 120 at
     # 512 px)
+    margins: Annotated[list[NonNegativeInt], Length((0, 4))] = field(default_factory=list)
+    # [top, bottom, left, right] pixels of the whole target image (at data.target.size) whose
+    # pseudo-labels get weight 0, cut with the crop: zeroed only where a crop reaches the border
+    # (HRDA's PL crop v2 `crop_pseudo_margins`: [30, 240, 30, 30] at 1024x2048); [] = off
     class_balanced_crop: bool = False  # SePiCo's CBC (`pseudo_random_crop`): target images come
     # whole (data.target.size, no loader crop) and are cut to online.crop where the teacher's
     # labels score best of 10 boxes (>= 2 classes, top share < 0.75, sum of log counts)
@@ -341,6 +364,7 @@ class OnlineConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     feature_distance: FeatureDistanceConfig = field(default_factory=FeatureDistanceConfig)
     contrast: OnlineContrastConfig = field(default_factory=OnlineContrastConfig)
+    hrda: HRDAConfig = field(default_factory=HRDAConfig)  # HRDA's two-scale model and step (off)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             optimizer="adamw",
@@ -373,6 +397,12 @@ class OnlineConfig:
             )
         if self.crop:
             yield from pseudo_crop_problems(self.pseudo, self.crop[0], "online.crop")
+        if self.pseudo.margins and self.pseudo.class_balanced_crop:
+            yield (
+                ("pseudo.margins", "pseudo.class_balanced_crop"),
+                "the pseudo-label margins follow the loader's crop, and the class-balanced crop "
+                "is cut later, in the step: use one of them",
+            )
 
 
 def pseudo_crop_problems(

@@ -53,6 +53,16 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
     "online.contrast.labels": "nearest",
     "online.contrast.label_min_ratio": 0.75,
     "online.contrast.augment_source": False,
+    "online.pseudo.margins": [],
+    "online.hrda": {  # HRDA off (spcl.config_schema.HRDAConfig's defaults)
+        "enabled": False,
+        "context_scale": 0.5,
+        "detail_crop": [512, 512],
+        "crop_divisible": 8,
+        "detail_loss_weight": 0.1,
+        "attention": "classwise",
+        "slide_overlap": True,
+    },
     **{
         f"data.{d}.{key}": value
         for d in ("source", "target", "target_val")

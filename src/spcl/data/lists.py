@@ -99,6 +99,9 @@ class SegmentationList(Dataset):
         self.label_reader = label_reader or partial(read_label_png, max_bits=LABEL_BIT_DEPTH)
         self.names = list(names) if names is not None else [p.stem for p in self.images]
         self.min_class_pixels = 0.0  # set by rare-class sampling (see _transformed); 0: off
+        self.pseudo_margins: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # set by the
+        # online stage: ([top, bottom, left, right], the (H, W) they are given at); unlabelled
+        # samples then carry "pseudo_valid" (HRDA's PL crop v2, see _margin_mask)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -142,6 +145,9 @@ class SegmentationList(Dataset):
         index, seed, *drawn = item if isinstance(item, tuple) else (item, 0)
         image, label = self.load(index)
         size = torch.tensor(image.shape[:2])
+        margins = self.pseudo_margins is not None and label is None
+        if margins:  # the mask rides through resize, crop and flip in the label's place
+            label = _margin_mask(image.shape[:2], *self.pseudo_margins)  # type: ignore[misc]
         if self.transform is not None:
             image, label = self._transformed(image, label, seed, drawn[0] if drawn else None)
         sample: dict[str, torch.Tensor | str] = {
@@ -149,6 +155,27 @@ class SegmentationList(Dataset):
             "name": self.names[index],
             "size": size,  # (H, W) of the file, before any resize
         }
-        if label is not None:
+        if margins:
+            sample["pseudo_valid"] = torch.from_numpy(np.array(label) == 1)  # padding: invalid
+        elif label is not None:
             sample["label"] = torch.from_numpy(np.array(label)).long()  # a writable copy
         return sample
+
+
+def _margin_mask(
+    file_size: Sequence[int], margins: Sequence[int], given_at: Sequence[int]
+) -> np.ndarray:
+    """1 inside, 0 in the ``[top, bottom, left, right]`` margins, at the file's size.
+
+    ``margins`` are pixels of the image at ``given_at`` (the configured resize; empty: the file
+    size), scaled to the file's size here, so that the loader's resize brings them back.
+    """
+    height, width = (int(v) for v in file_size)
+    at_h, at_w = (int(v) for v in given_at) if given_at else (height, width)
+    top, bottom, left, right = (int(v) for v in margins)
+    mask = np.ones((height, width), dtype=np.uint8)
+    mask[: round(top * height / at_h)] = 0
+    mask[height - round(bottom * height / at_h) :] = 0
+    mask[:, : round(left * width / at_w)] = 0
+    mask[:, width - round(right * width / at_w) :] = 0
+    return mask

@@ -17,6 +17,7 @@ pads a small window alike.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spcl.method.losses import upsample_logits
+from spcl.models.hrda import HRDASegmenter
 from spcl.models.mit import MixVisionTransformer
 
 __all__ = ["min_input_side", "predict_probs"]
@@ -94,12 +96,17 @@ def min_input_side(model: nn.Module) -> int:
     A MiT encoder (SegFormer, DAFormer) is simulated stage by stage from its own modules: each
     patch embedding's convolution gives the map size, and each stage's spatial-reduction
     convolution (kernel = stride = its ``sr_ratio``) needs a map at least that large.
+    HRDA's context view is the input downscaled, so an HRDA model needs its encoder's minimum
+    divided by the context scale.
     """
     sides = [NO_MINIMUM]
+    scale = 1.0
     for module in model.modules():
         if isinstance(module, MixVisionTransformer):
             sides.append(_mit_min_side(module))
-    return max(sides)
+        if isinstance(module, HRDASegmenter):
+            scale = min(scale, module.settings.context_scale)
+    return math.ceil(max(sides) / scale)
 
 
 def _mit_min_side(encoder: MixVisionTransformer) -> int:

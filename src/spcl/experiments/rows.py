@@ -105,6 +105,9 @@ SEPICO_CONTRAST = (  # SePiCo's contrast as its experiments run it, beside the l
     "online.contrast.regularizer=1.0",
     "online.contrast.labels=ratio",
 )
+# HRDA at the demo's scale: the authors' detail window is half the 1024 crop's side; the demo
+# trains on whole 96×192 images (64×128 with --quick), so the window is half of 96×192
+HRDA_DEMO_DETAIL = "[48,96]"
 ONLINE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     ONLINE_ROW: ("online: EMA teacher + ClassMix + confidence weight (no MIC, no contrast)", ()),
     "online_mic": ("online + masked image consistency (MIC)", ("online.masking.enabled=true",)),
@@ -131,6 +134,10 @@ ONLINE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "online_bankcl": (
         "online + SePiCo's BankCL (cumulative statistics, regulariser, ratio labels)",
         (*SEPICO_CONTRAST, CONTRAST_FROM_START, "online.contrast.loss=bank"),
+    ),
+    "online_hrda": (
+        "online + HRDA (context at ×0.5, a 48×96 detail window of the 96×192 image)",
+        ("online.hrda.enabled=true", f"online.hrda.detail_crop={HRDA_DEMO_DETAIL}"),
     ),
     "online_no_mix": (
         "online without mixing (EMA-teacher self-training on target crops)",

@@ -22,6 +22,7 @@ The online recipe (stage 7; DAFormer, MIC, SePiCo, docs/online.md and docs/recip
 - :mod:`~spcl.method.weighted_ce`: the pixel-weighted CE with mmseg's reduction.
 - :mod:`~spcl.method.class_balanced_crop`: SePiCo's class-balanced crop on the teacher's labels.
 - :mod:`~spcl.method.sepico`: SePiCo's class statistics and its DistCL, BankCL and ProtoCL losses.
+- :mod:`~spcl.method.hrda`: HRDA's context/detail geometry, scale fusion and detail loss.
 
 ``__all__`` is the union of the modules' own ``__all__``.
 """
@@ -70,6 +71,19 @@ from spcl.method.feature_distance import (
     downscale_label_ratio,
     masked_feature_distance,
     thing_feature_distance,
+)
+from spcl.method.hrda import (
+    HRDA_ALIGN_CORNERS,
+    HRDA_CROP_DIVISIBLE,
+    HRDA_DETAIL_LOSS_WEIGHT,
+    Box,
+    assemble_windows,
+    cells_of,
+    crop_to_box,
+    detail_box,
+    fuse_scales,
+    hrda_loss,
+    window_boxes,
 )
 from spcl.method.losses import (
     SOURCE_LOGIT_TEMPERATURE,
@@ -166,6 +180,9 @@ __all__ = [
     "DEFAULT_THRESHOLD_BINS",
     "DISCRIMINATOR_WEIGHT",
     "FD_MIN_RATIO",
+    "HRDA_ALIGN_CORNERS",
+    "HRDA_CROP_DIVISIBLE",
+    "HRDA_DETAIL_LOSS_WEIGHT",
     "JITTER_SKIP_PROBABILITY",
     "JITTER_STRENGTH",
     "MIC_BLOCK_SIZE",
@@ -191,6 +208,7 @@ __all__ = [
     "STOCHASTIC_DEPTH_MARKER",
     "TARGET_DOMAIN_LABEL",
     "AbsentPolicy",
+    "Box",
     "ClassMixMasks",
     "ClassStatistics",
     "ContrastLoss",
@@ -207,9 +225,11 @@ __all__ = [
     "adversarial_generator_loss",
     "apply_strong_augment",
     "apply_thresholds",
+    "assemble_windows",
     "bank_contrastive_loss",
     "block_mask",
     "blur_kernel_size",
+    "cells_of",
     "class_balanced_corners",
     "class_coverage",
     "class_feature_means",
@@ -220,14 +240,18 @@ __all__ = [
     "crop_at",
     "crop_pseudo_weight",
     "crop_score",
+    "crop_to_box",
+    "detail_box",
     "disable_teacher_dropout",
     "discriminator_loss",
     "dist_contrastive_loss",
     "downsample_labels",
     "downscale_label_ratio",
     "ema_alpha",
+    "fuse_scales",
     "gaussian_blur",
     "gaussian_kernel1d",
+    "hrda_loss",
     "hsv_to_rgb",
     "init_teacher",
     "kept_batchnorm_statistics",
@@ -256,4 +280,5 @@ __all__ = [
     "unwrap_model",
     "update_teacher",
     "upsample_logits",
+    "window_boxes",
 ]

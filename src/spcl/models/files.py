@@ -14,7 +14,9 @@ published models can be scored. A ``.safetensors`` file written by ``spcl export
 ``arch["options"]`` holds every constructor option, including those a pretrained file implied
 (``style``/``input_convention`` of the DeepLab COCO initialisation); ``arch["frozen_bn_eps"]``,
 when present, freezes the backbone's BatchNorm with that eps after loading (reference
-checkpoints trained with frozen BN, evaluated as the reference's ``test.py`` does).
+checkpoints trained with frozen BN, evaluated as the reference's ``test.py`` does);
+``arch["hrda"]``, when present, holds HRDA's settings: the named model is rebuilt inside
+:class:`~spcl.models.hrda.HRDASegmenter` (multi-resolution inference in evaluate and predict).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from spcl.base import CheckpointError, UserError
 from spcl.data.labels import CITYSCAPES, SYNTHIA_13_NAMES, SYNTHIA_16_NAMES
 from spcl.engine.checkpoint import clean_state_dict, load_state, save_state
 from spcl.models.build import build_model
+from spcl.models.hrda import HRDASegmenter, HRDASettings
 from spcl.models.mit import DEFAULT_WIDTH
 from spcl.models.mmseg_import import import_mmseg_state, is_mmseg_checkpoint
 from spcl.models.model_meta import checked_arch, checked_class_table
@@ -86,15 +89,18 @@ def save_model_file(
     if not isinstance(inner, Segmenter):
         raise TypeError(f"save_model_file needs a Segmenter, got {type(inner).__name__}")
     options = {**dict(options or {}), **inner.layout_options}
+    arch: dict[str, Any] = {
+        "name": name,
+        "num_classes": num_classes,
+        "width": width,
+        "options": dict(options or {}),
+    }
+    if isinstance(inner, HRDASegmenter):  # rebuilt around the named model (spcl.models.hrda)
+        arch["hrda"] = inner.settings.to_dict()
     save_state(
         {
             "model": clean_state_dict(model.state_dict()),
-            "arch": {
-                "name": name,
-                "num_classes": num_classes,
-                "width": width,
-                "options": dict(options or {}),
-            },
+            "arch": arch,
             "class_names": list(class_names),
             "palette": [list(map(int, colour)) for colour in palette],
         },
@@ -121,6 +127,8 @@ def _import_mmseg(
         "role": role,
         "layout": layout.description,
     }
+    if layout.hrda is not None:  # an HRDA checkpoint: rebuilt as the two-scale model
+        arch["hrda"] = dict(layout.hrda)
     info = {
         "arch": arch,
         "class_names": report.class_names,
@@ -296,8 +304,11 @@ def _fit_on_meta(path: str | Path, arch: Mapping[str, Any], weights: Mapping[str
     """
     try:
         with torch.device("meta"):
-            model = build_model(
-                arch["name"], arch["num_classes"], width=arch["width"], options=arch["options"]
+            model = _with_hrda(
+                build_model(
+                    arch["name"], arch["num_classes"], width=arch["width"], options=arch["options"]
+                ),
+                arch,
             )
     except (UserError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: its arch cannot be built: {exc}") from exc
@@ -316,6 +327,7 @@ def _rebuild(path: str | Path, arch: Mapping[str, Any], weights: Mapping[str, An
     model = build_model(
         arch["name"], arch["num_classes"], width=arch["width"], options=arch.get("options")
     )
+    model = _with_hrda(model, arch)  # checked on the meta device above
     expected = model.state_dict()
     wrong = [
         f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
@@ -336,6 +348,20 @@ def _rebuild(path: str | Path, arch: Mapping[str, Any], weights: Mapping[str, An
     if arch.get("frozen_bn_eps") is not None:
         freeze_batchnorm(model.backbone, eps=float(arch["frozen_bn_eps"]))
     return model
+
+
+def _with_hrda(model: Segmenter, arch: Mapping[str, Any]) -> Segmenter:
+    """``model`` inside HRDA's two-scale model when ``arch`` has ``hrda`` settings.
+
+    Raises:
+        ValueError: settings HRDA does not know or cannot use.
+    """
+    settings = arch.get("hrda")
+    if settings is None:
+        return model
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"arch.hrda must be a mapping of HRDA settings, got {settings!r}")
+    return HRDASegmenter(model, HRDASettings.from_mapping(settings))
 
 
 def _check_classes(path: str | Path, found: int, expected: int | None) -> None:

@@ -1,4 +1,4 @@
-"""Import mmseg-format checkpoints of DAFormer, MIC and SePiCo into :class:`SegFormerSegmenter`.
+"""Import mmseg-format checkpoints of DAFormer, HRDA, MIC and SePiCo into spcl segmenters.
 
 A published UDA checkpoint is mmcv's ``{"meta", "state_dict", "optimizer"}``; its state dict holds
 the whole self-training wrapper (lhoyer/DAFormer ``mmseg/models/uda/dacs.py``,
@@ -26,9 +26,15 @@ mmseg                              spcl                             note
 
 The variant is read from the weights: MiT depths and channels → B0…B5, the head type from its
 keys, the number of classes from the classifier, the projection dimension from the last
-projection conv. What a state dict cannot tell (ASPP dilations, dropout) is DAFormer's. HRDA
-checkpoints (all published MIC files are MIC(HRDA)) are recognised and refused: spcl has no
-multi-resolution inference.
+projection conv. What a state dict cannot tell (ASPP dilations, dropout) is DAFormer's.
+
+HRDA checkpoints (lhoyer/HRDA ``HRDAEncoderDecoder``; all published MIC files are MIC(HRDA))
+hold the single-scale head under ``decode_head.head.*`` and the scale attention under
+``decode_head.scale_attention.*``; they import as :class:`~spcl.models.hrda.HRDASegmenter`
+(``decode_head.head.*`` → ``segmenter.decode_head.*``, ``backbone.*`` →
+``segmenter.backbone.*``, ``decode_head.scale_attention.*`` → ``scale_attention.*``) with HRDA's
+published geometry (:class:`~spcl.models.hrda.HRDASettings` defaults: a state dict holds no crop
+sizes), the attention class-wise when it has one channel per class.
 """
 
 from __future__ import annotations
@@ -43,9 +49,11 @@ from torch import Tensor
 
 from spcl.engine.checkpoint import CheckpointError
 from spcl.models.build import build_model
+from spcl.models.hrda import HRDASegmenter, HRDASettings
 from spcl.models.mit import NUM_STAGES, mit_variant_of
-from spcl.models.segformer import SEGFORMER_CHANNELS, SegFormerSegmenter
+from spcl.models.segformer import SEGFORMER_CHANNELS
 from spcl.models.segformer_heads import DAFORMER_CHANNELS, DAFORMER_DILATIONS
+from spcl.models.segmenter import Segmenter
 
 __all__ = [
     "ROLE_PREFIXES",
@@ -61,6 +69,8 @@ ROLE_PREFIXES: dict[str, str] = {"student": "model.", "teacher": "ema_model."}
 OTHER_PREFIXES = ("imnet_model.",)  # DAFormer/MIC feature-distance model: never loaded
 BACKBONE, DECODE, AUXILIARY = "backbone.", "decode_head.", "auxiliary_head."
 PROJECTION = "projection."  # spcl's name for SePiCo's auxiliary ProjHead
+HRDA_HEAD, HRDA_ATTENTION = "head.", "scale_attention."  # HRDAHead's two decoders
+INNER, ATTENTION = "segmenter.", "scale_attention."  # their places in spcl's HRDASegmenter
 SHOWN_KEYS = 5  # keys quoted in an error message
 
 
@@ -76,6 +86,7 @@ class MMSegLayout:
         prefix: The role prefix read (``"model."``, ``"ema_model."`` or ``""``).
         head: ``"daformer"``, ``"segformer"`` (DAFormer's copy) or ``"segformer_nvlabs"``.
         description: One line for messages and reports.
+        hrda: HRDA's settings (``HRDASettings.to_dict()``) for an HRDA checkpoint, else None.
     """
 
     name: str
@@ -84,6 +95,7 @@ class MMSegLayout:
     prefix: str
     head: str
     description: str
+    hrda: dict[str, Any] | None = None
 
 
 @dataclass
@@ -137,18 +149,29 @@ def _first_keys(weights: Mapping[str, Tensor], prefix: str) -> list[str]:
 
 
 def _refuse_unsupported(weights: Mapping[str, Tensor], prefix: str, source: str) -> None:
-    decode = prefix + DECODE
-    if any(k.startswith((decode + "head.", decode + "scale_attention.")) for k in weights):
-        raise CheckpointError(
-            f"{source}: an HRDA checkpoint (multi-resolution {decode}head.* and "
-            f"{decode}scale_attention.*, e.g. the published MIC(HRDA) files): spcl has no HRDA "
-            f"inference; DAFormer/MIC(DAFormer)/SePiCo checkpoints with a single decode head load"
-        )
     if any(k.startswith(prefix + BACKBONE + "layer1.") for k in weights):
         raise CheckpointError(
             f"{source}: an mmseg ResNet checkpoint ({prefix}{BACKBONE}layer1.*, e.g. a DeepLab-v2 "
-            f"run of DAFormer or SePiCo): only MiT (SegFormer/DAFormer) mmseg checkpoints import"
+            f"run of DAFormer, HRDA or SePiCo): only MiT (SegFormer/DAFormer) mmseg checkpoints "
+            f"import"
         )
+
+
+def _hrda_settings(
+    weights: Mapping[str, Tensor], decode: str, num_classes: int, source: str
+) -> dict[str, Any] | None:
+    """HRDA's settings when ``decode`` holds an ``HRDAHead`` (its head and scale attention)."""
+    if not any(k.startswith(decode + HRDA_HEAD) for k in weights):
+        return None
+    classifier = f"{decode}{HRDA_ATTENTION}conv_seg.weight"
+    if classifier not in weights:
+        raise CheckpointError(
+            f"{source}: an HRDA checkpoint without a learnt scale attention ({classifier}; "
+            f"HRDA's fixed-attention ablation): spcl's HRDA learns the attention"
+        )
+    outputs = int(weights[classifier].shape[0])
+    attention = "classwise" if outputs == num_classes else "single"
+    return HRDASettings(attention=attention).to_dict()
 
 
 def _variant(weights: Mapping[str, Tensor], prefix: str, source: str) -> str:
@@ -219,14 +242,18 @@ def detect_mmseg_layout(
     """Read the model an mmseg state dict holds (see the module docstring).
 
     Raises:
-        CheckpointError: no weights for ``role``, an unsupported layout (HRDA, ResNet, another
-            head), or a backbone that is no published MiT; the message names ``source``.
+        CheckpointError: no weights for ``role``, an unsupported layout (ResNet, another head,
+            HRDA without a learnt attention), or a backbone that is no published MiT; the
+            message names ``source``.
     """
     prefix = _role_prefix(weights, role, source)
     _refuse_unsupported(weights, prefix, source)
     variant = _variant(weights, prefix, source)
     decode = prefix + DECODE
-    head, family, options, classifier = _head(weights, decode, variant, source)
+    hrda = any(k.startswith(decode + HRDA_HEAD) for k in weights)
+    head, family, options, classifier = _head(
+        weights, decode + HRDA_HEAD if hrda else decode, variant, source
+    )
     if classifier not in weights:
         raise CheckpointError(f"{source}: no classifier {classifier} in the {head} head")
     num_classes = int(weights[classifier].shape[0])
@@ -237,8 +264,11 @@ def detect_mmseg_layout(
     text = f"{head} head on MiT-{variant.upper()}, {num_classes} classes"
     if "projection_dim" in options:
         text += f", SePiCo projection {options['projection_dim']}"
+    settings = _hrda_settings(weights, decode, num_classes, source)
+    if settings is not None:
+        text = f"HRDA ({settings['attention']} scale attention) with the {text}"
     where = f"{prefix}*" if prefix else "no prefix"
-    return MMSegLayout(name, num_classes, options, prefix, head, f"{text} ({where})")
+    return MMSegLayout(name, num_classes, options, prefix, head, f"{text} ({where})", settings)
 
 
 def _nvlabs_rename(key: str, value: Tensor) -> tuple[str, Tensor]:
@@ -264,6 +294,9 @@ def _convert(
         if key is None or key.startswith(OTHER_PREFIXES + tuple(ROLE_PREFIXES.values())):
             unused.append(full)  # another role, the FD model (or, without prefix, nothing else)
             continue
+        if layout.hrda is not None:
+            state[_hrda_key(key)] = value
+            continue
         if layout.head != "daformer" and key.startswith(DECODE + "conv_seg."):
             unused.append(full)  # BaseDecodeHead builds conv_seg; SegFormerHead never runs it
             continue
@@ -275,9 +308,16 @@ def _convert(
     return state, unused
 
 
-def _fit(
-    model: SegFormerSegmenter, state: dict[str, Tensor], layout: MMSegLayout, source: str
-) -> None:
+def _hrda_key(key: str) -> str:
+    """An ``HRDAEncoderDecoder`` key (role prefix removed) → spcl's HRDASegmenter key."""
+    if key.startswith(DECODE + HRDA_ATTENTION):
+        return ATTENTION + key[len(DECODE + HRDA_ATTENTION) :]
+    if key.startswith(DECODE + HRDA_HEAD):
+        return INNER + DECODE + key[len(DECODE + HRDA_HEAD) :]
+    return INNER + key  # backbone.*, and anything else the fit will name
+
+
+def _fit(model: Segmenter, state: dict[str, Tensor], layout: MMSegLayout, source: str) -> None:
     """Load ``state`` strictly, or say which keys and shapes do not fit."""
     own = model.state_dict()
     wrong = [
@@ -298,7 +338,7 @@ def _fit(
 
 def import_mmseg_state(
     state: Mapping[str, Any], *, role: Role = "student", source: str | Path = "checkpoint"
-) -> tuple[SegFormerSegmenter, MMSegImport]:
+) -> tuple[Segmenter, MMSegImport]:
     """Build the spcl model an mmseg checkpoint holds and load its ``role`` weights strictly.
 
     Args:
@@ -319,7 +359,9 @@ def import_mmseg_state(
     if not weights:
         raise CheckpointError(f"{source}: no tensors in this checkpoint (keys {sorted(state)[:5]})")
     layout = detect_mmseg_layout(weights, role, source)
-    model = build_model(layout.name, layout.num_classes, options=layout.options)
+    model: Segmenter = build_model(layout.name, layout.num_classes, options=layout.options)
+    if layout.hrda is not None:
+        model = HRDASegmenter(model, HRDASettings.from_mapping(layout.hrda))
     converted, unused = _convert(weights, layout)
     _fit(model, converted, layout, source)
     meta = state.get("meta")

@@ -11,8 +11,11 @@ families) fills a segmenter's encoder from one of two files:
   shapes must be exactly the encoder's, and only width 64 (the published one) can hold them; the
   family supplies the strict filler (:func:`spcl.models.segformer.load_mit_weights`,
   :func:`spcl.models.vit_seg.load_dinov2_weights`);
-- an spcl model file (another run's ``model.pth``): its ``backbone.*`` weights, at any width,
-  provided the configured model has the same shapes (the file's ``arch`` is named otherwise).
+- an spcl model file (another run's ``model.pth``): its ``backbone.*`` weights (an HRDA model
+  file's ``segmenter.backbone.*``), at any width, provided the configured model has the same
+  shapes (the file's ``arch`` is named otherwise);
+- an mmseg checkpoint of DAFormer, HRDA, MIC or SePiCo (:mod:`spcl.models.mmseg_import`): its
+  student's encoder.
 
 ResNet files of every layout are read by :mod:`spcl.models.weight_layouts`.
 """
@@ -50,6 +53,7 @@ OFFICIAL_WIDTH = 64  # the only width at which published MiT and DINOv2 weights 
 BACKBONE_PREFIXES = ("backbone.",)  # a backbone saved inside a segmenter (DDP's module. always)
 CHECKPOINT_CONTAINER_KEYS = ("state_dict", "model")  # checkpoints that nest the weights one level
 SPCL_BACKBONE = "backbone."  # an spcl segmenter keeps its encoder as attribute `backbone`
+HRDA_WRAPPER = "segmenter."  # an HRDA model keeps the segmenter it wraps as `segmenter`
 SHOWN_KEYS = 5  # keys named in a checkpoint error
 URL_SCHEMES = ("http", "https")
 FETCH_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError)  # no network, no host, …
@@ -119,12 +123,13 @@ def fill_from_model_file(
     """Load the ``prefix`` weights of an spcl model file into ``encoder`` (shapes compared).
 
     ``prefix`` is ``backbone.`` for every family; the VFM-UDA++ family also reads ``adapter.``.
+    An HRDA model file holds the same keys under ``segmenter.``.
     """
     model = loaded["model"] if isinstance(loaded["model"], Mapping) else {}
     weights = {
-        k.removeprefix(prefix): v
+        k.removeprefix(HRDA_WRAPPER).removeprefix(prefix): v
         for k, v in clean_state_dict(model).items()
-        if k.startswith(prefix) and isinstance(v, Tensor)
+        if k.removeprefix(HRDA_WRAPPER).startswith(prefix) and isinstance(v, Tensor)
     }
     problems = fit_problems(encoder.state_dict(), weights)
     if any(problems.values()) or not weights:
@@ -141,6 +146,24 @@ def fill_from_model_file(
             f"{path}: an spcl model file of {holds}; its {prefix[:-1]} does not fit {name!r} at "
             f"width {width}: {'; '.join(shown) or 'it holds none'}; configure the model and "
             f"width it was trained with"
+        )
+    encoder.load_state_dict(weights, strict=True)
+
+
+def _fill_from_mmseg(
+    encoder: nn.Module, loaded: Mapping[str, Any], path: Path, name: str, width: int
+) -> None:
+    """Load the student encoder of an mmseg UDA checkpoint into ``encoder`` (shapes compared)."""
+    from spcl.models.mmseg_import import import_mmseg_state  # it builds models: import late
+
+    imported, report = import_mmseg_state(loaded, source=path)
+    weights = imported.backbone.state_dict()
+    problems = fit_problems(encoder.state_dict(), weights)
+    if any(problems.values()):
+        shown = [f"{kind} ({len(k)}): {', '.join(k[:SHOWN_KEYS])}" for kind, k in problems.items()]
+        raise CheckpointError(
+            f"{path}: an mmseg checkpoint of {report.layout.description}; its encoder does not "
+            f"fit {name!r} at width {width}: {'; '.join(shown)}"
         )
     encoder.load_state_dict(weights, strict=True)
 
@@ -166,8 +189,12 @@ def load_encoder_weights(
     if not path.is_file():
         raise MissingFileError(f"model.pretrained not found: {path}")
     loaded = load_state(path)
-    if detect_layout(loaded) == "spcl_model_file":
+    layout = detect_layout(loaded)
+    if layout == "spcl_model_file":
         fill_from_model_file(model.backbone, loaded, path, name, width)
+        return
+    if layout == "mmseg":
+        _fill_from_mmseg(model.backbone, loaded, path, name, width)
         return
     if width != OFFICIAL_WIDTH:
         raise ConfigError(

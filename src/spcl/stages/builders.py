@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from spcl.base import CheckpointError, MissingFileError
-from spcl.config_schema import DomainConfig, OptimConfig
+from spcl.config_schema import DomainConfig, HRDAConfig, OptimConfig
 from spcl.context import RunContext
 from spcl.data.lists import SegmentationList
 from spcl.data.loaders import InfiniteLoader, build_eval_loader
@@ -28,6 +28,7 @@ from spcl.engine.loop import LoopConfig
 from spcl.engine.optim import optimizer_from_groups, param_groups, poly_scheduler
 from spcl.models.build import build_model
 from spcl.models.files import save_model_file
+from spcl.models.hrda import HRDASegmenter, HRDASettings
 from spcl.models.segmenter import SegOutput
 from spcl.run_dir import CHECKPOINT_FILE
 from spcl.stages.class_sets import (
@@ -64,8 +65,11 @@ __all__ = [
 ]
 
 
-def build_segmenter(ctx: RunContext, *, freeze_bn: bool | None = None) -> nn.Module:
-    """The configured DeepLab-v2 on the run's device (BN frozen as configured unless overridden)."""
+def build_segmenter(
+    ctx: RunContext, *, freeze_bn: bool | None = None, hrda: HRDAConfig | None = None
+) -> nn.Module:
+    """The configured segmenter on the run's device (BN frozen as configured unless overridden),
+    inside HRDA's two-scale model when ``hrda`` is given and enabled (the online stage's)."""
     cfg = ctx.config.model
     model = build_model(
         cfg.name,
@@ -76,6 +80,8 @@ def build_segmenter(ctx: RunContext, *, freeze_bn: bool | None = None) -> nn.Mod
         bn_eps_frozen=cfg.frozen_bn_eps,
         options=cfg.options,
     )
+    if hrda is not None and hrda.enabled:  # HRDA: a scale-attention head beside the model
+        model = HRDASegmenter(model, HRDASettings.from_mapping(dataclasses.asdict(hrda)))
     trainable_bn = not (cfg.freeze_bn if freeze_bn is None else freeze_bn)
     if ctx.world > 1 and trainable_bn and ctx.device.type == "cuda":
         # SyncBN needs CUDA; on CPU (gloo) each rank normalises its own batch and DDP keeps the
@@ -134,8 +140,23 @@ def forward_pair(net: nn.Module, src_images: torch.Tensor, tgt_images: torch.Ten
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
-    """Load a stage's ``model.pth`` into ``model`` (frozen BN has no num_batches_tracked)."""
-    state = clean_state_dict(load_state(path, map_location="cpu")["model"])
+    """Load a stage's ``model.pth`` into ``model`` (frozen BN has no num_batches_tracked).
+
+    A file of HRDA's two-scale model (``arch.hrda``, the online stage's with ``online.hrda``)
+    wraps a one-scale ``model`` in it first, so the evaluate stage scores it as it was trained;
+    the wrapped model is returned.
+    """
+    loaded = load_state(path, map_location="cpu")
+    arch = loaded.get("arch")
+    settings = arch.get("hrda") if isinstance(arch, Mapping) else None
+    if settings is not None and not isinstance(model, HRDASegmenter):
+        try:
+            hrda = HRDASettings.from_mapping(settings)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: arch.hrda is not HRDA's settings: {exc}") from exc
+        device = next(model.parameters()).device
+        model = HRDASegmenter(model, hrda).to(device)  # type: ignore[arg-type]
+    state = clean_state_dict(loaded["model"])
     missing, unexpected = model.load_state_dict(state, strict=False)
     bad = [k for k in [*missing, *unexpected] if not k.endswith("num_batches_tracked")]
     if bad:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -47,6 +48,7 @@ from spcl.engine.loop import AfterStep, Stateful
 from spcl.method.ema import disable_teacher_dropout, init_teacher, update_teacher
 from spcl.method.prototypes import PrototypeBank
 from spcl.method.sepico import ClassStatistics
+from spcl.models.hrda import ContextView, DetailCropStudent, HRDASegmenter
 from spcl.run_dir import STUDENT_FILE, TEACHER_FILE
 from spcl.stages.builders import (
     build_segmenter,
@@ -78,18 +80,21 @@ def _teacher(student: nn.Module) -> nn.Module:
 
 
 def _models(ctx: RunContext, warmup: Path | None) -> tuple[nn.Module, nn.Module | None]:
-    """Student and, for the feature distance, the frozen ImageNet model."""
+    """Student (inside HRDA's two-scale model with ``online.hrda``) and, for the feature
+    distance, the frozen ImageNet model (under HRDA run on the context view)."""
     cfg, model_cfg = ctx.config.online, ctx.config.model
-    if cfg.init == "warmup":
-        if warmup is None:
-            raise ConfigError("online.init=warmup needs the warmup stage in run.stages")
-        student = load_weights(build_segmenter(ctx, freeze_bn=cfg.freeze_bn), warmup)
-    else:
-        student = build_segmenter(ctx, freeze_bn=cfg.freeze_bn)
-    imnet = None
+    if cfg.init == "warmup" and warmup is None:
+        raise ConfigError("online.init=warmup needs the warmup stage in run.stages")
+    student = build_segmenter(ctx, freeze_bn=cfg.freeze_bn, hrda=cfg.hrda)
+    if cfg.init == "warmup" and warmup is not None:
+        single = student.segmenter if isinstance(student, HRDASegmenter) else student
+        load_weights(single, warmup)  # the warm-up trained one scale: HRDA's attention is new
+    imnet: nn.Module | None = None
     if model_cfg.pretrained and cfg.feature_distance.weight > 0:
         imnet = build_segmenter(ctx, freeze_bn=cfg.freeze_bn).eval()  # the ImageNet init
         imnet.requires_grad_(False)
+        if cfg.hrda.enabled:  # HRDA: FD on the context view's features
+            imnet = ContextView(imnet, cfg.hrda.context_scale)
     return student, imnet
 
 
@@ -124,13 +129,19 @@ def _streams(ctx: RunContext, cfg: OnlineConfig) -> tuple[InfiniteLoader, Infini
     if cfg.pseudo.class_balanced_crop:  # SePiCo: the step crops the whole target images
         _check_class_balanced_crop(cfg.crop, target_domain.size)
         augment = {**augment, "crop": []}
-    target = train_loader(
-        ctx,
-        domain_dataset(target_domain, with_labels=False, train=True, **augment),
-        cfg.optim.batch_size,
-        TARGET_STREAM,
-    )
+    target_data = domain_dataset(target_domain, with_labels=False, train=True, **augment)
+    if cfg.pseudo.margins:  # HRDA's PL crop v2: margins of the whole image, cut with the crop
+        target_data.pseudo_margins = (tuple(cfg.pseudo.margins), tuple(target_domain.size))
+    target = train_loader(ctx, target_data, cfg.optim.batch_size, TARGET_STREAM)
     return source, target
+
+
+def _training_view(net: nn.Module, student: nn.Module, generator: SeededGenerator) -> Any:
+    """What the step calls as the student: ``net`` itself, or under HRDA ``net`` with a detail
+    window drawn per call from the step's generator (:class:`DetailCropStudent`)."""
+    if isinstance(student, HRDASegmenter):
+        return DetailCropStudent(net, student.settings, generator.generator)
+    return net
 
 
 def _ema_hook(cfg: OnlineConfig, teacher: nn.Module, student: nn.Module) -> AfterStep:
@@ -176,7 +187,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
     parts = OnlineParts(
         cfg=cfg,
         num_classes=data.num_classes,
-        student=net,
+        student=_training_view(net, student, generator),
         teacher=teacher,
         device=ctx.device,
         generator=generator,

@@ -6,9 +6,10 @@ with S the student, T its EMA teacher:
 1. ``seg``: S on the source crop, CE against its labels.
 2. ``fd``: the ImageNet feature distance on thing-class pixels (only with an ImageNet init).
 3. T on the clean target crop (no gradient): pseudo-labels ŷ and their weight W (DAFormer's
-   share of confident pixels, or per pixel, or 1), zeroed in the PL-crop rows. With SePiCo's
-   class-balanced crop (``online.pseudo.class_balanced_crop``) T labels the whole target image,
-   the crop goes where those labels are most varied, and T labels the crop again.
+   share of confident pixels, or per pixel, or 1), zeroed in the PL-crop rows (and, with
+   ``online.pseudo.margins``, where the crop holds the whole image's margins: HRDA's v2). With
+   SePiCo's class-balanced crop (``online.pseudo.class_balanced_crop``) T labels the whole
+   target image, the crop goes where those labels are most varied, and T labels the crop again.
 4. ``mix``: ClassMix of source onto target (image, label, weight), strong augmentation, S's
    weighted CE; without mixing (``online.mix.enabled=false``) ``tgt``: S's weighted CE on the
    strongly augmented target crop against ŷ.
@@ -19,6 +20,10 @@ with S the student, T its EMA teacher:
    zero before ``online.contrast.start_iter`` (:mod:`spcl.stages.online_contrast`). With
    ``online.contrast.augment_source`` S sees the source crop strongly augmented (SePiCo).
 
+Under HRDA (``online.hrda``, docs/recipes.md "HRDA multi-resolution training") each student call
+draws a detail window and its CE is HRDA's fused + detail loss; the teacher labels the whole crop
+with overlapping detail windows; mixing and masking act on the whole crop.
+
 The loop gives the step its iteration (0-based), weighs the terms (:func:`online_weights`), steps
 the optimiser, then updates T (the stage's after-step hook).
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +40,7 @@ from torch import Tensor, nn
 from spcl.config_schema import OnlineConfig
 from spcl.method.class_balanced_crop import class_balanced_corners, crop_at
 from spcl.method.feature_distance import thing_feature_distance
+from spcl.method.hrda import hrda_loss
 from spcl.method.losses import upsample_logits
 from spcl.method.masking import block_mask
 from spcl.method.mixing import class_mix_masks, mix_batch
@@ -42,6 +49,7 @@ from spcl.method.prototypes import PrototypeBank
 from spcl.method.pseudo_weight import crop_pseudo_weight, teacher_pseudo_labels
 from spcl.method.sepico import ClassStatistics
 from spcl.method.weighted_ce import pixel_weighted_cross_entropy
+from spcl.models.hrda import HRDAOutput
 from spcl.stages.online_contrast import contrast_terms
 
 __all__ = ["OnlineParts", "SeededGenerator", "online_step", "online_weights"]
@@ -68,7 +76,8 @@ class OnlineParts:
 
     cfg: OnlineConfig
     num_classes: int
-    student: nn.Module  # DDP-wrapped under torchrun
+    student: nn.Module | Callable[[Tensor], HRDAOutput]  # DDP-wrapped under torchrun; with
+    # HRDA a DetailCropStudent (spcl.models.hrda) that draws each call's detail window
     teacher: nn.Module  # EMA of the student, train-mode BatchNorm, no gradient
     device: torch.device
     generator: SeededGenerator
@@ -92,6 +101,14 @@ def _ce(parts: OnlineParts, logits: Tensor, labels: Tensor, weight: Tensor | Non
         up = up / parts.cfg.source_temperature
     reduction = "all_pixels" if parts.cfg.ce_over_all_pixels else "valid_pixels"
     return pixel_weighted_cross_entropy(up, labels, weight, reduction=reduction)
+
+
+def _out_ce(parts: OnlineParts, out: object, labels: Tensor, weight: Tensor | None) -> Tensor:
+    """:func:`_ce` of a student output; HRDA's fused + detail CE when it has a detail view."""
+    if isinstance(out, HRDAOutput) and out.detail is not None and out.box is not None:
+        ce = partial(_ce, parts)
+        return hrda_loss(ce, out.logits, out.detail, out.box, labels, weight, out.detail_weight)
+    return _ce(parts, out.logits, labels, weight)  # type: ignore[attr-defined]
 
 
 def _augment(parts: OnlineParts, images: Tensor) -> Tensor:
@@ -149,7 +166,7 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
     src_out = parts.student(
         _augment(parts, src_images) if cfg.contrast.augment_source else src_images
     )
-    terms = {"seg": _ce(parts, src_out.logits, src_labels, None)}
+    terms = {"seg": _out_ce(parts, src_out, src_labels, None)}
     if parts.imnet is not None:
         with torch.no_grad():
             imnet_features = parts.imnet(src_images).features
@@ -165,6 +182,8 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
         tgt_images, pseudo, weight = _class_balanced_target(parts, tgt_images)
     else:
         pseudo, weight = _pseudo_labels(parts, tgt_images)
+        if "pseudo_valid" in tgt:  # online.pseudo.margins: HRDA's PL crop v2
+            weight = weight * tgt["pseudo_valid"].to(weight.device, weight.dtype)
     if parts.watch is not None:
         parts.watch(pseudo, weight)
     tgt_features = None
@@ -177,10 +196,10 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
         )
         mixed = mix_batch(masks.mask, src_images, tgt_images, src_labels, pseudo, weight)
         out = parts.student(_augment(parts, mixed.image))
-        terms["mix"] = _ce(parts, out.logits, mixed.labels, mixed.weight)
+        terms["mix"] = _out_ce(parts, out, mixed.labels, mixed.weight)
     else:  # the EMA teacher without mixing: self-training on the augmented target crop
         out = parts.student(_augment(parts, tgt_images))
-        terms["tgt"] = _ce(parts, out.logits, pseudo, weight)
+        terms["tgt"] = _out_ce(parts, out, pseudo, weight)
         tgt_features = out.features
     if cfg.masking.enabled:
         images = _augment(parts, tgt_images) if cfg.masking.color_aug else tgt_images
@@ -193,7 +212,7 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
             device=dev,
         )
         masked = parts.student(images * mask)
-        terms["mask"] = _ce(parts, masked.logits, pseudo, weight)
+        terms["mask"] = _out_ce(parts, masked, pseudo, weight)
     if parts.bank is not None or parts.statistics is not None:
         if cfg.contrast.target and tgt_features is None:
             tgt_features = parts.student(_augment(parts, tgt_images)).features
