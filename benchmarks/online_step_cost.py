@@ -28,8 +28,12 @@ cost does not depend on the content. The stages' data streams, which the timed s
 from, are built on a tiny synthetic pair in a temporary folder. Prints a Markdown table of median
 milliseconds per step and the ratio to the self-training step.
 
+``--sections`` also times, inside the contrast rows' steps, the teacher's source pass with the
+statistics update and the contrast losses' forward (a second table; their backward is in the
+step's).
+
 Run: ``python benchmarks/online_step_cost.py [--config demo] [--steps 20] [--warmup 3]
-[--device cpu] [key=value ...]``
+[--device cpu] [--sections] [key=value ...]``
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,7 +58,7 @@ from spcl.engine.loop import weighted_total
 from spcl.engine.tracking import Tracker
 from spcl.method.losses import upsample_logits
 from spcl.method.weighted_ce import pixel_weighted_cross_entropy
-from spcl.stages import online, self_train
+from spcl.stages import online, online_contrast, self_train
 from spcl.stages.builders import build_segmenter, save_weights
 from spcl.stages.online_step import online_step
 from spcl.stages.self_train import self_train_step
@@ -202,8 +207,34 @@ def _steps(args: argparse.Namespace, cfg: Config, tmp: Path) -> dict[str, Step]:
     return steps | _passes(context("passes"), size)
 
 
-def _time(steps: dict[str, Step], rounds: int, warmup: int, device: torch.device) -> dict:
+SECTIONS = {  # function of spcl.stages.online_contrast → its line in the --sections table
+    "_update_statistics": "teacher source pass + statistics update",
+    "_loss": "contrast losses (forward)",
+}
+
+
+def _sectioned() -> dict[str, float]:
+    """Wrap the :data:`SECTIONS` functions with timers; returns the seconds each has spent since
+    the dict was last cleared."""
+    spent: dict[str, float] = {}
+    for attr, label in SECTIONS.items():
+        function = getattr(online_contrast, attr)
+
+        def timed(*args: Any, _fn: Callable = function, _label: str = label) -> Any:
+            begin = time.perf_counter()
+            out = _fn(*args)
+            spent[_label] = spent.get(_label, 0.0) + time.perf_counter() - begin
+            return out
+
+        setattr(online_contrast, attr, timed)
+    return spent
+
+
+def _time(
+    steps: dict[str, Step], rounds: int, warmup: int, device: torch.device, spent: dict
+) -> tuple[dict, dict]:
     times: dict[str, list[float]] = {name: [] for name in steps}
+    sections: dict[str, dict[str, list[float]]] = {name: {} for name in steps}
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -211,12 +242,24 @@ def _time(steps: dict[str, Step], rounds: int, warmup: int, device: torch.device
         for name, step in steps.items():
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            spent.clear()
             begin = time.perf_counter()
             step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times[name].append(time.perf_counter() - begin)
-    return times
+            for label, seconds in spent.items():
+                sections[name].setdefault(label, []).append(seconds)
+    return times, sections
+
+
+def _print_sections(sections: dict[str, dict[str, list[float]]]) -> None:
+    """Median milliseconds per step of each timed section, per row that ran it."""
+    print("\n| step | section | median ms |")
+    print("|---|---|---:|")
+    for name, parts in sections.items():
+        for label, values in parts.items():
+            print(f"| {name} | {label} | {1000 * statistics.median(values):.1f} |")
 
 
 def main() -> None:
@@ -225,6 +268,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per row first")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sections", action="store_true", help="time the contrast's sections")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     cfg = load_config(args.config, [*args.overrides, *COMMON], require_all=False)  # for sizes
@@ -232,7 +276,8 @@ def main() -> None:
     size = _size(cfg)
     with tempfile.TemporaryDirectory(prefix="online_step_cost.") as tmp:
         steps = _steps(args, cfg, Path(tmp))
-        times = _time(steps, args.steps, args.warmup, device)
+        spent = _sectioned() if args.sections else {}
+        times, sections = _time(steps, args.steps, args.warmup, device, spent)
     base = statistics.median(times["self_train"])
     b = cfg.online.optim.batch_size
     print(
@@ -251,6 +296,9 @@ def main() -> None:
         else:
             floor = " | "
         print(f"| {name} | {1000 * median:.0f} | {median / base:.2f} | {floor} |")
+
+    if args.sections:
+        _print_sections(sections)
 
 
 if __name__ == "__main__":

@@ -169,6 +169,14 @@ def test_sepico_statistics_are_checkpointed_checked_across_ranks_and_fed_each_st
         assert int(statistics.filled.max()) == 2  # the zero vector and this batch's mean
 
 
+def test_augment_source_gives_the_student_a_strongly_augmented_source_batch(
+    warm, tmp_path: Path
+) -> None:
+    plain = _steps(warm, tmp_path / "plain", 1)
+    augmented = _steps(warm, tmp_path / "aug", 1, "online.contrast.augment_source=true")
+    assert augmented["terms"][0]["seg"] != plain["terms"][0]["seg"]  # same weights, other input
+
+
 def test_dist_and_bank_contrast_need_cumulative_statistics() -> None:
     from spcl.base import ConfigError
 
