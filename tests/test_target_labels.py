@@ -23,6 +23,7 @@ from spcl.experiments.rows import QUICK_OVERRIDES
 from spcl.pipeline import prepare_data, run_pipeline
 from spcl.stages import online, warmup
 from spcl.stages.target_labels import LABELLED_TERM, check_target_labels
+from spcl.stages.training import train
 from tiny import TINY
 
 # --- the selection --------------------------------------------------------------------------
@@ -174,3 +175,25 @@ def test_every_training_stage_of_a_run_trains_on_the_labels(world, tmp_path: Pat
         assert f"[{tag}] 4 labelled target images join training as '{LABELLED_TERM}'" in log
         lines = [x for x in log.splitlines() if f"[{tag}] iteration" in x]
         assert lines and all(f"{LABELLED_TERM}=" in x for x in lines), tag
+
+
+def _train_to(world: dict, out: Path, stop: int) -> dict[str, torch.Tensor]:
+    """Build the warm-up with labels afresh (as a new process would) and train it to ``stop``."""
+    steps = ["warmup.optim.max_iter=4", f"warmup.optim.stop_iter={stop}", "run.ckpt_every=2"]
+    few = [*steps, "data.target_labels.fraction=0.5", "warmup.optim.batch_size=2"]
+    config = load_config("demo", [*world["overrides"], *few, f"run.out={out}"])
+    with open_run(config) as ctx:
+        stage = warmup.setup(ctx, out / "01_warmup", {})
+        train(ctx, out / "01_warmup", stage)
+        return {k: v.clone() for k, v in stage.state["model"].state_dict().items()}
+
+
+def test_a_resumed_stage_draws_the_labelled_batches_an_uninterrupted_one_draws(
+    world, tmp_path: Path
+) -> None:
+    straight = _train_to(world, tmp_path / "a", 4)
+    _train_to(world, tmp_path / "b", 2)  # stops after its checkpoint at iteration 2
+    resumed = _train_to(world, tmp_path / "b", 4)
+    assert "resumed from" in (tmp_path / "b" / "log.txt").read_text()
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key
