@@ -64,7 +64,11 @@ def _selected(config: Config, images: list[Path], names: list[str]) -> list[int]
     if not labels.list_file:
         return draw_fraction(len(images), labels.fraction, labels.seed)
     val = data.target_val
-    val_files = (*_files(val, "data.target_val", with_labels=False), Path(val.root))
+    try:  # only to tell a line that names an evaluation image so; a run that evaluates
+        # nothing need not have that split (check_target_labels checks it where it is scored)
+        val_files = (*_files(val, "data.target_val", with_labels=False), Path(val.root))
+    except (MissingFileError, DatasetError, UnknownNameError):
+        val_files = None
     train = (images, names, Path(data.target.root))
     return select_from_list(Path(labels.list_file), KEY, train, val_files)
 
