@@ -121,6 +121,10 @@ EXPECTED_DIFFERENCES = {  # run → what differs from the spcl run (besides run.
     "online_no_mix": {"warmup.adversarial": False, "online.mix.enabled": False},
     "online_no_weight": {"warmup.adversarial": False, "online.pseudo.weight": "none"},
     "online_no_ema": {"warmup.adversarial": False, "online.teacher.alpha": 0.0},
+    # the online recipe's own source-only run, and the online recipe with a few target labels
+    "online_source_only": {"warmup.adversarial": False, "online.source_only": True},
+    "online_labels_1_16": {"warmup.adversarial": False, "data.target_labels.fraction": 0.0625},
+    "online_labels_1_4": {"warmup.adversarial": False, "data.target_labels.fraction": 0.25},
     "self_training_control": {
         "adapt.contrast_source": False,
         "adapt.contrast_target": False,
@@ -432,6 +436,8 @@ MIOUS = {  # row → per-seed mIoU (seeds 0, 1, 2); the others get 25, 26, 27
     "spcl": [30.0, 30.5, 31.0],
     "online": [33.0, 34.0, 35.0],
     "online_no_mix": [30.0, 30.5, 31.0],
+    "online_source_only": [29.0, 30.0, 31.0],
+    "online_labels_1_4": [37.0, 38.0, 39.0],
     "oracle": [40.0, 41.0, 42.0],
 }
 
@@ -492,6 +498,12 @@ def test_statistics_match_a_naive_computation() -> None:
     # the online rows against their own control; other rows have no such comparison
     assert got["online_no_mix"]["vs_online"] == {"delta": pytest.approx(-3.5), "differs": True}
     assert got["online"]["vs_online"] is None and got["spcl"]["vs_online"] is None
+    # every online row against the online recipe's own source-only run, and only those
+    assert got["online"]["vs_source_only"] == {"delta": pytest.approx(4.0), "differs": True}
+    assert got["online_labels_1_4"]["vs_online"]["delta"] == pytest.approx(4.0)
+    assert got["online_labels_1_4"]["vs_source_only"]["delta"] == pytest.approx(8.0)
+    assert got["online_source_only"]["vs_source_only"] is None
+    assert got["spcl"]["vs_source_only"] is None and got["oracle"]["vs_source_only"] is None
     assert payload.mean_std([3.0]) == (3.0, 0.0)
     assert payload.mean_std([None]) == (None, None)
     assert payload.gap_closed(5.0, 10.0, 10.0) is None

@@ -60,6 +60,7 @@ __all__ = [
     "RunConfig",
     "SelfTrainConfig",
     "SynthConfig",
+    "TargetLabelsConfig",
     "TeacherConfig",
     "WarmupConfig",
 ]
@@ -139,6 +140,31 @@ class SynthConfig:
 
 
 @dataclass
+class TargetLabelsConfig:
+    """Target-train images whose labels join training (few-label adaptation; off by default)."""
+
+    list_file: str = ""  # a text file naming labelled target-train images, one per line (name,
+    # file name or path under data.target.root); "" = none
+    fraction: Fraction = 0.0  # or: this share of the target-train split, at least 1 image,
+    # round(share × images) (0 = none); drawn with `seed`
+    seed: NonNegativeInt = 0  # seed of the fraction's draw, apart from run.seed: the same images
+    # whatever the training seed
+    weight: NonNegative = 1.0  # weight of their CE ("tgt_gt") in every training stage
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.list_file) or self.fraction > 0
+
+    def problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
+        """A list and a fraction together."""
+        if self.list_file and self.fraction > 0:
+            yield (
+                ("list_file", "fraction"),
+                "name the labelled target images with a list file or draw a fraction, not both",
+            )
+
+
+@dataclass
 class DataConfig:
     num_classes: Annotated[int, Range(1, 255)] | None = None  # None: the source's class table
     # decides when a run starts (19 for GTA5/Cityscapes, a folder's classes.yaml); a number is
@@ -147,6 +173,8 @@ class DataConfig:
     target: DomainConfig = field(default_factory=DomainConfig)  # unlabelled target, train split
     target_val: DomainConfig = field(default_factory=DomainConfig)  # target labels, evaluation
     synthetic: SynthConfig = field(default_factory=SynthConfig)
+    target_labels: TargetLabelsConfig = field(default_factory=TargetLabelsConfig)  # few-label
+    # adaptation: labelled target-train images (docs/few_labels.md)
     num_workers: NonNegativeInt = 2  # DataLoader worker processes
     on_error: Literal["fail", "skip"] = "fail"  # an unreadable (corrupt, truncated, empty) image
     # or label: fail stops the stage naming the file; skip leaves it out, named once in log.txt
@@ -346,6 +374,8 @@ class OnlineConfig:
     # model.pth (DAFormer evaluates the student; both are saved)
     freeze_bn: bool | None = False  # DAFormer's DeepLab-v2 trains BatchNorm; None follows
     # model.freeze_bn
+    source_only: bool = False  # the recipe's own source-only baseline: same model, init,
+    # sampling, crops and schedule, trained on the source alone (no pseudo-labels, no target term)
     source_temperature: Positive = 1.0  # DAFormer: a plain CE on source (SPCL's warm-up uses 1.8)
     ce_over_all_pixels: bool = True  # DAFormer quirk: CE means over all B·H·W pixels, ignored ones
     # counting 0; False means over the labelled pixels only

@@ -63,6 +63,11 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
         "attention": "classwise",
         "slide_overlap": True,
     },
+    "online.source_only": False,
+    "data.target_labels.list_file": "",
+    "data.target_labels.fraction": 0.0,
+    "data.target_labels.seed": 0,
+    "data.target_labels.weight": 1.0,
     **{
         f"data.{d}.{key}": value
         for d in ("source", "target", "target_val")
@@ -95,6 +100,16 @@ def _section(config_dict: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def _has(config_dict: dict[str, Any], dotted: str) -> bool:
+    """Whether the dotted section is in the tree (a whole section may have been left out)."""
+    node: Any = config_dict
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def stage_config(stage: Stage, config: Config) -> dict[str, Any]:
     """The config sections a stage's result depends on (``NOT_SEMANTIC`` keys left out, and
     ``NEUTRAL_DEFAULTS`` keys at their neutral value)."""
@@ -104,9 +119,12 @@ def stage_config(stage: Stage, config: Config) -> dict[str, Any]:
         _section(tree, parent).pop(leaf, None)
     for dotted, neutral in NEUTRAL_DEFAULTS.items():
         parent, _, leaf = dotted.rpartition(".")
-        section = _section(tree, parent)
-        if section.get(leaf) == neutral:
+        section = _section(tree, parent) if _has(tree, parent) else {}
+        if leaf in section and section[leaf] == neutral:
             del section[leaf]
+            if not section and "." in parent:  # a section added whole, at its neutral values
+                grand, _, name = parent.rpartition(".")
+                del _section(tree, grand)[name]
     return {s: _section(tree, s) for s in stage.sections}
 
 

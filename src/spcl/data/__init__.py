@@ -11,5 +11,6 @@
   decoding), :mod:`~spcl.data.transforms` (paired image/label transforms),
   :mod:`~spcl.data.loaders` (resumable streams), :mod:`~spcl.data.sampling` (SPCL's
   class-balanced order), :mod:`~spcl.data.rare_class` (DAFormer's rare-class sampling),
-  :mod:`~spcl.data.doctor` (``spcl data check`` and ``spcl data stats``).
+  :mod:`~spcl.data.doctor` (``spcl data check`` and ``spcl data stats``),
+  :mod:`~spcl.data.target_labels` (which target-train images are labelled).
 """

@@ -14,7 +14,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spcl.experiments.rows import CONTROL_ROW, HIGH_ROW, LOW_ROW, METHOD_ROW, ONLINE_ROW, Row
+from spcl.experiments.rows import (
+    CONTROL_ROW,
+    HIGH_ROW,
+    LOW_ROW,
+    METHOD_ROW,
+    ONLINE_ROW,
+    ONLINE_SOURCE_ONLY_ROW,
+    Row,
+)
 
 __all__ = ["PERCENT", "Published", "build_payload", "gap_closed", "intervals_differ", "mean_std"]
 
@@ -117,6 +125,10 @@ def build_payload(
         # the online rows against their own control (one ingredient added or removed)
         online = stats["kind"] in ("online", "ablation") and stats["stage"] == "online"
         stats["vs_online"] = _compare(stats, out.get(ONLINE_ROW)) if online else None
+        # every online row against the online recipe's own source-only run (the SPCL chain's
+        # own source-only run is the gap's low end, source_only)
+        own = out.get(ONLINE_SOURCE_ONLY_ROW) if stats["stage"] == "online" else None
+        stats["vs_source_only"] = _compare(stats, own)
     first = next(iter(out.values()))
     return {
         "rows": out,

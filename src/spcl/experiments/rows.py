@@ -26,9 +26,11 @@ __all__ = [
     "CONTROL_ROW",
     "DEMO_ROWS",
     "HIGH_ROW",
+    "LABEL_ROWS",
     "LOW_ROW",
     "METHOD_ROW",
     "ONLINE_ROW",
+    "ONLINE_SOURCE_ONLY_ROW",
     "ONLINE_VARIANTS",
     "QUICK_OVERRIDES",
     "ROWS",
@@ -36,6 +38,7 @@ __all__ = [
     "Run",
     "ablation_rows",
     "runs_for",
+    "source_only_overrides",
     "yaml_value",
 ]
 
@@ -85,6 +88,15 @@ CONTROL_OVERRIDES = (
     "adapt.target_ce=1",
 )
 ONLINE_ROW = "online"  # the online recipe's control: the rows below add or remove one ingredient
+ONLINE_SOURCE_ONLY_ROW = "online_source_only"  # the online recipe on the source alone: its own
+# source-only run (same warm-up, sampling and schedule), which the online rows are compared with
+SOURCE_ONLY_ONLINE = ("online.source_only=true",)
+# few target labels (spcl.stages.target_labels): the online recipe with a share of the target-train
+# labels in every stage it trains (the warm-up too), drawn with the section's own seed
+LABEL_ROWS: dict[str, tuple[str, float]] = {
+    "online_labels_1_16": ("online + 1/16 of the target-train labels", 1 / 16),
+    "online_labels_1_4": ("online + 1/4 of the target-train labels", 1 / 4),
+}
 # what the online control claims: EMA teacher, ClassMix, the config's pseudo-label weight, no MIC,
 # no contrast
 ONLINE_PINS = (
@@ -202,8 +214,11 @@ ROWS: dict[str, Row] = {
             "method"),
         Row("spcl_self_training", "SPCL + self-training (all stages)", "spcl", "self_train",
             "method"),
+        Row(ONLINE_SOURCE_ONLY_ROW, "online recipe on the source alone (no target term)",
+            ONLINE_SOURCE_ONLY_ROW, "online", "baseline"),
         *(Row(name, title, name, "online", "online" if name == ONLINE_ROW else "ablation")
           for name, (title, _) in ONLINE_VARIANTS.items()),
+        *(Row(name, title, name, "online", "ablation") for name, (title, _) in LABEL_ROWS.items()),
         Row(HIGH_ROW, "oracle (warm-up on target labels)", HIGH_ROW, "warmup", "bound"),
     )
 }  # fmt: skip
@@ -293,6 +308,16 @@ def _online_stages(base: Config) -> tuple[str, ...]:
     )
 
 
+def source_only_overrides(base: Config) -> tuple[str, ...]:
+    """The overrides that turn ``base``'s recipe into its own source-only run: the same model,
+    init, augmentation and schedule on the source alone. A run with the online stage keeps its
+    stages with ``online.source_only=true``; the SPCL chain keeps its warm-up, without the
+    adversarial term, and evaluates it (the ``source_only`` row)."""
+    if "online" in base.run.stages:
+        return SOURCE_ONLY_ONLINE
+    return (*NO_ADVERSARIAL, f"run.stages={yaml_value(list(WARMUP_ONLY))}")
+
+
 def _runs(base: Config) -> dict[str, Run]:
     """Every run a row of :data:`ROWS` needs, by name, in the order they should run."""
     online = tuple(
@@ -308,7 +333,12 @@ def _runs(base: Config) -> dict[str, Run]:
             (*SPCL_PINS, "adapt.contrast_target=false")),
         Run("spcl_target_only_contrast", THROUGH_ADAPT,
             (*SPCL_PINS, "adapt.contrast_source=false")),
+        Run(ONLINE_SOURCE_ONLY_ROW, _online_stages(base),
+            (*NO_ADVERSARIAL, *ONLINE_PINS, *SOURCE_ONLY_ONLINE)),
         *online,
+        *(Run(name, _online_stages(base), (*NO_ADVERSARIAL, *ONLINE_PINS,
+                                           f"data.target_labels.fraction={share!r}"))
+          for name, (_, share) in LABEL_ROWS.items()),
         Run(HIGH_ROW, WARMUP_ONLY, (*NO_ADVERSARIAL, *oracle_source(base))),
     )  # fmt: skip
     return {run.name: run for run in runs}

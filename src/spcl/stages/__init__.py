@@ -24,4 +24,5 @@ What the stages share:
 - :mod:`~spcl.stages.start_checks`: what a run checks before any stage trains.
 - :mod:`~spcl.stages.validation`: periodic validation during training.
 - :mod:`~spcl.stages.collapse`: the class-collapse alert of the online and self-training stages.
+- :mod:`~spcl.stages.target_labels`: a few labelled target images in every training stage.
 """

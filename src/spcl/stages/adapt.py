@@ -53,6 +53,7 @@ from spcl.stages.builders import (
     train_loader,
     wrap_ddp,
 )
+from spcl.stages.target_labels import with_target_labels
 from spcl.stages.training import RankAgreement, TrainingSetup, train
 
 __all__ = [
@@ -203,7 +204,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         "source": source,
         "target": target,
     }
-    return TrainingSetup(
+    stage = TrainingSetup(
         step=lambda _: adapt_step(parts, next(source), next(target)),
         weights=adapt_weights(cfg),
         state=state,
@@ -220,6 +221,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         agree=[RankAgreement("prototype banks", "prototype banks", bank)],
         parts=parts,
     )
+    return with_target_labels(ctx, stage, net, color_jitter=data.color_jitter, **augment)
 
 
 def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:

@@ -62,6 +62,7 @@ from spcl.stages.builders import (
 )
 from spcl.stages.collapse import PSEUDO_LABEL_SHARE, CollapseAlert
 from spcl.stages.online_step import OnlineParts, SeededGenerator, online_step, online_weights
+from spcl.stages.target_labels import with_target_labels
 from spcl.stages.training import RankAgreement, TrainingSetup, train
 
 __all__ = ["run", "setup"]
@@ -70,6 +71,7 @@ SOURCE_STREAM, TARGET_STREAM = 31, 32  # loader seed salts
 AUGMENT_SALT = 33  # seed salt of the mixing/masking/augmentation generator
 RNG_SALT = 34  # seed salt of the global RNGs (Dropout, DropPath) when the stage starts
 HANDED_ON = {"student": STUDENT_FILE, "teacher": TEACHER_FILE}  # online.hand_on → its file
+SOURCE_TERMS = ("seg", "fd")  # what online.source_only trains on (the step returns only them)
 
 
 def _teacher(student: nn.Module) -> nn.Module:
@@ -211,9 +213,12 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
     student.train()
     teacher.train()  # DAFormer: the teacher keeps train-mode BatchNorm, its dropout is off
     disable_teacher_dropout(teacher)
-    return TrainingSetup(
-        step=lambda iteration: online_step(parts, iteration, next(source), next(target)),
-        weights=online_weights(cfg, feature_distance=imnet is not None),
+    weights = online_weights(cfg, feature_distance=imnet is not None)
+    if cfg.source_only:  # no target batch is drawn, no target term weighed
+        weights = {k: w for k, w in weights.items() if k in SOURCE_TERMS}
+    stage = TrainingSetup(
+        step=lambda i: online_step(parts, i, next(source), {} if cfg.source_only else next(target)),
+        weights=weights,
         state=state,
         optimizers=[optimizer],
         schedulers=[schedule],
@@ -234,6 +239,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         ],
         parts=parts,
     )
+    return with_target_labels(ctx, stage, net, hflip=cfg.hflip, crop=cfg.crop)
 
 
 def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:

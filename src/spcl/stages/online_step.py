@@ -162,7 +162,6 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
     cfg, dev = parts.cfg, parts.device
     src_images = src["image"].to(dev, non_blocking=True)
     src_labels = src["label"].to(dev, non_blocking=True)
-    tgt_images = tgt["image"].to(dev, non_blocking=True)
     src_out = parts.student(
         _augment(parts, src_images) if cfg.contrast.augment_source else src_images
     )
@@ -178,6 +177,9 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
             cfg.feature_distance.classes,
             min_ratio=cfg.feature_distance.scale_min_ratio,
         )
+    if cfg.source_only:  # the recipe's own source-only baseline: no target batch, no target term
+        return terms
+    tgt_images = tgt["image"].to(dev, non_blocking=True)
     if cfg.pseudo.class_balanced_crop:  # whole target images in, SePiCo's crops out
         tgt_images, pseudo, weight = _class_balanced_target(parts, tgt_images)
     else:

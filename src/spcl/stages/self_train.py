@@ -29,6 +29,7 @@ from spcl.stages.builders import (
     wrap_ddp,
 )
 from spcl.stages.collapse import PREDICTED_SHARE, CollapseAlert
+from spcl.stages.target_labels import with_target_labels
 from spcl.stages.training import TrainingSetup, train
 
 __all__ = ["SELF_TRAIN_WEIGHTS", "SelfTrainParts", "run", "self_train_step", "setup"]
@@ -82,7 +83,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
     alert = CollapseAlert(ctx, out_dir, "self_train", PREDICTED_SHARE, cfg.optim.stop_iter)
     model.train()
     parts = SelfTrainParts(cfg, net, ctx.device, alert.observe)
-    return TrainingSetup(
+    stage = TrainingSetup(
         step=lambda _: self_train_step(parts, next(target)),
         weights=SELF_TRAIN_WEIGHTS,
         state={"model": model, "optimizer": optimizer, "schedule": schedule, "target": target},
@@ -94,6 +95,8 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         on_scores=alert.validated,
         parts=parts,
     )
+    augment = {"hflip": cfg.hflip, "color_jitter": cfg.color_jitter, "crop": cfg.crop}
+    return with_target_labels(ctx, stage, net, scale_range=cfg.scale_range, **augment)
 
 
 def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:

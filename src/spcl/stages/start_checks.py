@@ -15,7 +15,9 @@ first seconds of a run, not at its first validation or after all its training:
   feature distance would be 0 for the whole run);
 * the pseudo-label crop rows (``online.pseudo.crop_top`` + ``crop_bottom``) must leave rows of the
   target images when the online stage takes them whole (with ``online.crop`` set, loading the
-  config checks them against the crop height).
+  config checks them against the crop height);
+* the labelled target images (``data.target_labels``): the list names target-train images that
+  have labels, and the evaluation split holds none of them (:mod:`spcl.stages.target_labels`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from spcl.data.label_decoder import describe_ids
 from spcl.data.labels import ClassTable
 from spcl.data.registry import scan_dataset
 from spcl.stages.class_sets import check_class_sets
+from spcl.stages.target_labels import check_target_labels
 
 __all__ = ["CLASS_ID_LISTS", "check_run_start", "reads_target", "reads_target_val"]
 
@@ -155,10 +158,12 @@ def check_run_start(ctx: RunContext) -> None:
         UnknownNameError: an unknown dataset kind.
         MissingFileError: a dataset root, split or folder, or ``model.pretrained``, not found.
         ConfigError: sides that name different classes, class ids outside the class table,
-            pseudo-label crop rows that leave no row.
+            pseudo-label crop rows that leave no row, a labelled target image that is not one
+            or is evaluated.
     """
     config = ctx.config
     target_images = _check_paths(config)
     table = check_class_sets(ctx)
     _check_class_ids(config, table)
     _check_pseudo_crop(config, target_images)
+    check_target_labels(config, evaluates=reads_target_val(config))

@@ -33,6 +33,7 @@ from spcl.stages.builders import (
     train_loader,
     wrap_ddp,
 )
+from spcl.stages.target_labels import with_target_labels
 from spcl.stages.training import TrainingSetup, train
 
 __all__ = ["WarmupParts", "run", "setup", "warmup_step", "warmup_weights"]
@@ -128,7 +129,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         schedules.append(disc_schedule)
     parts = WarmupParts(cfg, net, ctx.device, disc, disc_net)
     model.train()
-    return TrainingSetup(
+    stage = TrainingSetup(
         step=lambda _: warmup_step(parts, next(source), None if target is None else next(target)),
         weights=warmup_weights(cfg),
         state=state,
@@ -138,6 +139,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         outputs={MODEL_FILE: model},
         parts=parts,
     )
+    return with_target_labels(ctx, stage, net, hflip=data.hflip, color_jitter=data.color_jitter)
 
 
 def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
