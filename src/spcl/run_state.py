@@ -28,6 +28,7 @@ from spcl.run_dir import DONE_FILE, LOCK_FILE, STARTED_FILE
 
 __all__ = [
     "NEUTRAL_DEFAULTS",
+    "NEUTRAL_SECTIONS",
     "NOT_SEMANTIC",
     "RECORD_FIELDS",
     "RunLockedError",
@@ -53,6 +54,18 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
     "online.contrast.labels": "nearest",
     "online.contrast.label_min_ratio": 0.75,
     "online.contrast.augment_source": False,
+    "online.source_augment": "none",
+    "online.pseudo.flip_average": False,
+    "online.distill.weight_source": 0.0,
+    "online.distill.weight_target": 0.0,
+    "online.distill.model": "dinov2_vitl14_reg",
+    "online.distill.pretrained": "",
+    "online.distill.input_size": 406,
+    "online.distill.student_augment": "weak",
+    **{
+        f"{stage}.optim.lr_batch_scaling": "none"
+        for stage in ("warmup", "adapt", "self_train", "online")
+    },
     **{
         f"data.{d}.{key}": value
         for d in ("source", "target", "target_val")
@@ -60,6 +73,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
     },
 }
 
+NEUTRAL_SECTIONS = ("online.distill",)  # sections added with every key in NEUTRAL_DEFAULTS
 
 RECORD_FIELDS: dict[str, tuple[dict[str, type], dict[str, type]]] = {  # a stage record's
     # (required, optional) fields and their types, checked when it is read (older records may
@@ -97,6 +111,10 @@ def stage_config(stage: Stage, config: Config) -> dict[str, Any]:
         section = _section(tree, parent)
         if section.get(leaf) == neutral:
             del section[leaf]
+    for dotted in NEUTRAL_SECTIONS:  # a section added whole: gone when all of it is neutral
+        parent, _, leaf = dotted.rpartition(".")
+        if _section(tree, parent).get(leaf) == {}:
+            del _section(tree, parent)[leaf]
     return {s: _section(tree, s) for s in stage.sections}
 
 
