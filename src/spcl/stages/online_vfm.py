@@ -50,7 +50,7 @@ __all__ = [
     "teacher_logits",
 ]
 
-RECIPES = {"weak": WEAK_SOURCE, "strong": STRONG_SOURCE}  # online.source_augment → recipe
+SOURCE_AUGMENTS = {"weak": WEAK_SOURCE, "strong": STRONG_SOURCE}  # online.source_augment → recipe
 
 
 def source_input(parts: OnlineParts, images: Tensor) -> Tensor:
@@ -59,7 +59,7 @@ def source_input(parts: OnlineParts, images: Tensor) -> Tensor:
     if kind == "none":
         return images
     return torchvision_augment(
-        images, parts.generator.generator, RECIPES[kind], parts.image_mean, parts.image_std
+        images, parts.generator.generator, SOURCE_AUGMENTS[kind], parts.image_mean, parts.image_std
     )
 
 
