@@ -231,6 +231,11 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
                 if statistics is not None
                 else []
             ),
+            *(
+                [RankAgreement("distillation heads", "distillation heads", head)]
+                if head is not None
+                else []
+            ),
         ],
         parts=parts,
     )
