@@ -108,6 +108,10 @@ class DomainConfig:
     rcs_min_crop_ratio: NonNegative = 0.0  # RCS: the sample is drawn again (new crop, up to 10
     # times) until it holds more than rcs_min_pixels × this many pixels of its class (DAFormer
     # min_crop_ratio 0.5); 0: one draw
+    rcs_joint_tries: NonNegativeInt = 0  # VFM-UDA's rule instead: up to N crops until one holds
+    # both (enough of its class, top class below online.source_crop_max_share), else one
+    # unchecked crop (VFM-UDA/VFM-UDA++ 20, rare_class_sampler_dataset.py); 0: DAFormer's nested
+    # redraws above
 
 
 @dataclass

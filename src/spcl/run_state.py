@@ -69,7 +69,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
     **{
         f"data.{d}.{key}": value
         for d in ("source", "target", "target_val")
-        for key, value in (("rcs_min_crop_ratio", 0.0), ("max_items", 0))
+        for key, value in (("rcs_min_crop_ratio", 0.0), ("max_items", 0), ("rcs_joint_tries", 0))
     },
 }
 

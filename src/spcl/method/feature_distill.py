@@ -2,7 +2,7 @@
 
 VFM-UDA++ (tue-mps/vfm-uda-plusplus: training/uda/uda.py ``get_feature_distance_loss``,
 models/distill_feature_head/{dinov2_feature_extractor,distill_feature_head}.py; docs/recipes.md,
-section "VFM-UDA++"):
+section "VFM-UDA++: the training step"):
 
 * the frozen model, ``dinov2_vitl14_reg`` (1024 channels), sees the image resized bilinearly to
   406 × 406 (29 × 29 tokens of 14 px) and gives its final-norm patch tokens as a map

@@ -1,8 +1,8 @@
 """VFM-UDA's and VFM-UDA++'s photometric augmentation of the source batch, in plain torch.
 
 VFM-UDA++ (tue-mps/vfm-uda-plusplus:training/uda/uda.py, ``random_aug_strong`` and
-``random_aug_weak``; docs/recipes.md, section "VFM-UDA++") augments each image of the student's
-source batch on its own with torchvision operators:
+``random_aug_weak``; docs/recipes.md, section "VFM-UDA++: the training step") augments each image
+of the student's source batch on its own with torchvision operators:
 
 * strong (``use_strong_aug_source: true`` in every shipped VFM-UDA++ config): ``ColorJitter``
   (brightness 0.8, contrast 0.8, saturation 0.8, hue 0.4) with probability 0.8, ``RandomGrayscale``

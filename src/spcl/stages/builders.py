@@ -298,9 +298,12 @@ def source_stream(
     domain = ctx.config.data.source
     if sampling != "data":
         domain = dataclasses.replace(domain, sampling=sampling)
+    joint = domain.sampling == "rare_class" and domain.rcs_joint_tries > 0  # VFM-UDA's rule
+    max_share = augment.pop("crop_max_share", 1.0) if joint else 1.0  # checked by the dataset
     dataset = domain_dataset(domain, with_labels=True, train=True, **augment)
     if domain.sampling == "rare_class":  # DAFormer: a sample short of its class is drawn again
         dataset.min_class_pixels = domain.rcs_min_pixels * domain.rcs_min_crop_ratio
+        dataset.joint_tries, dataset.max_share = domain.rcs_joint_tries, max_share
     return train_loader(ctx, dataset, batch_size, salt, source_order(ctx, domain, dataset, salt))
 
 

@@ -1,7 +1,7 @@
 """VFM-UDA's and VFM-UDA++'s parts of the online step, each an ``online`` switch off by default.
 
-VFM-UDA++ (tue-mps/vfm-uda-plusplus: training/uda/uda.py; docs/recipes.md, section "VFM-UDA++")
-differs from the DAFormer step of :mod:`spcl.stages.online_step` by:
+VFM-UDA++ (tue-mps/vfm-uda-plusplus: training/uda/uda.py; docs/recipes.md, section
+"VFM-UDA++: the training step") differs from the DAFormer step of :mod:`spcl.stages.online_step` by:
 
 - ``online.source_augment``: the student's source batch augmented per image with torchvision's
   operators, weak (VFM-UDA) or strong (VFM-UDA++) (:mod:`spcl.method.vfm_augment`);
