@@ -38,6 +38,7 @@ from spcl.data.synthetic import generate_pair
 
 SHIPPED = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
 SCALE = 16  # CI: spatial sizes ÷ 16 (areas ÷ 256) against the shipped configs
+REHEARSED_BATCH = 2  # online images per domain and step in a rehearsal (DAFormer's batch)
 PATCH = 14  # DINOv2's patch side: the distillation's input stays a whole number of patches
 STAGE_LINE = re.compile(r"^  (\w+)\s+(OK|FAILED)\s+([\d.]+) s", re.MULTILINE)
 
@@ -135,8 +136,10 @@ def _scaled(values: list[int], scale: int) -> str:
 def shrink_overrides(config: Config, scale: int) -> list[str]:
     """Overrides that shrink every spatial size of ``config`` ÷ ``scale`` (areas ÷ scale²): the
     data sizes, crops, ``evaluate.slide``, the pseudo-label weight's cropped rows, MIC's mask
-    blocks, the distillation's input (whole 14-px patches) and rare-class pixel thresholds.
-    Nothing at scale 1."""
+    blocks, the distillation's input (whole 14-px patches) and rare-class pixel thresholds; and
+    the online stage's batch to at most :data:`REHEARSED_BATCH` images per domain, one
+    micro-batch per step (the ViT-Adapter resizes any crop to at least 224², so a VFM-UDA++
+    config's 4 × 4 images per step would not shrink with the picture). Nothing at scale 1."""
     if scale == 1:
         return []
     out = []
@@ -157,6 +160,8 @@ def shrink_overrides(config: Config, scale: int) -> list[str]:
         f"online.pseudo.crop_bottom={round(pseudo.crop_bottom / scale)}",
         f"online.masking.block_size={max(1, round(online.masking.block_size / scale))}",
         f"online.distill.input_size={PATCH * max(1, round(online.distill.input_size / scale / PATCH))}",  # noqa: E501
+        f"online.optim.batch_size={min(online.optim.batch_size, REHEARSED_BATCH)}",
+        "online.optim.grad_accum=1",
     ]
     return out
 
