@@ -17,6 +17,7 @@ from spcl.config import load_config
 from spcl.config_schema import OnlineConfig, OptimConfig
 from spcl.context import open_run
 from spcl.data.synthetic import generate_pair
+from spcl.engine.optim import poly_scheduler
 from spcl.method.feature_distill import DistillHead, FrozenDINOv2, distill_loss
 from spcl.method.vfm_augment import STRONG_SOURCE, TorchvisionAugment, torchvision_augment
 from spcl.models.segmenter import SegOutput
@@ -82,6 +83,22 @@ def test_augmentation_recipes_draw_per_image_and_reproduce() -> None:
     torch.testing.assert_close(pixels, torch.full_like(pixels, 0.5 * float(factor)))
 
 
+def test_the_vfmuda_warm_up_replaces_the_decayed_lr_then_decays_linearly() -> None:
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=2.0)
+    schedule = poly_scheduler(
+        optimizer, 10, 1.0, warmup_iters=3, warmup_ratio=0.1, warmup_mode="vfmuda"
+    )
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    # WarmupAndLinearScheduler: linspace(0.1, 1, 3) = 0.1, 0.55, 1.0, then linspace(1, 0, 11)[t]
+    by_hand = [2 * f for f in (0.1, 0.55, 1.0, 1 - 3 / 10, 1 - 4 / 10, 1 - 5 / 10)]
+    assert lrs == pytest.approx(by_hand)
+
+
 def test_the_lr_scales_with_the_square_root_of_the_total_batch() -> None:
     optim = OptimConfig(lr=5e-5, batch_size=2, grad_accum=4, lr_batch_scaling="sqrt")
     assert scaled_optim(optim, 1).lr == pytest.approx(5e-5 * math.sqrt(8))
@@ -142,6 +159,7 @@ VFMUDAPP = (  # every VFM-UDA++ switch, at the tiny size
     "online.optim.lr_batch_scaling=sqrt",
     "online.optim.layer_decay=0.9",
     "online.optim.backbone_lr_mult=0.1",
+    "online.optim.warmup_mode=vfmuda",
     "online.optim.head_lr_mult=1.0",
     "online.source_augment=strong",
     "online.pseudo.flip_average=true",

@@ -142,3 +142,4 @@ def test_vfmudapp_configs_turn_on_every_vfmudapp_switch(name: str) -> None:
     assert optim.lr == (1e-5 if name.endswith("vitl14") else 5e-5)
     assert config.evaluate.slide == [1024, 1024, 512, 512] and online.crop == [1024, 1024]
     assert config.data.source.rcs_joint_tries == 20 and online.source_crop_max_share == 0.75
+    assert (optim.warmup_mode, optim.warmup_iters, optim.warmup_ratio) == ("vfmuda", 1500, 1e-3)

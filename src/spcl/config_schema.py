@@ -167,6 +167,9 @@ class OptimConfig:
     warmup_iters: NonNegativeInt = 0  # linear warm-up iterations, 0 = none (reference; DAFormer
     # 1500, configs/_base_/schedules/poly10warm.py; VFM-UDA 1500)
     warmup_ratio: Fraction = 1e-6  # warm-up starts at lr × this (DAFormer 1e-6, poly10warm.py)
+    warmup_mode: Literal["mmcv", "vfmuda"] = "mmcv"  # mmcv: the warm-up scales the decayed lr
+    # (DAFormer); vfmuda: lr × linspace(warmup_ratio, 1, warmup_iters), the decay after it
+    # (VFM-UDA/VFM-UDA++ WarmupAndLinearScheduler)
     max_iter: Count = 62_500  # poly decay horizon (reference MAX_ITER)
     stop_iter: Count = 40_000  # training stops here, before the lr reaches 0 (reference STOP_ITER);
     # at most max_iter

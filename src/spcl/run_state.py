@@ -63,8 +63,9 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
     "online.distill.input_size": 406,
     "online.distill.student_augment": "weak",
     **{
-        f"{stage}.optim.lr_batch_scaling": "none"
+        f"{stage}.optim.{key}": value
         for stage in ("warmup", "adapt", "self_train", "online")
+        for key, value in (("lr_batch_scaling", "none"), ("warmup_mode", "mmcv"))
     },
     **{
         f"data.{d}.{key}": value

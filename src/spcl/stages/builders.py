@@ -380,5 +380,6 @@ def optimizer_and_schedule(
         min_lr=optim.min_lr,
         warmup_iters=optim.warmup_iters,
         warmup_ratio=optim.warmup_ratio,
+        warmup_mode=optim.warmup_mode,
     )
     return optimizer, schedule
