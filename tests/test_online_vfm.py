@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from official_layouts import dinov2_layout, random_tensors, save_state
-from spcl.base import ConfigError
+from spcl.base import ConfigError, MissingFileError
 from spcl.config import load_config
-from spcl.config_schema import OnlineConfig, OptimConfig
+from spcl.config_schema import OnlineConfig, OnlineDistillConfig, OptimConfig
 from spcl.context import open_run
 from spcl.data.synthetic import generate_pair
 from spcl.engine.optim import poly_scheduler
@@ -25,7 +25,7 @@ from spcl.models.vit import dinov2_encoder
 from spcl.stages import online
 from spcl.stages.builders import scaled_optim
 from spcl.stages.online_step import online_weights
-from spcl.stages.online_vfm import source_input, teacher_logits
+from spcl.stages.online_vfm import distill_head, frozen_dinov2, source_input, teacher_logits
 from tiny import TINY
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -147,6 +147,16 @@ def test_config_checks_name_the_keys() -> None:
             ["online.contrast.augment_source=true", "online.source_augment=strong"],
             require_all=False,
         )
+
+
+def test_a_model_without_levels_or_a_missing_frozen_file_is_named(tmp_path: Path) -> None:
+    frozen = FrozenDINOv2(dinov2_encoder("vits14", registers=True, width=4), 28)
+    with pytest.raises(ConfigError, match="feature levels"):
+        distill_head(torch.nn.Linear(2, 2), frozen)
+    missing = tmp_path / "dinov2_vitl14_reg4_pretrain.pth"
+    cfg = OnlineDistillConfig(weight_source=0.1, pretrained=str(missing))
+    with pytest.raises(MissingFileError, match=str(missing)):
+        frozen_dinov2(cfg, torch.device("cpu"))
 
 
 VFMUDAPP = (  # every VFM-UDA++ switch, at the tiny size

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from spcl.base import ConfigError
+from spcl.base import ConfigError, MissingFileError
 from spcl.config_schema import OnlineDistillConfig
 from spcl.method.feature_distill import DistillHead, FrozenDINOv2, distill_loss
 from spcl.method.losses import upsample_logits
@@ -100,10 +100,13 @@ def frozen_dinov2(cfg: OnlineDistillConfig, device: torch.device) -> FrozenDINOv
 
     Raises:
         ConfigError: no weights named (``online.distill.pretrained``).
+        MissingFileError: the named file does not exist.
     """
     path = resolve_pretrained(cfg.pretrained)
     if path is None:
         raise ConfigError("online.distill needs online.distill.pretrained (the frozen weights)")
+    if not path.is_file():  # before building a 300 M-parameter model for nothing
+        raise MissingFileError(f"online.distill.pretrained: DINOv2 checkpoint not found: {path}")
     name = cfg.model.removeprefix("dinov2_")
     encoder = dinov2_encoder(name.removesuffix("_reg"), registers=name.endswith("_reg"))
     load_dinov2_weights(encoder, path)
