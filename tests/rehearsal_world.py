@@ -38,6 +38,8 @@ from spcl.data.synthetic import generate_pair
 
 SHIPPED = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
 SCALE = 16  # CI: spatial sizes ÷ 16 (areas ÷ 256) against the shipped configs
+REHEARSED_BATCH = 2  # online images per domain and step in a rehearsal (DAFormer's batch)
+PATCH = 14  # DINOv2's patch side: the distillation's input stays a whole number of patches
 STAGE_LINE = re.compile(r"^  (\w+)\s+(OK|FAILED)\s+([\d.]+) s", re.MULTILINE)
 
 WEIGHT_LAYOUTS: dict[str, Callable[[re.Match], dict]] = {  # file name pattern → its state
@@ -89,6 +91,13 @@ class Rehearsal:
             save_state(weight_state(file_name), path)
         return path
 
+    def url_file(self, url: str | None) -> bool:
+        """Serve the file an http(s) ``url`` names from the hub cache; False if not a URL."""
+        if not url or urlparse(url).scheme not in ("http", "https"):
+            return False
+        self.weight_file(Path(urlparse(url).path).name, self.torch_home / "hub" / "checkpoints")
+        return True
+
     def pretrained_overrides(self, config: Config) -> list[str]:
         """A weight file wherever ``model.pretrained`` names one (URLs: the hub cache)."""
         pretrained = config.model.pretrained
@@ -99,10 +108,8 @@ class Rehearsal:
                     path = self.weight_file(file_name.format(match[1]), self.root / "weights")
                     return [f"model.pretrained={path}"]
             raise AssertionError(f"{config.model.name}: no weight file known for it: add one")
-        if pretrained and urlparse(pretrained).scheme in ("http", "https"):
-            self.weight_file(
-                Path(urlparse(pretrained).path).name, self.torch_home / "hub" / "checkpoints"
-            )
+        self.url_file(config.online.distill.pretrained)  # VFM-UDA++'s frozen DINOv2
+        if self.url_file(pretrained):
             return []
         if pretrained and Path(pretrained).is_file():
             return []  # a file given already (the other layouts' cases)
@@ -129,7 +136,11 @@ def _scaled(values: list[int], scale: int) -> str:
 def shrink_overrides(config: Config, scale: int) -> list[str]:
     """Overrides that shrink every spatial size of ``config`` ÷ ``scale`` (areas ÷ scale²): the
     data sizes, crops, ``evaluate.slide``, HRDA's detail window, the pseudo-label weight's cropped
-    rows and margins, MIC's mask blocks and rare-class pixel thresholds. Nothing at scale 1."""
+    rows and margins, MIC's mask blocks, the distillation's input (whole 14-px patches) and
+    rare-class pixel thresholds; and the online stage's batch to at most :data:`REHEARSED_BATCH`
+    images per domain, one micro-batch per step (the ViT-Adapter resizes any crop to at least
+    224², so a VFM-UDA++ config's 4 × 4 images per step would not shrink with the picture).
+    Nothing at scale 1."""
     if scale == 1:
         return []
     out = []
@@ -151,6 +162,9 @@ def shrink_overrides(config: Config, scale: int) -> list[str]:
         f"online.pseudo.crop_top={round(pseudo.crop_top / scale)}",
         f"online.pseudo.crop_bottom={round(pseudo.crop_bottom / scale)}",
         f"online.masking.block_size={max(1, round(online.masking.block_size / scale))}",
+        f"online.distill.input_size={PATCH * max(1, round(online.distill.input_size / scale / PATCH))}",  # noqa: E501
+        f"online.optim.batch_size={min(online.optim.batch_size, REHEARSED_BATCH)}",
+        "online.optim.grad_accum=1",
     ]
     if pseudo.margins:  # HRDA's PL crop v2 margins (pixels of the whole target image)
         out.append(

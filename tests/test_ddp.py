@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from official_layouts import dinov2_layout, random_tensors, save_state
 from spcl.data.synthetic import generate_pair
 
 pytestmark = pytest.mark.slow
@@ -262,3 +263,41 @@ def test_sepico_class_statistics_agree_across_two_ranks(tmp_path: Path) -> None:
         assert f"[online] iteration {step}: class statistics of 2 ranks: max difference 0\n" in log
     state = torch.load(out / "07_online" / "checkpoint.pth", weights_only=True)["statistics"]
     assert int(state["filled"].max()) == 3  # the ring is full: the last 3 of 4 batch means
+
+
+def test_the_vfmudapp_step_and_its_distillation_head_agree_across_two_ranks(
+    tmp_path: Path,
+) -> None:
+    """VFM-UDA++'s step (ViT-Adapter, strong source augmentation, flip-averaged labels, feature
+    distillation): the student and its distillation head share one DDP wrapper, so both ranks
+    hold the same head and teacher after every step (checked before each checkpoint)."""
+    data = tmp_path / "data"
+    generate_pair(data, seed=3, n_train=8, n_val=2, size=(64, 128), preview=False, progress=False)
+    frozen = save_state(
+        random_tensors(dinov2_layout("vits14", registers=True), seed=0),
+        tmp_path / "dinov2_vits14_reg4_pretrain.pth",
+    )
+    out = tmp_path / "vfmudapp"
+    command = ["run", "demo", *_common(data), *INITS["pretrained"], f"run.out={out}"]
+    command += [
+        "model.name=vfmudapp_vits14",
+        "online.crop=[32, 32]",
+        "online.source_augment=strong",
+        "online.pseudo.flip_average=true",
+        "online.masking.enabled=true",
+        "online.masking.block_size=4",
+        "online.optim.lr_batch_scaling=sqrt",
+        "online.distill.weight_source=0.1",
+        "online.distill.weight_target=0.1",
+        "online.distill.model=dinov2_vits14_reg",
+        "online.distill.input_size=28",
+        f"online.distill.pretrained={frozen}",
+    ]
+    _launch(tmp_path, "vfmudapp", [command], nodes=1, kill=None)
+    log = (out / "log.txt").read_text()
+    _checked_every_step(log, out)
+    for step in range(1, STEPS + 1):
+        assert (
+            f"[online] iteration {step}: distillation heads of 2 ranks: max difference 0\n" in log
+        )
+    _ranks_agree(out / "07_online")

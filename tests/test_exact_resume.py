@@ -7,6 +7,8 @@ checkpoint, also checks that the stage starts again exactly after a finished one
 neither (nor has the official model in training), and runs from ``online.init: pretrained``.
 ``sepico_bankcl`` resumes SePiCo's class statistics (DeepLab, BankCL with a ring that wraps).
 MiT under HRDA (``online.hrda``) adds the detail windows each student pass draws.
+``vfmudapp`` runs every VFM-UDA++ switch (ViT-Adapter, strong source augmentation, flip-averaged
+labels, feature distillation to a frozen DINOv2 whose head is checkpointed).
 The DeepLab case is tests/test_online_stage.py's kill test.
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from official_layouts import dinov2_layout, random_tensors, save_state
 from spcl import base, cli
 from spcl.data.synthetic import generate_pair
 from test_faults import INJECT
@@ -59,6 +62,22 @@ FAMILIES = {
         "online.hrda.detail_crop=[32,64]",
         "online.masking.enabled=true",
     ),
+    "vfmudapp": (
+        "model.name=vfmudapp_vits14",
+        "online.init=pretrained",
+        "run.stages=[online]",
+        "online.crop=[32, 32]",
+        "online.source_augment=strong",
+        "online.pseudo.flip_average=true",
+        "online.masking.enabled=true",
+        "online.masking.block_size=4",
+        "online.optim.layer_decay=0.9",
+        "online.optim.lr_batch_scaling=sqrt",
+        "online.distill.weight_source=0.1",
+        "online.distill.weight_target=0.1",
+        "online.distill.model=dinov2_vits14_reg",
+        "online.distill.input_size=28",
+    ),
 }
 KILL_POINTS = (
     ("07_online/.checkpoint.pth", 1),  # the first checkpoint: the stage starts again
@@ -67,7 +86,14 @@ KILL_POINTS = (
 )  # each run is killed there, the next one goes on from it
 
 
-def _args(data: Path, out: Path, family: str) -> list[str]:
+def _frozen(folder: Path) -> list[str]:
+    """The frozen DINOv2 file of the distillation (random, in the official layout)."""
+    state = random_tensors(dinov2_layout("vits14", registers=True), seed=0)
+    path = save_state(state, folder / "dinov2_vits14_reg4_pretrain.pth")
+    return [f"online.distill.pretrained={path}"]
+
+
+def _args(data: Path, out: Path, family: str, extra: list[str]) -> list[str]:
     return [
         "run",
         "demo",
@@ -79,6 +105,7 @@ def _args(data: Path, out: Path, family: str) -> list[str]:
         "online.optim.batch_size=2",
         "run.ckpt_every=1",
         *FAMILIES[family],
+        *extra,
         f"run.out={out}",
     ]
 
@@ -91,17 +118,18 @@ def test_kill_9_at_three_points_of_the_online_stage_then_rerun_is_bit_identical(
         tmp_path / "data", seed=6, n_train=4, n_val=2, size=(64, 128), preview=False
     )
     straight, out = tmp_path / "straight", tmp_path / "killed"
-    assert cli.main(_args(data, straight, family)) == 0
+    extra = _frozen(tmp_path) if family == "vfmudapp" else []
+    assert cli.main(_args(data, straight, family, extra)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(base.__file__).parents[1])}
     for match, nth in KILL_POINTS:
         killed = subprocess.run(
-            [sys.executable, "-c", INJECT, match, str(nth), *_args(data, out, family)],
+            [sys.executable, "-c", INJECT, match, str(nth), *_args(data, out, family, extra)],
             env=env,
             capture_output=True,
             text=True,
         )
         assert killed.returncode == -signal.SIGKILL, (match, killed.stderr[-2000:])
-    assert cli.main(_args(data, out, family)) == 0
+    assert cli.main(_args(data, out, family, extra)) == 0
     log = (out / "log.txt").read_text()
     assert "[online] resumed from" in log and "at iteration 2" in log and "iteration 5" in log
     for name in ("student.pth", "teacher.pth"):

@@ -308,6 +308,19 @@ def test_rare_class_crops_need_their_class_when_the_ratio_is_set(
     got = _steps(warm, tmp_path, 1, "online.source_sampling=rare_class", *extra)
     assert [d.min_class_pixels for d in datasets] == [3.0]  # the source stream: 6 × 0.5
     assert all(torch.isfinite(torch.tensor(v)) for v in got["terms"][0].values())
+    assert [(d.joint_tries, d.max_share) for d in datasets] == [(0, 1.0)]
+    datasets.clear()  # VFM-UDA's joint rule: the dataset checks the share, not the crop
+    shares: list[float] = []
+    real_transform = builders.build_train_transform
+    monkeypatch.setattr(
+        builders,
+        "build_train_transform",
+        lambda **kw: shares.append(kw["crop_max_share"]) or real_transform(**kw),
+    )
+    joint = ("data.source.rcs_joint_tries=20", "online.source_crop_max_share=0.75")
+    _steps(warm, tmp_path / "joint", 1, "online.source_sampling=rare_class", *extra, *joint)
+    assert [(d.joint_tries, d.max_share) for d in datasets] == [(20, 0.75)]
+    assert shares == [1.0, 1.0]  # neither the source's nor the target's crop retries
 
 
 @pytest.mark.parametrize("regenerate", [True, False])

@@ -6,7 +6,8 @@ layouts and with a weight file in the official layout its ``model.pretrained`` n
 served from a torch hub cache, as after a download; a required file is passed as a user passes
 it). What is shrunk for the CI budget, and by how much: every spatial size ÷ 16 (dataset files,
 ``data.*.size``, crops, ``evaluate.slide``, the pseudo-label weight's cropped rows, MIC's mask
-blocks) and rare-class pixel thresholds ÷ 256 (areas). Each rehearsal is a process of its own,
+blocks) and rare-class pixel thresholds ÷ 256 (areas); the online batch is at most 2 images per
+domain, without accumulation. Each rehearsal is a process of its own,
 two at a time (docs/shipped_configs.md has the times). A shipped config whose dataset kind or
 weight layout has no generator here fails: a config no rehearsal runs is not shipped.
 """

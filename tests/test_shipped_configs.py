@@ -136,3 +136,22 @@ def test_vfmuda_configs_fine_tune_the_vit_at_a_tenth(name: str) -> None:
     assert (optim.backbone_lr_mult, optim.head_lr_mult, optim.lr) == (0.1, 1.0, 0.000141)
     assert online.teacher.ema_buffers and online.masking.enabled
     assert online.feature_distance.weight == 0.0 and config.data.source.rcs_temperature == 0.05
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if "_vfmudapp_" in n])
+def test_vfmudapp_configs_turn_on_every_vfmudapp_switch(name: str) -> None:
+    config = load_config(name, ROOTS)
+    online, optim = config.online, config.online.optim
+    assert config.model.name.startswith("vfmudapp_vit") and not online.teacher.ema_buffers
+    assert online.source_augment == "strong" and online.pseudo.flip_average
+    assert (online.distill.weight_source, online.distill.weight_target) == (0.1, 0.1)
+    assert (online.distill.model, online.distill.input_size) == ("dinov2_vitl14_reg", 406)
+    assert online.distill.pretrained.endswith("dinov2_vitl14_reg4_pretrain.pth")
+    assert (optim.lr_batch_scaling, optim.layer_decay, optim.backbone_lr_mult) == ("sqrt", 0.9, 0.1)
+    assert optim.grad_accum == 4 and optim.batch_size == (
+        4 if name == "gta5_to_cityscapes_vfmudapp_vitb14" else 2
+    )
+    assert optim.lr == (1e-5 if name.endswith("vitl14") else 5e-5)
+    assert config.evaluate.slide == [1024, 1024, 512, 512] and online.crop == [1024, 1024]
+    assert config.data.source.rcs_joint_tries == 20 and online.source_crop_max_share == 0.75
+    assert (optim.warmup_mode, optim.warmup_iters, optim.warmup_ratio) == ("vfmuda", 1500, 1e-3)

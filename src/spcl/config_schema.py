@@ -14,6 +14,7 @@ is checked when a run starts (:mod:`spcl.stages.start_checks`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -52,6 +53,7 @@ __all__ = [
     "NonNegativeInt",
     "OnlineConfig",
     "OnlineContrastConfig",
+    "OnlineDistillConfig",
     "OnlinePseudoConfig",
     "OptimConfig",
     "Positive",
@@ -126,6 +128,10 @@ class DomainConfig:
     rcs_min_crop_ratio: NonNegative = 0.0  # RCS: the sample is drawn again (new crop, up to 10
     # times) until it holds more than rcs_min_pixels × this many pixels of its class (DAFormer
     # min_crop_ratio 0.5); 0: one draw
+    rcs_joint_tries: NonNegativeInt = 0  # VFM-UDA's rule instead: up to N crops until one holds
+    # both (enough of its class, top class below online.source_crop_max_share), else one
+    # unchecked crop (VFM-UDA/VFM-UDA++ 20, rare_class_sampler_dataset.py); 0: DAFormer's nested
+    # redraws above
 
 
 @dataclass
@@ -208,12 +214,17 @@ class OptimConfig:
     warmup_iters: NonNegativeInt = 0  # linear warm-up iterations, 0 = none (reference; DAFormer
     # 1500, configs/_base_/schedules/poly10warm.py; VFM-UDA 1500)
     warmup_ratio: Fraction = 1e-6  # warm-up starts at lr × this (DAFormer 1e-6, poly10warm.py)
+    warmup_mode: Literal["mmcv", "vfmuda"] = "mmcv"  # mmcv: the warm-up scales the decayed lr
+    # (DAFormer); vfmuda: lr × linspace(warmup_ratio, 1, warmup_iters), the decay after it
+    # (VFM-UDA/VFM-UDA++ WarmupAndLinearScheduler)
     max_iter: Count = 62_500  # poly decay horizon (reference MAX_ITER)
     stop_iter: Count = 40_000  # training stops here, before the lr reaches 0 (reference STOP_ITER);
     # at most max_iter
     batch_size: Count = 4  # images per domain per step (reference: 4 source + 4 target over 4 GPUs)
     grad_accum: Count = 1  # micro-batches per optimiser step (fit the reference batch on one GPU)
     clip_grad_norm: NonNegative = 0.0  # 0 disables clipping (reference: none)
+    lr_batch_scaling: Literal["none", "sqrt"] = "none"  # sqrt: every lr × √(batch_size × ranks
+    # × grad_accum), the total batch (VFM-UDA/VFM-UDA++ lr × √(batch · devices · nodes))
 
     def problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
         """(keys, what is wrong) for values that do not go together."""
@@ -307,6 +318,8 @@ class OnlinePseudoConfig:
     # labels score best of 10 boxes (>= 2 classes, top share < 0.75, sum of log counts)
     regenerate: bool = True  # with CBC: the teacher labels the crop again (SePiCo
     # `regen_pseudo`); False cuts the whole image's labels and weights
+    flip_average: bool = False  # labels from the mean softmax of the image and its mirror image
+    # (VFM-UDA/VFM-UDA++ get_pseudo_label_and_weight); False: the image alone (DAFormer)
 
 
 @dataclass
@@ -367,6 +380,33 @@ class OnlineContrastConfig:
 
 
 @dataclass
+class OnlineDistillConfig:
+    weight_source: NonNegative = 0.0  # λ of the feature distillation on source images, 0: none
+    # (VFM-UDA++ fd_weight_source 0.1, cfgs/vfmudaplusplus_*.yaml)
+    weight_target: NonNegative = 0.0  # λ on target images (VFM-UDA++ fd_weight_target 0.1)
+    model: str = "dinov2_vitl14_reg"  # the frozen DINOv2 (VFM-UDA++ fd_model_name)
+    pretrained: str = ""  # its official weights, a path or URL (dinov2_vitl14_reg4_pretrain.pth);
+    # needed when a weight is > 0
+    input_size: Count = 406  # the frozen model's square input side (VFM-UDA++ vit_in_img_size:
+    # 29 × 29 tokens of 14 px)
+    student_augment: Literal["none", "weak"] = "weak"  # the student's input: weakly jittered
+    # (VFM-UDA++ random_aug_weak) or as loaded; the frozen model sees it as loaded
+
+    def problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
+        """A frozen model name that is not a DINOv2 trunk, or no weights for it."""
+        if self.weight_source == 0 and self.weight_target == 0:
+            return
+        if not re.fullmatch(r"dinov2_vit[slbg]14(_reg)?", self.model):
+            yield ("model",), f"a DINOv2 name, dinov2_vit{{s,b,l,g}}14[_reg], got {self.model!r}"
+        if not self.pretrained:
+            yield (
+                ("pretrained",),
+                "feature distillation needs the frozen model's weights: set "
+                "online.distill.pretrained to dinov2_vitl14_reg4_pretrain.pth (path or URL)",
+            )
+
+
+@dataclass
 class OnlineConfig:
     init: Literal["pretrained", "warmup"] = "pretrained"  # DAFormer starts from the ImageNet init
     # (model.pretrained); "warmup" starts student and teacher from stage 1's model
@@ -385,6 +425,9 @@ class OnlineConfig:
     # RCS (data.source.rcs_*), set here to keep a shared warm-up's sampling unchanged
     crop: Size2 = field(default_factory=lambda: [512, 512])  # random [H, W] crop of source
     # and target after the resize (DAFormer 512×512); empty: whole images
+    source_augment: Literal["none", "weak", "strong"] = "none"  # the student's source batch
+    # with VFM-UDA's weak or VFM-UDA++'s strong torchvision-style augmentation (spcl.method.
+    # vfm_augment); none: as loaded (DAFormer)
     source_crop_max_share: Annotated[float, Range(low=0, low_open=True, high=1)] = 1.0  # below
     # 1, a source crop is drawn again (up to 10 times) while one class holds this share or more
     # of its labelled pixels (DAFormer/SePiCo RandomCrop cat_max_ratio 0.75); 1: one draw
@@ -395,6 +438,7 @@ class OnlineConfig:
     feature_distance: FeatureDistanceConfig = field(default_factory=FeatureDistanceConfig)
     contrast: OnlineContrastConfig = field(default_factory=OnlineContrastConfig)
     hrda: HRDAConfig = field(default_factory=HRDAConfig)  # HRDA's two-scale model and step (off)
+    distill: OnlineDistillConfig = field(default_factory=OnlineDistillConfig)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
             optimizer="adamw",
@@ -432,6 +476,12 @@ class OnlineConfig:
                 ("pseudo.margins", "pseudo.class_balanced_crop"),
                 "the pseudo-label margins follow the loader's crop, and the class-balanced crop "
                 "is cut later, in the step: use one of them",
+            )
+        if contrast.augment_source and self.source_augment != "none":
+            yield (
+                ("contrast.augment_source", "source_augment"),
+                "two augmentations of the source batch: keep contrast.augment_source (SePiCo's) "
+                "or source_augment (VFM-UDA's), not both",
             )
 
 

@@ -68,10 +68,23 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
     "data.target_labels.fraction": 0.0,
     "data.target_labels.seed": 0,
     "data.target_labels.weight": 1.0,
+    "online.source_augment": "none",
+    "online.pseudo.flip_average": False,
+    "online.distill.weight_source": 0.0,
+    "online.distill.weight_target": 0.0,
+    "online.distill.model": "dinov2_vitl14_reg",
+    "online.distill.pretrained": "",
+    "online.distill.input_size": 406,
+    "online.distill.student_augment": "weak",
+    **{
+        f"{stage}.optim.{key}": value
+        for stage in ("warmup", "adapt", "self_train", "online")
+        for key, value in (("lr_batch_scaling", "none"), ("warmup_mode", "mmcv"))
+    },
     **{
         f"data.{d}.{key}": value
         for d in ("source", "target", "target_val")
-        for key, value in (("rcs_min_crop_ratio", 0.0), ("max_items", 0))
+        for key, value in (("rcs_min_crop_ratio", 0.0), ("max_items", 0), ("rcs_joint_tries", 0))
     },
 }
 

@@ -180,3 +180,23 @@ def test_a_rare_class_sample_is_redrawn_until_it_holds_its_class(tmp_path) -> No
     first = [data[(0, seed, 5)]["label"] for seed in range(5)]
     again = [data[(0, seed, 5)]["label"] for seed in range(5)]
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # seeded redraws
+
+
+def test_vfmuda_joint_rule_needs_the_class_and_no_dominant_class_in_one_crop(tmp_path) -> None:
+    from spcl.data.lists import _retry_seed
+
+    data = _striped_list(tmp_path)
+    data.min_class_pixels = 40
+
+    def both(label: torch.Tensor) -> bool:  # > 40 px of class 5, no class at 75 % or more
+        rare = int((label == 5).sum())
+        return 40 < rare < 0.75 * label.numel() and label.numel() - rare < 0.75 * label.numel()
+
+    nested = sum(both(data[(0, seed, 5)]["label"]) for seed in range(40))
+    data.joint_tries, data.max_share = 20, 0.75
+    joint = sum(both(data[(0, seed, 5)]["label"]) for seed in range(40))
+    assert joint >= 38 > nested  # DAFormer's rule keeps crops of class 5 alone
+    data.max_share = 0.01  # no crop can pass: the authors' one more, unchecked draw
+    for seed in range(3):
+        _, expected = data.transform(*data.load(0), _retry_seed(seed, 20))
+        np.testing.assert_array_equal(data[(0, seed, 5)]["label"], expected)

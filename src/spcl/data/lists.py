@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from spcl.base import IMAGENET_MEAN, IMAGENET_STD, DatasetError
 from spcl.data.label_png import read_label_png
-from spcl.data.transforms import PairTransform
+from spcl.data.transforms import PairTransform, balanced_label
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -33,6 +33,13 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_BIT_DEPTH = 8  # default labels are 8-bit maps; 16-bit ones are refused (their mode named)
 SAMPLE_RETRIES = 10  # redraws of a rare-class sample short of its class (DAFormer's RCS)
+
+
+def _retry_seed(seed: int, attempt: int) -> int:
+    """The seed of redraw ``attempt`` of a sample (attempt 0: the sample's own seed)."""
+    if attempt == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0] >> 1)
 
 
 def read_image(path: Path, mode: str = "RGB") -> np.ndarray:
@@ -102,6 +109,8 @@ class SegmentationList(Dataset):
         self.pseudo_margins: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # set by the
         # online stage: ([top, bottom, left, right], the (H, W) they are given at); unlabelled
         # samples then carry "pseudo_valid" (HRDA's PL crop v2, see _margin_mask)
+        self.joint_tries = 0  # VFM-UDA's rare-class crop rule (see _joint_draw); 0: DAFormer's
+        self.max_share = 1.0  # ... and its top-class share limit
 
     def __len__(self) -> int:
         return len(self.images)
@@ -112,14 +121,31 @@ class SegmentationList(Dataset):
         """The transformed sample; redrawn (up to ``SAMPLE_RETRIES`` times, new seeds) while its
         label holds no more than ``min_class_pixels`` pixels of the ``drawn`` class (DAFormer's
         rare-class crop rule; the last draw is kept either way)."""
+        if self.joint_tries and drawn is not None and label is not None:
+            return self._joint_draw(image, label, seed, drawn)
         out_image, out_label = self.transform(image, label, seed)
         if drawn is None or label is None or self.min_class_pixels <= 0:
             return out_image, out_label
         for attempt in range(1, SAMPLE_RETRIES + 1):
             if np.count_nonzero(out_label == drawn) > self.min_class_pixels:
                 break
-            retry_seed = int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0] >> 1)
-            out_image, out_label = self.transform(image, label, retry_seed)
+            out_image, out_label = self.transform(image, label, _retry_seed(seed, attempt))
+        return out_image, out_label
+
+    def _joint_draw(
+        self, image: np.ndarray, label: np.ndarray, seed: int, drawn: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """VFM-UDA's rare-class crop (``rare_class_sampler_dataset.py``): up to ``joint_tries``
+        draws, the first with more than ``min_class_pixels`` of the ``drawn`` class and no class
+        at ``max_share`` or more kept; failing that, one more draw, unchecked."""
+        for attempt in range(self.joint_tries + 1):
+            out_image, out_label = self.transform(image, label, _retry_seed(seed, attempt))
+            if attempt == self.joint_tries:
+                break
+            assert out_label is not None
+            enough = np.count_nonzero(out_label == drawn) > self.min_class_pixels
+            if enough and balanced_label(out_label, self.max_share):
+                break
         return out_image, out_label
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:

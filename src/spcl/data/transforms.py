@@ -17,7 +17,13 @@ import numpy as np
 
 from spcl.base import IGNORE_INDEX
 
-__all__ = ["ClassLimitedCrop", "PairTransform", "build_eval_transform", "build_train_transform"]
+__all__ = [
+    "ClassLimitedCrop",
+    "PairTransform",
+    "balanced_label",
+    "build_eval_transform",
+    "build_train_transform",
+]
 
 HUE_JITTER = 0.2  # reference colour jitter hue (brightness/contrast/saturation share one strength)
 CROP_RETRIES = 10  # redraws of a crop one class dominates (mmseg RandomCrop, DAFormer's source)
@@ -76,11 +82,17 @@ class ClassLimitedCrop(A.RandomCrop):
 
     def balanced(self, label: np.ndarray) -> bool:
         """Two classes or more, none with ``max_share`` or more of the labelled pixels."""
-        counts = np.bincount(label.ravel(), minlength=LABEL_VALUES)
-        if self.ignore_index < counts.size:
-            counts[self.ignore_index] = 0
-        present = counts[counts > 0]
-        return present.size > 1 and present.max() < self.max_share * present.sum()
+        return balanced_label(label, self.max_share, self.ignore_index)
+
+
+def balanced_label(label: np.ndarray, max_share: float, ignore_index: int = IGNORE_INDEX) -> bool:
+    """Two classes or more in ``label``, none with ``max_share`` or more of its labelled pixels
+    (``ignore_index`` left out): mmseg's ``cat_max_ratio`` rule."""
+    counts = np.bincount(label.ravel(), minlength=LABEL_VALUES)
+    if ignore_index < counts.size:
+        counts[ignore_index] = 0
+    present = counts[counts > 0]
+    return bool(present.size > 1 and present.max() < max_share * present.sum())
 
 
 def build_train_transform(

@@ -33,6 +33,7 @@ __all__ = [
     "param_groups",
     "poly_factor",
     "poly_scheduler",
+    "vfmuda_warmup_factor",
     "warmup_poly_factor",
 ]
 
@@ -180,6 +181,14 @@ def poly_factor(iteration: int, max_iter: int, power: float = 0.9) -> float:
     return max(0.0, 1.0 - iteration / max_iter) ** power
 
 
+def vfmuda_warmup_factor(iteration: int, warmup_iters: int, warmup_ratio: float) -> float:
+    """VFM-UDA's warm-up multiplier (``WarmupAndLinearScheduler``: ``linspace(ratio, 1, W)``),
+    which replaces the decayed lr during the warm-up: ``ratio + (1 − ratio)·t/(W − 1)``."""
+    if warmup_iters <= 1:
+        return warmup_ratio
+    return warmup_ratio + (1.0 - warmup_ratio) * iteration / (warmup_iters - 1)
+
+
 def warmup_poly_factor(
     iteration: int, warmup_iters: int, warmup_ratio: float = DEFAULT_WARMUP_RATIO
 ) -> float:
@@ -207,13 +216,18 @@ class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
         min_lr: float = 0.0,
         warmup_iters: int = 0,
         warmup_ratio: float = DEFAULT_WARMUP_RATIO,
+        warmup_mode: str = "mmcv",
     ) -> None:
         self.max_iter, self.power, self.min_lr = max_iter, power, min_lr
         self.warmup_iters, self.warmup_ratio = warmup_iters, warmup_ratio
+        self.warmup_mode = warmup_mode
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         t = self.last_epoch
+        if self.warmup_mode == "vfmuda" and t < self.warmup_iters:
+            warm = vfmuda_warmup_factor(t, self.warmup_iters, self.warmup_ratio)
+            return [base * warm for base in self.base_lrs]
         coeff = poly_factor(t, self.max_iter, self.power)
         warm = warmup_poly_factor(t, self.warmup_iters, self.warmup_ratio)
         return [((base - self.min_lr) * coeff + self.min_lr) * warm for base in self.base_lrs]
@@ -227,11 +241,14 @@ def poly_scheduler(
     min_lr: float = 0.0,
     warmup_iters: int = 0,
     warmup_ratio: float = DEFAULT_WARMUP_RATIO,
+    warmup_mode: str = "mmcv",
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """The poly schedule over ``max_iter`` (step once per iteration).
 
     Without warm-up and ``min_lr`` it is a LambdaLR applying :func:`poly_factor` to every group's
-    initial lr (the SPCL reference); otherwise :class:`WarmupPolyLR`.
+    initial lr (the SPCL reference); otherwise :class:`WarmupPolyLR`. ``warmup_mode`` "mmcv"
+    scales the decayed lr during the warm-up (DAFormer); "vfmuda" replaces it by VFM-UDA's
+    linear ramp from ``warmup_ratio`` to 1 over the warm-up (:func:`vfmuda_warmup_factor`).
 
     Raises:
         ValueError: ``max_iter`` ≤ 0, ``warmup_iters`` < 0, ``warmup_ratio`` outside (0, 1] or
@@ -256,4 +273,5 @@ def poly_scheduler(
         min_lr=min_lr,
         warmup_iters=warmup_iters,
         warmup_ratio=warmup_ratio,
+        warmup_mode=warmup_mode,
     )

@@ -23,6 +23,8 @@ The online recipe (stage 7; DAFormer, MIC, SePiCo, docs/online.md and docs/recip
 - :mod:`~spcl.method.class_balanced_crop`: SePiCo's class-balanced crop on the teacher's labels.
 - :mod:`~spcl.method.sepico`: SePiCo's class statistics and its DistCL, BankCL and ProtoCL losses.
 - :mod:`~spcl.method.hrda`: HRDA's context/detail geometry, scale fusion and detail loss.
+- :mod:`~spcl.method.vfm_augment`: VFM-UDA's weak and VFM-UDA++'s strong source augmentation.
+- :mod:`~spcl.method.feature_distill`: VFM-UDA++'s feature distillation to a frozen DINOv2.
 
 ``__all__`` is the union of the modules' own ``__all__``.
 """
@@ -71,6 +73,14 @@ from spcl.method.feature_distance import (
     downscale_label_ratio,
     masked_feature_distance,
     thing_feature_distance,
+)
+from spcl.method.feature_distill import (
+    COSINE_WEIGHT,
+    DISTILL_EXPANSION,
+    SMOOTH_L1_WEIGHT,
+    DistillHead,
+    FrozenDINOv2,
+    distill_loss,
 )
 from spcl.method.hrda import (
     HRDA_ALIGN_CORNERS,
@@ -165,6 +175,12 @@ from spcl.method.sepico import (
     proto_contrastive_loss,
     prototype_regularizer,
 )
+from spcl.method.vfm_augment import (
+    STRONG_SOURCE,
+    WEAK_SOURCE,
+    TorchvisionAugment,
+    torchvision_augment,
+)
 from spcl.method.weighted_ce import (
     CrossEntropyReduction,
     pixel_weighted_cross_entropy,
@@ -177,8 +193,10 @@ __all__ = [
     "CBC_BOXES",
     "CBC_MAX_SHARE",
     "CITYSCAPES_THING_CLASSES",
+    "COSINE_WEIGHT",
     "DEFAULT_THRESHOLD_BINS",
     "DISCRIMINATOR_WEIGHT",
+    "DISTILL_EXPANSION",
     "FD_MIN_RATIO",
     "HRDA_ALIGN_CORNERS",
     "HRDA_CROP_DIVISIBLE",
@@ -202,11 +220,14 @@ __all__ = [
     "REFERENCE_REGULARIZER_WEIGHT",
     "REFERENCE_TEMPERATURE",
     "REFERENCE_THRESHOLD_CAP",
+    "SMOOTH_L1_WEIGHT",
     "SOURCE_DOMAIN_LABEL",
     "SOURCE_LOGIT_TEMPERATURE",
     "STOCHASTIC_DEPTH_CLASS_NAMES",
     "STOCHASTIC_DEPTH_MARKER",
+    "STRONG_SOURCE",
     "TARGET_DOMAIN_LABEL",
+    "WEAK_SOURCE",
     "AbsentPolicy",
     "Box",
     "ClassMixMasks",
@@ -214,6 +235,8 @@ __all__ = [
     "ContrastLoss",
     "ContrastiveLosses",
     "CrossEntropyReduction",
+    "DistillHead",
+    "FrozenDINOv2",
     "LabelDownscale",
     "MixedBatch",
     "PrototypeAccumulator",
@@ -221,6 +244,7 @@ __all__ = [
     "PseudoLabels",
     "StrongAugParams",
     "ThresholdEstimator",
+    "TorchvisionAugment",
     "WeightMode",
     "adversarial_generator_loss",
     "apply_strong_augment",
@@ -245,6 +269,7 @@ __all__ = [
     "disable_teacher_dropout",
     "discriminator_loss",
     "dist_contrastive_loss",
+    "distill_loss",
     "downsample_labels",
     "downscale_label_ratio",
     "ema_alpha",
@@ -277,6 +302,7 @@ __all__ = [
     "tempered_cross_entropy",
     "thing_feature_distance",
     "threshold_predictions",
+    "torchvision_augment",
     "unwrap_model",
     "update_teacher",
     "upsample_logits",

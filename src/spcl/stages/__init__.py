@@ -11,7 +11,8 @@ Stages, in pipeline order (:mod:`spcl.pipeline` runs them):
 - :mod:`~spcl.stages.adapt`: 4, SPCL adaptation (source CE + pixel-to-prototype contrast).
 - :mod:`~spcl.stages.self_train`: 6, self-training on the refreshed pseudo-labels.
 - :mod:`~spcl.stages.online`: 7, online adaptation with an EMA teacher; its step is
-  :mod:`~spcl.stages.online_step`, its contrast terms :mod:`~spcl.stages.online_contrast`.
+  :mod:`~spcl.stages.online_step`, its contrast terms :mod:`~spcl.stages.online_contrast`,
+  VFM-UDA++'s parts :mod:`~spcl.stages.online_vfm`.
 - :mod:`~spcl.stages.evaluate`: 8, mIoU of every trained model of the run.
 
 What the stages share:

@@ -181,7 +181,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
     cfg, data = ctx.config.adapt, ctx.config.data
     model = load_weights(build_segmenter(ctx, freeze_bn=cfg.freeze_bn), inputs["warmup"])
     net = wrap_ddp(ctx, model)
-    optimizer, schedule = optimizer_and_schedule(model, cfg.optim)
+    optimizer, schedule = optimizer_and_schedule(model, cfg.optim, world=ctx.world)
     bank = _bank(ctx, cfg, inputs["prototypes"])
     augment = {"hflip": data.hflip}
     source = source_stream(

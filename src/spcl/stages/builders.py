@@ -7,7 +7,8 @@ The run's class table and its checks live in :mod:`spcl.stages.class_sets` (re-e
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -56,6 +57,7 @@ __all__ = [
     "pseudo_labelled_dataset",
     "run_class_table",
     "save_weights",
+    "scaled_optim",
     "skip_missing_labels",
     "source_order",
     "source_stream",
@@ -317,9 +319,12 @@ def source_stream(
     domain = ctx.config.data.source
     if sampling != "data":
         domain = dataclasses.replace(domain, sampling=sampling)
+    joint = domain.sampling == "rare_class" and domain.rcs_joint_tries > 0  # VFM-UDA's rule
+    max_share = augment.pop("crop_max_share", 1.0) if joint else 1.0  # checked by the dataset
     dataset = domain_dataset(domain, with_labels=True, train=True, **augment)
     if domain.sampling == "rare_class":  # DAFormer: a sample short of its class is drawn again
         dataset.min_class_pixels = domain.rcs_min_pixels * domain.rcs_min_crop_ratio
+        dataset.joint_tries, dataset.max_share = domain.rcs_joint_tries, max_share
     return train_loader(ctx, dataset, batch_size, salt, source_order(ctx, domain, dataset, salt))
 
 
@@ -344,15 +349,28 @@ def eval_loader(ctx: RunContext, dataset: SegmentationList) -> Iterable[dict[str
     )
 
 
+def scaled_optim(optim: OptimConfig, world: int) -> OptimConfig:
+    """``optim`` with ``lr`` × √(batch_size × world × grad_accum) under ``lr_batch_scaling: sqrt``
+    (VFM-UDA++ ``configure_optimizers``: lr × √(batch · devices · nodes); accumulation stands in
+    for devices here, so 1 GPU × 2 × 4 steps gets the lr of 4 GPUs × 2); itself otherwise."""
+    if optim.lr_batch_scaling == "none":
+        return optim
+    total = optim.batch_size * world * optim.grad_accum
+    return dataclasses.replace(optim, lr=optim.lr * math.sqrt(total))
+
+
 def optimizer_and_schedule(
-    model: nn.Module, optim: OptimConfig
+    model: nn.Module, optim: OptimConfig, *, world: int = 1, extra: Sequence[nn.Module] = ()
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """The stage optimiser (per-parameter groups, :func:`spcl.engine.optim.param_groups`) and its
-    poly schedule over max_iter (with warm-up and floor when configured).
+    poly schedule over max_iter (with warm-up and floor when configured). The lr is scaled by
+    the total batch of ``world`` ranks when ``optim.lr_batch_scaling`` says so; ``extra`` modules
+    (VFM-UDA++'s distillation head) train at the head's lr, as the authors' decoder.
 
     With the reference settings (all multipliers 1, no warm-up) this is SGD/Adam with the backbone
     at ``lr`` and the head at ``head_lr_mult`` × lr, as before.
     """
+    optim = scaled_optim(optim, world)
     groups = param_groups(
         model,
         lr=optim.lr,
@@ -363,6 +381,11 @@ def optimizer_and_schedule(
         norm_decay_mult=optim.norm_decay_mult,
         embed_decay_mult=optim.embed_decay_mult,
     )
+    head_lr = optim.lr * optim.head_lr_mult
+    groups += [
+        {"params": list(m.parameters()), "lr": head_lr, "weight_decay": optim.weight_decay}
+        for m in extra
+    ]
     optimizer = optimizer_from_groups(
         groups,
         kind=optim.optimizer,
@@ -378,5 +401,6 @@ def optimizer_and_schedule(
         min_lr=optim.min_lr,
         warmup_iters=optim.warmup_iters,
         warmup_ratio=optim.warmup_ratio,
+        warmup_mode=optim.warmup_mode,
     )
     return optimizer, schedule

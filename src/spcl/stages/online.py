@@ -15,6 +15,8 @@ each a switch of the ``online`` config section (docs/recipes.md, sections DAForm
 - masked image consistency (MIC): the student also sees a block-masked target image and learns
   the teacher's pseudo-labels;
 - the ImageNet feature distance on thing classes, when the model starts from ImageNet weights;
+- VFM-UDA++'s feature distillation to a frozen DINOv2, strong source augmentation and
+  flip-averaged pseudo-labels (:mod:`spcl.stages.online_vfm`);
 - SPCL's pixel-to-prototype contrast on source ground truth and target pseudo-labels, with
   prototypes from teacher features (in SePiCo's projection space when the model has one:
   ``model.options.projection_dim``), or SePiCo's ProtoCL, DistCL and BankCL against cumulative
@@ -62,6 +64,7 @@ from spcl.stages.builders import (
 )
 from spcl.stages.collapse import PSEUDO_LABEL_SHARE, CollapseAlert
 from spcl.stages.online_step import OnlineParts, SeededGenerator, online_step, online_weights
+from spcl.stages.online_vfm import DistillStudent, distill_head, frozen_dinov2
 from spcl.stages.target_labels import with_target_labels
 from spcl.stages.training import RankAgreement, TrainingSetup, train
 
@@ -179,9 +182,15 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
     cfg, data = ctx.config.online, ctx.config.data
     seed_everything(ctx.config.run.seed * 1000 + RNG_SALT + ctx.rank)
     student, imnet = _models(ctx, inputs.get("warmup"))
-    net = wrap_ddp(ctx, student)  # every rank's student now holds rank 0's weights
+    distill = head = None
+    if cfg.distill.weight_source > 0 or cfg.distill.weight_target > 0:  # VFM-UDA++
+        distill = frozen_dinov2(cfg.distill, ctx.device)
+        head = distill_head(student, distill).to(ctx.device)
+    # every rank's student (and distillation head) now holds rank 0's weights
+    net = wrap_ddp(ctx, student if head is None else DistillStudent(student, head))
     teacher = _teacher(student)  # so every rank's teacher starts from them too
-    optimizer, schedule = optimizer_and_schedule(student, cfg.optim)
+    extra = [head] if head is not None else []
+    optimizer, schedule = optimizer_and_schedule(student, cfg.optim, world=ctx.world, extra=extra)
     source, target = _streams(ctx, cfg)
     bank, statistics = _contrast_state(cfg, data.num_classes, student.feature_channels)
     generator = SeededGenerator(ctx.config.run.seed * 1000 + AUGMENT_SALT + ctx.rank)
@@ -196,6 +205,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         image_mean=IMAGENET_MEAN,
         image_std=IMAGENET_STD,
         imnet=imnet,
+        distill=distill,
         bank=bank.to(ctx.device) if bank is not None else None,
         statistics=statistics.to(ctx.device) if statistics is not None else None,
         watch=alert.observe,
@@ -209,6 +219,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         "target": target,
     }
     state |= {"bank": bank} if bank is not None else {}
+    state |= {"distill_head": head} if head is not None else {}
     state |= {"statistics": statistics} if statistics is not None else {}
     student.train()
     teacher.train()  # DAFormer: the teacher keeps train-mode BatchNorm, its dropout is off
@@ -234,6 +245,11 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
             *(
                 [RankAgreement("class statistics", "class statistics", statistics)]
                 if statistics is not None
+                else []
+            ),
+            *(
+                [RankAgreement("distillation heads", "distillation heads", head)]
+                if head is not None
                 else []
             ),
         ],

@@ -14,7 +14,11 @@ with S the student, T its EMA teacher:
    weighted CE; without mixing (``online.mix.enabled=false``) ``tgt``: S's weighted CE on the
    strongly augmented target crop against ŷ.
 5. ``mask`` (MIC): S on the colour-augmented, block-masked target crop against ŷ with W.
-6. ``cl_src``/``cl_tgt``: pixel-to-prototype contrast (SPCL's loss, or SePiCo's ProtoCL, DistCL,
+6. ``fd_src``/``fd_tgt`` (VFM-UDA++, ``online.distill``): S's last feature level, projected,
+   against a frozen DINOv2 on each batch; with ``online.source_augment`` S sees its source batch
+   augmented, with ``online.pseudo.flip_average`` T labels the mean of the image and its mirror
+   (:mod:`spcl.stages.online_vfm`).
+7. ``cl_src``/``cl_tgt``: pixel-to-prototype contrast (SPCL's loss, or SePiCo's ProtoCL, DistCL,
    BankCL) of S's features (or their projection) on source ground truth and on target
    pseudo-labels (W > 0), against class statistics kept from T's features on the source crop;
    zero before ``online.contrast.start_iter`` (:mod:`spcl.stages.online_contrast`). With
@@ -51,6 +55,7 @@ from spcl.method.sepico import ClassStatistics
 from spcl.method.weighted_ce import pixel_weighted_cross_entropy
 from spcl.models.hrda import HRDAOutput
 from spcl.stages.online_contrast import contrast_terms
+from spcl.stages.online_vfm import distill_terms, source_input, teacher_logits
 
 __all__ = ["OnlineParts", "SeededGenerator", "online_step", "online_weights"]
 
@@ -87,6 +92,7 @@ class OnlineParts:
     bank: PrototypeBank | None = None  # class prototypes from teacher features (contrast)
     statistics: ClassStatistics | None = None  # SePiCo's cumulative class statistics (contrast
     # with statistics: cumulative; then bank is None)
+    distill: nn.Module | None = None  # the frozen DINOv2 of VFM-UDA++'s feature distillation
     watch: Callable[[Tensor, Tensor], None] | None = None  # given ŷ and W of each step (the
     # class-collapse alert counts them; spcl.stages.collapse)
 
@@ -132,8 +138,7 @@ def _pseudo_labels(
     """The teacher's pseudo-labels ŷ and their weights W on the clean target batch (W zeroed in
     the PL-crop rows unless ``pl_crop`` is False)."""
     cfg = parts.cfg.pseudo
-    logits = parts.teacher(tgt_images).logits
-    logits = upsample_logits(logits, tgt_images.shape[-2:], align_corners=MMSEG_ALIGN_CORNERS)
+    logits = teacher_logits(parts, tgt_images, MMSEG_ALIGN_CORNERS)
     mode = "batch_quality" if cfg.weight == "none" else cfg.weight
     pseudo = teacher_pseudo_labels(logits, cfg.threshold, weight_mode=mode)
     weight = torch.ones_like(pseudo.weight) if cfg.weight == "none" else pseudo.weight
@@ -162,9 +167,8 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
     cfg, dev = parts.cfg, parts.device
     src_images = src["image"].to(dev, non_blocking=True)
     src_labels = src["label"].to(dev, non_blocking=True)
-    src_out = parts.student(
-        _augment(parts, src_images) if cfg.contrast.augment_source else src_images
-    )
+    src_in = _augment(parts, src_images) if cfg.contrast.augment_source else src_images
+    src_out = parts.student(source_input(parts, src_in))
     terms = {"seg": _out_ce(parts, src_out, src_labels, None)}
     if parts.imnet is not None:
         with torch.no_grad():
@@ -215,6 +219,8 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
         )
         masked = parts.student(images * mask)
         terms["mask"] = _out_ce(parts, masked, pseudo, weight)
+    if parts.distill is not None:
+        terms |= distill_terms(parts, src_images, tgt_images)
     if parts.bank is not None or parts.statistics is not None:
         if cfg.contrast.target and tgt_features is None:
             tgt_features = parts.student(_augment(parts, tgt_images)).features
@@ -230,6 +236,8 @@ def online_weights(cfg: OnlineConfig, *, feature_distance: bool) -> dict[str, fl
         weights["mask"] = cfg.masking.weight
     if feature_distance:
         weights["fd"] = cfg.feature_distance.weight
+    fd = {"fd_src": cfg.distill.weight_source, "fd_tgt": cfg.distill.weight_target}
+    weights |= {key: weight for key, weight in fd.items() if weight > 0}
     if cfg.contrast.source:
         weights["cl_src"] = cfg.contrast.weight
     if cfg.contrast.target:

@@ -69,7 +69,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
     cfg, data = ctx.config.self_train, ctx.config.data
     model = load_weights(build_segmenter(ctx, freeze_bn=cfg.freeze_bn), inputs["adapt"])
     net = wrap_ddp(ctx, model)
-    optimizer, schedule = optimizer_and_schedule(model, cfg.optim)
+    optimizer, schedule = optimizer_and_schedule(model, cfg.optim, world=ctx.world)
     dataset = pseudo_labelled_dataset(
         data.target,
         inputs["pseudo_labels_2"],

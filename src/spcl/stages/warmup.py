@@ -97,7 +97,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
     cfg, data = ctx.config.warmup, ctx.config.data
     model = build_segmenter(ctx)
     net = wrap_ddp(ctx, model)
-    optimizer, schedule = optimizer_and_schedule(model, cfg.optim)
+    optimizer, schedule = optimizer_and_schedule(model, cfg.optim, world=ctx.world)
     source = source_stream(
         ctx,
         cfg.optim.batch_size,
