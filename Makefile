@@ -17,7 +17,7 @@ demo: install
 	$(BIN)/spcl demo --out runs/demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: install
 	$(BIN)/ruff check .

@@ -234,7 +234,8 @@ def test_a_stage_whose_input_was_replaced_earlier_says_so(tmp_path: Path, calls:
 
 def _other_value(dotted: str, neutral: object) -> object:
     """A valid value of key ``dotted`` other than its ``neutral`` one (Literal keys: another
-    choice; counts stay whole; free strings get a suffix)."""
+    choice; counts stay whole; free strings get a suffix; a list of counts gets four; a section
+    given whole gets its switch turned on)."""
     hints: object = Config
     for part in dotted.split("."):
         hints = typing.get_type_hints(hints, include_extras=True)[part]
@@ -244,6 +245,10 @@ def _other_value(dotted: str, neutral: object) -> object:
         return neutral + 3
     if isinstance(neutral, float):
         return 0.5
+    if isinstance(neutral, list):  # a list of counts (pseudo-label margins): four of them
+        return [1, 2, 3, 4]
+    if isinstance(neutral, dict):  # a section given whole: its switch turned on
+        return {**neutral, "enabled": True}
     choices = typing.get_args(hints)
     return next((c for c in choices if c != neutral), f"{neutral}x")
 
