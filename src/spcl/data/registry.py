@@ -16,9 +16,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from spcl.base import DatasetError, UnknownNameError
+from spcl.base import DatasetError, MissingFileError, UnknownNameError
 from spcl.data.layout import DatasetFiles
 from spcl.data.lists import SegmentationList
 from spcl.data.readers.cityscapes import scan_cityscapes
@@ -29,6 +29,9 @@ from spcl.data.readers.synthia import scan_synthia
 from spcl.data.synthetic.reader import scan_synthetic
 from spcl.data.transforms import PairTransform
 
+if TYPE_CHECKING:
+    from spcl.config_schema import DomainConfig
+
 __all__ = [
     "DATASET_KINDS",
     "SCANNERS",
@@ -36,6 +39,7 @@ __all__ = [
     "dataset_options",
     "get_scanner",
     "scan_dataset",
+    "scan_domain",
 ]
 
 SCANNERS: dict[str, Callable[..., DatasetFiles]] = {
@@ -101,6 +105,23 @@ def scan_dataset(
         )
     split = DEFAULT_SPLIT if split is None else split
     return scanner(root, split, with_labels=with_labels, warn=warn, **options)
+
+
+def scan_domain(domain: DomainConfig, key: str, *, with_labels: bool) -> DatasetFiles:
+    """:func:`scan_dataset` on a configured domain (kind, root, split, options), quietly.
+
+    Raises:
+        MissingFileError, DatasetError, UnknownNameError: as :func:`scan_dataset`, the message
+            prefixed with the config key ``key`` and the domain's kind, root and split.
+    """
+    try:
+        return scan_dataset(
+            domain.kind, domain.root, domain.split, with_labels=with_labels, warn=False,
+            **domain.options,
+        )  # fmt: skip
+    except (MissingFileError, DatasetError, UnknownNameError) as exc:
+        where = f"{key} ({domain.kind} dataset at {domain.root}, split {domain.split!r})"
+        raise type(exc)(f"{where}: {exc}") from exc
 
 
 def build_dataset(

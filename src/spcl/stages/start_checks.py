@@ -28,12 +28,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from spcl.base import ConfigError, DatasetError, MissingFileError, UnknownNameError
-from spcl.config_schema import Config, DomainConfig, pseudo_crop_problems
+from spcl.base import ConfigError, MissingFileError
+from spcl.config_schema import Config, pseudo_crop_problems
 from spcl.context import RunContext
 from spcl.data.label_decoder import describe_ids
 from spcl.data.labels import ClassTable
-from spcl.data.registry import scan_dataset
+from spcl.data.registry import scan_domain
 from spcl.stages.class_sets import check_class_sets
 from spcl.stages.target_labels import check_target_labels
 
@@ -87,26 +87,17 @@ def reads_target_val(config: Config) -> bool:
     return "evaluate" in stages or validates
 
 
-def _scan(domain: DomainConfig, key: str, *, with_labels: bool) -> list[Path]:
-    """The images of a domain; a missing root, split or folder is an error naming ``key``."""
-    try:
-        files = scan_dataset(
-            domain.kind, domain.root, domain.split, with_labels=with_labels, warn=False,
-            **domain.options,
-        )  # fmt: skip
-    except (MissingFileError, DatasetError, UnknownNameError) as exc:
-        where = f"{key} ({domain.kind} dataset at {domain.root}, split {domain.split!r})"
-        raise type(exc)(f"{where}: {exc}") from exc
-    return files.images
-
-
 def _check_paths(config: Config) -> list[Path]:
     """Every path the run reads exists; returns the target images (empty: not read)."""
     data = config.data
-    _scan(data.source, "data.source", with_labels=True)
-    target = _scan(data.target, "data.target", with_labels=False) if reads_target(config) else []
+    scan_domain(data.source, "data.source", with_labels=True)
+    target = (
+        scan_domain(data.target, "data.target", with_labels=False).images
+        if reads_target(config)
+        else []
+    )
     if reads_target_val(config):
-        _scan(data.target_val, "data.target_val", with_labels=True)
+        scan_domain(data.target_val, "data.target_val", with_labels=True)
     pretrained = config.model.pretrained
     if pretrained and "://" not in pretrained and not Path(pretrained).is_file():
         raise MissingFileError(f"model.pretrained: no such file: {pretrained}")

@@ -28,7 +28,7 @@ from spcl.base import DatasetError, MissingFileError, UnknownNameError
 from spcl.config_schema import Config, DomainConfig
 from spcl.context import RunContext
 from spcl.data.lists import SegmentationList
-from spcl.data.registry import scan_dataset
+from spcl.data.registry import scan_domain
 from spcl.data.target_labels import check_kept_out, draw_fraction, select_from_list
 from spcl.engine.loop import StepFn
 from spcl.method.losses import tempered_cross_entropy, upsample_logits
@@ -46,14 +46,7 @@ PLAIN_CE = 1.0  # no temperature on target labels
 
 def _files(domain: DomainConfig, key: str, *, with_labels: bool) -> tuple[list[Path], list[str]]:
     """A split's images and names (``max_items`` applied); errors name ``key``."""
-    try:
-        files = scan_dataset(
-            domain.kind, domain.root, domain.split, with_labels=with_labels, warn=False,
-            **domain.options,
-        )  # fmt: skip
-    except (MissingFileError, DatasetError, UnknownNameError) as exc:
-        where = f"{key} ({domain.kind} dataset at {domain.root}, split {domain.split!r})"
-        raise type(exc)(f"{where}: {exc}") from exc
+    files = scan_domain(domain, key, with_labels=with_labels)
     keep = slice(None if domain.max_items <= 0 else domain.max_items)
     return files.images[keep], files.names[keep]
 
