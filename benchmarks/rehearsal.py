@@ -15,8 +15,11 @@ model family (DeepLab-v2, MiT, DINOv2) at ``--amp-scale`` (default 8 on CPU: 20 
 of three models would take hours on two cores): the loss of every step side by side and the
 largest relative difference. ``--device cuda`` gives a GPU user the same tables.
 
+Key=value overrides after the options apply to every config's stage rows: ``run.amp=bf16`` gives
+the same table under bf16 autocast, ``run.stages=[online]`` one stage alone.
+
 Run: ``PYTHONPATH=src python benchmarks/rehearsal.py [--configs a,b] [--device cpu]
-[--scale 1] [--amp-steps 20] [--amp-scale 8] [--out runs/rehearsal_bench]``
+[--scale 1] [--amp-steps 20] [--amp-scale 8] [--out runs/rehearsal_bench] [key=value ...]``
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def fast_dev_run(
 
 
 def stage_rows(name: str, world: Rehearsal, args: argparse.Namespace, env: dict) -> list[str]:
-    overrides = [*world.overrides(name, []), f"run.device={args.device}"]
+    overrides = [*world.overrides(name, []), f"run.device={args.device}", *args.overrides]
     params = parameter_count(name, overrides)
     begin = time.perf_counter()
     status, output, kept = fast_dev_run(name, overrides, 2, args.out, env, args.timeout)
@@ -144,6 +147,12 @@ def main() -> None:
     parser.add_argument("--skip-stages", action="store_true", help="the bf16 comparison only")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per config")
     parser.add_argument("--out", type=Path, default=Path("runs/rehearsal_bench"))
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="applied to every config's stage rows (e.g. run.amp=bf16 'run.stages=[online]')",
+    )
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +165,8 @@ def main() -> None:
     if not args.skip_stages:
         world = Rehearsal(args.out / f"world_scale{args.scale}", scale=args.scale)
         env["TORCH_HOME"] = str(world.torch_home)
-        print(f"## One training step of every stage (sizes ÷ {args.scale})\n")
+        extra = f", {' '.join(args.overrides)}" if args.overrides else ""
+        print(f"## One training step of every stage (sizes ÷ {args.scale}{extra})\n")
         print("| config | params (M) | stage | step s | stage s | peak RAM GiB | peak GPU GiB | |")
         print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |")
         for name in names:

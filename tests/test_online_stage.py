@@ -20,26 +20,15 @@ from spcl.context import open_run
 from spcl.data.synthetic import generate_pair
 from spcl.engine.loop import weighted_total
 from spcl.experiments.rows import QUICK_OVERRIDES
-from spcl.pipeline import run_pipeline
 from spcl.stages import online
 from spcl.stages.training import after_step_hooks, write_outputs
-from tiny import TINY
+from tiny import tiny_warmup
 
 
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny pair and a finished 2-step source-only warm-up."""
-    root = tmp_path_factory.mktemp("online")
-    data = generate_pair(
-        root / "data", seed=4, n_train=4, n_val=2, size=(64, 128), preview=False, progress=False
-    )
-    roots = [f"data.{d}.root={data}" for d in ("source", "target", "target_val")]
-    overrides = [*TINY, *roots, "warmup.adversarial=false", "online.init=warmup"]
-    overrides += ["online.optim.batch_size=2"]
-    config = load_config("demo", [*overrides, "run.stages=[warmup]", f"run.out={root / 'w'}"])
-    with open_run(config) as ctx:
-        outputs = run_pipeline(ctx)
-    return {"data": data, "overrides": overrides, "warmup": outputs["warmup"]}
+    return tiny_warmup(tmp_path_factory.mktemp("online"), seed=4, n_train=4)
 
 
 def _steps(warm: dict, tmp_path: Path, steps: int, *overrides: str) -> dict:

@@ -155,3 +155,6 @@ def test_vfmudapp_configs_turn_on_every_vfmudapp_switch(name: str) -> None:
     assert config.evaluate.slide == [1024, 1024, 512, 512] and online.crop == [1024, 1024]
     assert config.data.source.rcs_joint_tries == 20 and online.source_crop_max_share == 0.75
     assert (optim.warmup_mode, optim.warmup_iters, optim.warmup_ratio) == ("vfmuda", 1500, 1e-3)
+    # the ignore margins of the whole image (3 %, 25 %, 3 %, 3 %), not rows of the crop
+    assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == (0, 0)
+    assert online.pseudo.margins == [30, 256, 61, 61]

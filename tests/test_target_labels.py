@@ -12,7 +12,6 @@ import torch
 from spcl.base import ConfigError, MissingFileError
 from spcl.config import load_config
 from spcl.context import open_run
-from spcl.data.synthetic import generate_pair
 from spcl.data.target_labels import (
     check_kept_out,
     draw_fraction,
@@ -24,7 +23,7 @@ from spcl.pipeline import prepare_data, run_pipeline
 from spcl.stages import online, warmup
 from spcl.stages.target_labels import LABELLED_TERM, check_target_labels
 from spcl.stages.training import train
-from tiny import TINY
+from tiny import tiny_warmup
 
 # --- the selection --------------------------------------------------------------------------
 
@@ -95,17 +94,7 @@ def test_an_evaluation_split_with_a_labelled_image_is_refused(tmp_path: Path) ->
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny pair and a finished 2-step source-only warm-up."""
-    root = tmp_path_factory.mktemp("labels")
-    data = generate_pair(
-        root / "data", seed=5, n_train=8, n_val=2, size=(64, 128), preview=False, progress=False
-    )
-    roots = [f"data.{d}.root={data}" for d in ("source", "target", "target_val")]
-    overrides = [*TINY, *roots, "warmup.adversarial=false", "online.init=warmup"]
-    overrides += ["online.optim.batch_size=2"]
-    config = load_config("demo", [*overrides, "run.stages=[warmup]", f"run.out={root / 'w'}"])
-    with open_run(config) as ctx:
-        outputs = run_pipeline(ctx)
-    return {"data": data, "overrides": overrides, "warmup": outputs["warmup"], "root": root}
+    return tiny_warmup(tmp_path_factory.mktemp("labels"), seed=5, n_train=8)
 
 
 def _terms(world: dict, tmp_path: Path, module: Any, *overrides: str) -> tuple[dict, dict]:
