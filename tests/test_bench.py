@@ -26,7 +26,7 @@ from spcl.context import open_run
 from spcl.data.synthetic import generate_pair
 from spcl.engine.checkpoint import clean_state_dict, load_state
 from spcl.engine.distributed import RanksDivergedError
-from spcl.engine.loop import weighted_total
+from spcl.engine.loop import step_terms, weighted_total
 from spcl.experiments import bench, payload, report, rows, sharing
 from spcl.experiments.rows import QUICK_OVERRIDES
 from spcl.models.resnet import FrozenBatchNorm2d
@@ -309,7 +309,7 @@ def _one_step(warm: dict[str, Any], tmp_path: Path, *overrides: str) -> dict:
     with open_run(config) as ctx:
         stage = adapt.setup(ctx, tmp_path / "04_adapt", warm["outputs"])
         positions = {k: copy.deepcopy(stage.state[k].state_dict()) for k in ("source", "target")}
-        terms = dict(stage.step(0))
+        terms = step_terms(stage.step(0))
         terms["loss"] = weighted_total(terms, stage.weights)
         for key, position in positions.items():
             stage.state[key].load_state_dict(position)

@@ -15,7 +15,7 @@ from spcl.config import load_config
 from spcl.context import open_run
 from spcl.data.lists import _margin_mask
 from spcl.data.synthetic import generate_pair
-from spcl.engine.loop import weighted_total
+from spcl.engine.loop import step_terms, weighted_total
 from spcl.method.hrda import Box
 from spcl.models.files import load_model_file, save_model_file
 from spcl.models.hrda import ContextView, DetailCropStudent, HRDAOutput, HRDASegmenter
@@ -63,7 +63,7 @@ def test_the_student_trains_on_two_views_with_hrdas_loss(data, tmp_path: Path) -
             return out
 
         parts.student.net = spy
-        terms = stage.step(0)
+        terms = step_terms(stage.step(0))
         assert set(terms) == {"seg", "mix", "mask"}
         weighted_total(terms, stage.weights).backward()
     assert len(seen) == 3 and all(o.detail is not None for o in seen)
@@ -156,7 +156,7 @@ def test_pseudo_margins_follow_the_crop_and_zero_the_weight(data, tmp_path: Path
         )
         seen: dict[str, torch.Tensor] = {}
         stage.parts.watch = lambda labels, weight: seen.update(weight=weight)
-        online_step(stage.parts, 0, src, tgt)
+        step_terms(online_step(stage.parts, 0, src, tgt))
     valid = tgt["pseudo_valid"]
     assert valid.shape == (2, 48, 96) and not valid.all() and valid.any()
     assert torch.equal(seen["weight"] > 0, valid)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from spcl.config import load_config
 from spcl.context import open_run
 from spcl.data.synthetic import generate_pair
-from spcl.engine.loop import weighted_total
+from spcl.engine.loop import step_terms, weighted_total
 from spcl.experiments.rows import QUICK_OVERRIDES
 from spcl.stages import online
 from spcl.stages.training import after_step_hooks, write_outputs
@@ -43,7 +44,7 @@ def _steps(warm: dict, tmp_path: Path, steps: int, *overrides: str) -> dict:
         for done in range(1, steps + 1):
             for opt in stage.optimizers:
                 opt.zero_grad()
-            terms = dict(stage.step(done - 1))
+            terms = step_terms(stage.step(done - 1))
             weighted_total(terms, stage.weights).backward()
             for opt in stage.optimizers:
                 opt.step()
@@ -55,6 +56,54 @@ def _steps(warm: dict, tmp_path: Path, steps: int, *overrides: str) -> dict:
             got["terms"].append({k: float(v.detach()) for k, v in terms.items()})
         got["teacher"] = stage.state["teacher"].state_dict()
     return got
+
+
+CONTRAST_NOW = "online.contrast.start_iter=0"  # terms with a gradient at the first step
+
+
+def _one_step_gradients(warm: dict, tmp_path: Path, *overrides: str) -> tuple[list, list]:
+    """One online step through its parts, each part's weighted sum backpropagated as the loop
+    does: (the term names of each part, the student's gradients)."""
+    config = load_config("demo", [*warm["overrides"], *overrides, f"run.out={tmp_path}"])
+    with open_run(config) as ctx:
+        stage = online.setup(ctx, tmp_path / "07_online", {"warmup": warm["warmup"]})
+        names = []
+        result = stage.step(0)  # a mapping (joint), or the parts one by one (per pass)
+        for part in [result] if isinstance(result, Mapping) else result:
+            names.append(sorted(part))
+            weighted = {k: w for k, w in stage.weights.items() if k in part}
+            weighted_total(part, weighted).backward()
+        model = stage.state["model"]
+        return names, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "parts"),
+    [
+        (("online.masking.enabled=true",), [["seg"], ["mix"], ["mask"]]),
+        (("data.target_labels.fraction=0.5",), [["seg"], ["mix"], ["tgt_gt"]]),  # few labels
+        (  # the source contrast needs the source pass's features: it waits for them
+            ("online.contrast.source=true", "online.contrast.target=true", CONTRAST_NOW),
+            [["mix"], ["cl_src", "cl_tgt", "seg"]],
+        ),
+        (  # the target contrast reuses the self-training pass's features
+            ("online.contrast.target=true", "online.mix.enabled=false", CONTRAST_NOW),
+            [["seg"], ["cl_tgt", "tgt"]],
+        ),
+    ],
+)
+def test_per_pass_backward_gives_the_joint_gradient_one_pass_at_a_time(
+    warm: dict, tmp_path: Path, overrides: tuple[str, ...], parts: list[list[str]]
+) -> None:
+    joint_parts, joint = _one_step_gradients(warm, tmp_path / "joint", *overrides)
+    names, per_pass = _one_step_gradients(
+        warm, tmp_path / "per_pass", *overrides, "online.backward=per_pass"
+    )
+    assert joint_parts == [sorted({n for part in parts for n in part})]  # one part by default
+    assert names == parts
+    assert len(per_pass) == len(joint) > 0
+    for a, b in zip(joint, per_pass, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -153,7 +202,7 @@ def test_sepico_statistics_are_checkpointed_checked_across_ranks_and_fed_each_st
         assert "bank" not in stage.state
         assert [a.module for a in stage.agree] == [stage.state["teacher"], statistics]
         assert tuple(statistics.bank.shape[:2]) == (ctx.config.data.num_classes, 3)
-        stage.step(0)
+        step_terms(stage.step(0))
         assert int(statistics.count.sum()) > 0  # the teacher's source pixels, from iteration 0
         assert int(statistics.filled.max()) == 2  # the zero vector and this batch's mean
 

@@ -18,6 +18,7 @@ from spcl.data.target_labels import (
     drawn_count,
     select_from_list,
 )
+from spcl.engine.loop import step_terms
 from spcl.experiments.rows import QUICK_OVERRIDES
 from spcl.pipeline import prepare_data, run_pipeline
 from spcl.stages import online, warmup
@@ -102,7 +103,7 @@ def _terms(world: dict, tmp_path: Path, module: Any, *overrides: str) -> tuple[d
     config = load_config("demo", [*world["overrides"], *overrides, f"run.out={tmp_path}"])
     with open_run(config) as ctx:
         stage = module.setup(ctx, tmp_path / "stage", {"warmup": world["warmup"]})
-        terms = dict(stage.step(0))
+        terms = step_terms(stage.step(0))
         sum(terms[k] * w for k, w in stage.weights.items()).backward()
         grads = [p.grad for p in stage.state["model"].parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -64,6 +64,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
         "slide_overlap": True,
     },
     "online.source_only": False,
+    "online.backward": "joint",
     "data.target_labels.list_file": "",
     "data.target_labels.fraction": 0.0,
     "data.target_labels.seed": 0,

@@ -3,6 +3,7 @@ the after-step hooks."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from spcl.data.loaders import InfiniteLoader
-from spcl.engine.loop import LoopConfig, train_loop, weighted_total
+from spcl.engine.loop import LoopConfig, step_terms, train_loop, weighted_total
 from spcl.engine.optim import poly_scheduler
 from spcl.engine.tracking import Tracker
 
@@ -273,3 +274,99 @@ def test_checkpoint_due_is_the_rule_the_loop_saves_by(tmp_path: Path, monkeypatc
         after_step=[lambda done: due.append(done) if loop.checkpoint_due(config, done) else None],
     )
     assert saved == due == [3, 6, 7]
+
+
+# --- steps that hand the loop one part per forward pass -----------------------------------------
+
+
+def _two_pass_loop(tmp: Path, per_pass: bool, steps: int = 3, **loop: object) -> tuple:
+    """Train a small MLP with two passes per step (two batches, two terms) either as one mapping
+    or as two parts; returns (weights, the log text, the first pass's graph after its part)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.randn(steps, 2, 4, 3, generator=torch.Generator().manual_seed(1))
+    freed: list[bool] = []
+
+    def passes(iteration: int):
+        first = model(data[iteration, 0]).pow(2).mean()
+        if per_pass:
+            yield {"a": first}
+            with pytest.raises(RuntimeError, match="second time"):  # its graph is gone already
+                first.backward()
+            freed.append(True)
+            yield {"b": model(data[iteration, 1]).abs().mean(), "watch": first.detach()}
+        else:
+            yield {"a": first, "b": model(data[iteration, 1]).abs().mean(), "watch": first}
+
+    def step(iteration: int):
+        return passes(iteration) if per_pass else next(passes(iteration))
+
+    train_loop(
+        step,
+        weights={"a": 1.0, "b": 0.5},
+        state={},
+        optimizers=[opt],
+        schedulers=[],
+        config=LoopConfig(stop_iter=steps, checkpoint=tmp / "c.pth", log_every=1, **loop),
+        tracker=Tracker(tmp, progress=False),
+    )
+    return [p.detach().clone() for p in model.parameters()], (tmp / "log.txt").read_text(), freed
+
+
+def test_a_step_in_parts_backpropagates_each_before_the_next_and_sums_the_gradients(
+    tmp_path: Path,
+) -> None:
+    joint, joint_log, _ = _two_pass_loop(tmp_path / "joint", per_pass=False)
+    parts, parts_log, freed = _two_pass_loop(tmp_path / "parts", per_pass=True)
+    assert freed == [True] * 3  # the first pass's graph was released before the second ran
+    for a, b in zip(joint, parts, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # the same terms and total are logged (the total as the sum of the parts' weighted sums)
+    line = re.compile(r"iteration 3: (.*)$", re.MULTILINE)
+    assert (
+        line.search(joint_log)[1].split("sec_per_iter")[0]
+        == (line.search(parts_log)[1].split("sec_per_iter")[0])
+    )
+
+
+def test_a_step_in_parts_with_grad_accum_averages_every_part(tmp_path: Path) -> None:
+    joint, _, _ = _two_pass_loop(tmp_path / "joint", per_pass=False, steps=4, grad_accum=2)
+    parts, _, _ = _two_pass_loop(tmp_path / "parts", per_pass=True, steps=4, grad_accum=2)
+    for a, b in zip(joint, parts, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("parts", "message"),
+    [
+        ([{"a": 1.0}, {"b": float("nan")}], r"\[t\] iteration 1: the loss is not finite \(a=1"),
+        ([{"a": 1.0}, {"a": 2.0}], r"the same term twice"),
+        ([{"a": 1.0}, {"watch": 2.0}], r"loss terms \['b'\] not among \['a', 'watch'\]"),
+    ],
+)
+def test_a_step_in_parts_is_checked_part_by_part(
+    tmp_path: Path, parts: list[dict[str, float]], message: str
+) -> None:
+    param = nn.Parameter(torch.ones(()))
+
+    def step(iteration: int):
+        for part in parts:
+            yield {k: param * v for k, v in part.items()}
+
+    with pytest.raises((FloatingPointError, KeyError), match=message):
+        train_loop(
+            step,
+            weights={"a": 1.0, "b": 1.0},
+            state={},
+            optimizers=[torch.optim.SGD([param], lr=0.1)],
+            schedulers=[],
+            config=LoopConfig(stop_iter=1, checkpoint=tmp_path / "c.pth", tag="t"),
+            tracker=Tracker(tmp_path, enabled=False),
+        )
+
+
+def test_step_terms_merges_the_parts_of_a_step() -> None:
+    one = torch.tensor(1.0)
+    assert step_terms({"a": one}) == {"a": one}
+    assert step_terms(iter([{"a": one}, {"b": one}])) == {"a": one, "b": one}

@@ -3,7 +3,11 @@
 A stage's ``step(iteration)`` is given the iteration it computes (0 for the first; the same for
 every micro-batch of one iteration, and the loop's own count after a resume), draws its own
 batches (from resumable loaders registered in ``state``), runs the model and returns its named loss
-terms, unweighted (``{"seg": ..., "cl_src": ...}``). The loop
+terms, unweighted (``{"seg": ..., "cl_src": ...}``), or an iterator of such mappings, one per
+forward pass: the loop backpropagates each one's weighted terms as soon as it is yielded, before the
+step computes the next pass, so that one pass's activations are held at a time (the authors'
+separate backward passes; the gradients are the same sum, up to the order of floating-point
+additions). The loop
 does everything else: the total loss as the weighted sum of the terms named in ``weights``
 (:func:`weighted_total`; other terms are only logged), autocast, backward (gradient accumulation,
 fp16 scaling), clipping, optimiser and schedule steps, the after-step hooks (an EMA teacher, a
@@ -22,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -40,14 +44,17 @@ __all__ = [
     "LoopConfig",
     "Stateful",
     "StepFn",
+    "Terms",
     "checkpoint_due",
     "rng_state",
     "set_rng_state",
+    "step_terms",
     "train_loop",
     "weighted_total",
 ]
 
-StepFn = Callable[[int], Mapping[str, torch.Tensor]]  # iteration (0-based) → loss terms
+Terms = Mapping[str, torch.Tensor]
+StepFn = Callable[[int], Terms | Iterator[Terms]]  # iteration (0-based) → loss terms (or parts)
 AfterStep = Callable[[int], None]  # called with the number of optimiser steps done so far
 TOTAL = "loss"  # the logged name of the weighted sum
 SECONDS = "sec_per_iter"  # logged: wall seconds per iteration since the last log line
@@ -123,6 +130,35 @@ def weighted_total(terms: Mapping[str, torch.Tensor], weights: Mapping[str, floa
         total = part if total is None else total + part
     assert total is not None
     return total
+
+
+def step_terms(result: Terms | Iterator[Terms]) -> dict[str, torch.Tensor]:
+    """Every term of one step's result: the mapping, or all the parts of a per-pass step merged
+    (computed one after the other, with no backward between them: for tests and tools that want
+    the terms, not the loop's memory behaviour)."""
+    if isinstance(result, Mapping):
+        return dict(result)
+    terms: dict[str, torch.Tensor] = {}
+    for part in result:
+        terms |= part
+    return terms
+
+
+def _parts(step: StepFn, iteration: int, config: LoopConfig) -> Iterator[dict[str, torch.Tensor]]:
+    """The step's terms, one mapping per forward pass, each computed under autocast (a plain
+    mapping is one part; an iterator computes its next pass only when asked, after the loop has
+    backpropagated the one before)."""
+    with _autocast(config):
+        result = step(iteration)
+    if isinstance(result, Mapping):
+        yield dict(result)
+        return
+    while True:
+        with _autocast(config):
+            part = next(result, None)
+        if part is None:
+            return
+        yield dict(part)
 
 
 def _autocast(config: LoopConfig) -> contextlib.AbstractContextManager:
@@ -254,17 +290,31 @@ def train_loop(
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         for _ in range(config.grad_accum):
-            with _autocast(config):
-                terms = dict(step(iteration))
-                if TOTAL in terms:
-                    raise KeyError(f"a step may not return a term named {TOTAL!r}")
-                loss = weighted_total(terms, weights)
-            terms[TOTAL] = loss
-            if not torch.isfinite(loss.detach()):
-                raise _non_finite(config, iteration + 1, terms, saved)
-            scaler.scale(loss / config.grad_accum).backward()
+            terms: dict[str, torch.Tensor] = {}
+            total = 0.0
+            for part in _parts(step, iteration, config):
+                if TOTAL in part or terms.keys() & part.keys():
+                    raise KeyError(
+                        f"a step may not return a term named {TOTAL!r} or the same term twice "
+                        f"({sorted(part)})"
+                    )
+                terms |= part
+                weighted = {name: w for name, w in weights.items() if name in part}
+                if not weighted:  # logged only
+                    continue
+                with _autocast(config):
+                    loss = weighted_total(part, weighted)
+                if not torch.isfinite(loss.detach()):
+                    raise _non_finite(config, iteration + 1, {**terms, TOTAL: loss}, saved)
+                scaler.scale(loss / config.grad_accum).backward()
+                total += float(loss.detach())
+            if missing := [name for name in weights if name not in terms]:
+                raise KeyError(f"loss terms {missing} not among {sorted(terms)}")
+            if not weights:
+                raise KeyError(f"loss terms (none weighted) not among {sorted(terms)}")
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) / config.grad_accum
+            sums[TOTAL] = sums.get(TOTAL, 0.0) + total / config.grad_accum
         if config.clip_grad_norm > 0:
             for opt in optimizers:
                 scaler.unscale_(opt)

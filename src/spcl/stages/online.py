@@ -35,7 +35,8 @@ the student, as DAFormer evaluates it, or the teacher).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from spcl.config_schema import OnlineConfig
 from spcl.context import RunContext, seed_everything
 from spcl.data.loaders import InfiniteLoader
 from spcl.engine.distributed import all_reduce_mean_buffers_
-from spcl.engine.loop import AfterStep, Stateful
+from spcl.engine.loop import AfterStep, Stateful, Terms, step_terms
 from spcl.method.ema import disable_teacher_dropout, init_teacher, update_teacher
 from spcl.method.prototypes import PrototypeBank
 from spcl.method.sepico import ClassStatistics
@@ -63,7 +64,13 @@ from spcl.stages.builders import (
     wrap_ddp,
 )
 from spcl.stages.collapse import PSEUDO_LABEL_SHARE, CollapseAlert
-from spcl.stages.online_step import OnlineParts, SeededGenerator, online_step, online_weights
+from spcl.stages.online_step import (
+    Batch,
+    OnlineParts,
+    SeededGenerator,
+    online_step,
+    online_weights,
+)
 from spcl.stages.online_vfm import DistillStudent, distill_head, frozen_dinov2
 from spcl.stages.target_labels import with_target_labels
 from spcl.stages.training import RankAgreement, TrainingSetup, train
@@ -141,6 +148,17 @@ def _streams(ctx: RunContext, cfg: OnlineConfig) -> tuple[InfiniteLoader, Infini
     return source, target
 
 
+def _step(
+    parts: OnlineParts, source: Iterator[Batch], target: Iterator[Batch], iteration: int
+) -> Terms | Iterator[Terms]:
+    """One online iteration's terms: the passes one by one (``online.backward: per_pass``, one
+    process), else all of them in one mapping."""
+    passes = online_step(
+        parts, iteration, next(source), {} if parts.cfg.source_only else next(target)
+    )
+    return passes if parts.per_pass else step_terms(passes)
+
+
 def _training_view(net: nn.Module, student: nn.Module, generator: SeededGenerator) -> Any:
     """What the step calls as the student: ``net`` itself, or under HRDA ``net`` with a detail
     window drawn per call from the step's generator (:class:`DetailCropStudent`)."""
@@ -209,7 +227,13 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         bank=bank.to(ctx.device) if bank is not None else None,
         statistics=statistics.to(ctx.device) if statistics is not None else None,
         watch=alert.observe,
+        per_pass=cfg.backward == "per_pass" and ctx.world == 1,
     )
+    if cfg.backward == "per_pass" and ctx.world > 1:
+        ctx.tracker.info(
+            "[online] online.backward=per_pass applies to one process: under torchrun the passes "
+            "are backpropagated together (DistributedDataParallel reduces once per iteration)"
+        )
     state: dict[str, Stateful] = {
         "model": student,
         "teacher": teacher,
@@ -228,7 +252,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
     if cfg.source_only:  # no target batch is drawn, no target term weighed
         weights = {k: w for k, w in weights.items() if k in SOURCE_TERMS}
     stage = TrainingSetup(
-        step=lambda i: online_step(parts, i, next(source), {} if cfg.source_only else next(target)),
+        step=partial(_step, parts, source, target),
         weights=weights,
         state=state,
         optimizers=[optimizer],

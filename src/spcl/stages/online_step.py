@@ -29,14 +29,19 @@ draws a detail window and its CE is HRDA's fused + detail loss; the teacher labe
 with overlapping detail windows; mixing and masking act on the whole crop.
 
 The loop gives the step its iteration (0-based), weighs the terms (:func:`online_weights`), steps
-the optimiser, then updates T (the stage's after-step hook).
+the optimiser, then updates T (the stage's after-step hook). With ``online.backward: per_pass`` the
+step hands the loop each pass's terms as soon as the pass is computed (1–2, 4, 5, each of 6, 7;
+the source pass waits for 7 when the source contrast needs its features), and the loop
+backpropagates them before the next pass, as the authors' separate backward calls do: the
+activations of one pass are held at a time instead of all of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +62,7 @@ from spcl.models.hrda import HRDAOutput
 from spcl.stages.online_contrast import contrast_terms
 from spcl.stages.online_vfm import distill_terms, source_input, teacher_logits
 
-__all__ = ["OnlineParts", "SeededGenerator", "online_step", "online_weights"]
+__all__ = ["Batch", "OnlineParts", "SeededGenerator", "online_step", "online_weights"]
 
 Batch = dict[str, Tensor]
 
@@ -95,6 +100,8 @@ class OnlineParts:
     distill: nn.Module | None = None  # the frozen DINOv2 of VFM-UDA++'s feature distillation
     watch: Callable[[Tensor, Tensor], None] | None = None  # given ŷ and W of each step (the
     # class-collapse alert counts them; spcl.stages.collapse)
+    per_pass: bool = False  # yield each pass's terms for its own backward (online.backward:
+    # per_pass, one process): one pass's activations held at a time
 
 
 MMSEG_ALIGN_CORNERS = False  # DAFormer/MIC/SePiCo resize logits with align_corners=False
@@ -162,9 +169,32 @@ def _class_balanced_target(parts: OnlineParts, tgt_images: Tensor) -> tuple[Tens
     return images, crop_at(labels, corners, cfg.crop), kept
 
 
-def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> dict[str, Tensor]:
-    """The loss terms of iteration ``iteration`` (0-based; the function the stage binds)."""
+def online_step(
+    parts: OnlineParts, iteration: int, src: Batch, tgt: Batch
+) -> Iterator[dict[str, Tensor]]:
+    """The loss terms of iteration ``iteration`` (0-based; the function the stage binds): one
+    mapping per student pass with ``parts.per_pass`` (the loop backpropagates each before the
+    next pass is computed), all of them in one mapping without."""
+    held: dict[str, Tensor] = {}
+    for terms, role in _passes(parts, iteration, src, tgt):
+        if parts.per_pass and role == "own":
+            yield terms
+            continue
+        held |= terms  # kept passes wait for the last, whose terms use their graphs
+    if held:
+        yield held
+
+
+Role = Literal["own", "keep", "last"]  # how a pass's terms are backpropagated per pass: alone,
+# kept for the last pass (whose terms use its graph), or the last, with every kept pass
+
+
+def _passes(
+    parts: OnlineParts, iteration: int, src: Batch, tgt: Batch
+) -> Iterator[tuple[dict[str, Tensor], Role]]:
+    """The step's passes in the authors' order, each with its :data:`Role`."""
     cfg, dev = parts.cfg, parts.device
+    contrast = parts.bank is not None or parts.statistics is not None
     src_images = src["image"].to(dev, non_blocking=True)
     src_labels = src["label"].to(dev, non_blocking=True)
     src_in = _augment(parts, src_images) if cfg.contrast.augment_source else src_images
@@ -181,8 +211,11 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
             cfg.feature_distance.classes,
             min_ratio=cfg.feature_distance.scale_min_ratio,
         )
+    src_features = src_out.features if contrast and cfg.contrast.source else None
+    del src_out
+    yield terms, ("keep" if src_features is not None else "own")  # for the source contrast
     if cfg.source_only:  # the recipe's own source-only baseline: no target batch, no target term
-        return terms
+        return
     tgt_images = tgt["image"].to(dev, non_blocking=True)
     if cfg.pseudo.class_balanced_crop:  # whole target images in, SePiCo's crops out
         tgt_images, pseudo, weight = _class_balanced_target(parts, tgt_images)
@@ -202,11 +235,14 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
         )
         mixed = mix_batch(masks.mask, src_images, tgt_images, src_labels, pseudo, weight)
         out = parts.student(_augment(parts, mixed.image))
-        terms["mix"] = _out_ce(parts, out, mixed.labels, mixed.weight)
+        terms = {"mix": _out_ce(parts, out, mixed.labels, mixed.weight)}
     else:  # the EMA teacher without mixing: self-training on the augmented target crop
         out = parts.student(_augment(parts, tgt_images))
-        terms["tgt"] = _out_ce(parts, out, pseudo, weight)
-        tgt_features = out.features
+        terms = {"tgt": _out_ce(parts, out, pseudo, weight)}
+        if contrast and cfg.contrast.target:
+            tgt_features = out.features
+    del out
+    yield terms, ("keep" if tgt_features is not None else "own")  # for the target contrast
     if cfg.masking.enabled:
         images = _augment(parts, tgt_images) if cfg.masking.color_aug else tgt_images
         b, _, h, w = images.shape
@@ -218,15 +254,16 @@ def online_step(parts: OnlineParts, iteration: int, src: Batch, tgt: Batch) -> d
             device=dev,
         )
         masked = parts.student(images * mask)
-        terms["mask"] = _out_ce(parts, masked, pseudo, weight)
+        yield {"mask": _out_ce(parts, masked, pseudo, weight)}, "own"
+        del masked
     if parts.distill is not None:
-        terms |= distill_terms(parts, src_images, tgt_images)
-    if parts.bank is not None or parts.statistics is not None:
+        for key, value in distill_terms(parts, src_images, tgt_images):
+            yield {key: value}, "own"
+    if contrast:
         if cfg.contrast.target and tgt_features is None:
             tgt_features = parts.student(_augment(parts, tgt_images)).features
-        src_part = (src_images, src_labels, src_out.features)
-        terms |= contrast_terms(parts, iteration, src_part, tgt_features, (pseudo, weight))
-    return terms
+        src_part = (src_images, src_labels, src_features)
+        yield contrast_terms(parts, iteration, src_part, tgt_features, (pseudo, weight)), "last"
 
 
 def online_weights(cfg: OnlineConfig, *, feature_distance: bool) -> dict[str, float]:

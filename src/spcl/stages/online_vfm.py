@@ -24,6 +24,7 @@ as ``distill_head`` and is not part of ``model.pth``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -127,12 +128,14 @@ def distill_head(segmenter: nn.Module, frozen: FrozenDINOv2) -> DistillHead:
     return DistillHead(segmenter.backbone.embed_dim, frozen.out_channels)
 
 
-def distill_terms(parts: OnlineParts, src_images: Tensor, tgt_images: Tensor) -> dict[str, Tensor]:
-    """``fd_src`` and ``fd_tgt`` (those with a weight > 0): the distillation loss of the
-    student's (weakly jittered) batch against the frozen model's map of the batch as loaded."""
+def distill_terms(
+    parts: OnlineParts, src_images: Tensor, tgt_images: Tensor
+) -> Iterator[tuple[str, Tensor]]:
+    """``fd_src`` and ``fd_tgt`` (those with a weight > 0), one after the other (each is its own
+    pass of the student): the distillation loss of the student's (weakly jittered) batch against
+    the frozen model's map of the batch as loaded."""
     cfg, frozen = parts.cfg.distill, parts.distill
     assert frozen is not None, "distill_terms needs parts.distill"
-    terms = {}
     for key, weight, images in (
         ("fd_src", cfg.weight_source, src_images),
         ("fd_tgt", cfg.weight_target, tgt_images),
@@ -146,5 +149,4 @@ def distill_terms(parts: OnlineParts, src_images: Tensor, tgt_images: Tensor) ->
                 images, parts.generator.generator, WEAK_SOURCE, parts.image_mean, parts.image_std
             )
         projected = parts.student(seen, tuple(target.shape[-2:]))
-        terms[key] = distill_loss(projected, target)
-    return terms
+        yield key, distill_loss(projected, target)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from spcl.context import RunContext
 from spcl.data.lists import SegmentationList
 from spcl.data.registry import scan_domain
 from spcl.data.target_labels import check_kept_out, draw_fraction, select_from_list
-from spcl.engine.loop import StepFn
+from spcl.engine.loop import StepFn, Terms
 from spcl.method.losses import tempered_cross_entropy, upsample_logits
 from spcl.stages.builders import domain_dataset, train_loader
 from spcl.stages.training import TrainingSetup
@@ -100,16 +100,25 @@ def labelled_dataset(config: Config, **augment: Any) -> SegmentationList:
 def _labelled_step(
     inner: StepFn, stream: Any, net: nn.Module, device: torch.device, align_corners: bool
 ) -> StepFn:
-    """The stage's step, then the CE of ``net`` on one labelled target batch."""
+    """The stage's step, then the CE of ``net`` on one labelled target batch: in the step's
+    mapping, or as a part of its own after the parts of a per-pass step."""
 
-    def step(iteration: int) -> Mapping[str, torch.Tensor]:
-        terms = dict(inner(iteration))
+    def labelled() -> dict[str, torch.Tensor]:
         batch = next(stream)
         labels = batch["label"].to(device, non_blocking=True)
         logits = net(batch["image"].to(device, non_blocking=True)).logits
         up = upsample_logits(logits, labels.shape[-2:], align_corners=align_corners)
-        terms[LABELLED_TERM] = tempered_cross_entropy(up, labels, PLAIN_CE)
-        return terms
+        return {LABELLED_TERM: tempered_cross_entropy(up, labels, PLAIN_CE)}
+
+    def parts(inner_parts: Iterator[Terms]) -> Iterator[Terms]:
+        yield from inner_parts
+        yield labelled()
+
+    def step(iteration: int) -> Terms | Iterator[Terms]:
+        terms = inner(iteration)
+        if isinstance(terms, Mapping):
+            return {**terms, **labelled()}
+        return parts(terms)
 
     return step
 
