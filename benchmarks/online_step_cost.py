@@ -42,7 +42,7 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from spcl.config_schema import Config
 from spcl.context import RunContext
 from spcl.data.synthetic import generate_pair
 from spcl.engine.distributed import resolve_device
-from spcl.engine.loop import weighted_total
+from spcl.engine.loop import step_terms, weighted_total
 from spcl.engine.tracking import Tracker
 from spcl.method.losses import upsample_logits
 from spcl.method.weighted_ce import pixel_weighted_cross_entropy
@@ -136,14 +136,15 @@ def _batch(cfg: Config, size: tuple[int, int], generator: torch.Generator) -> di
     }
 
 
-def _timed(stage: TrainingSetup, terms: Callable[[int], Mapping[str, Tensor]]) -> Step:
-    """One training step of ``stage`` on fixed batches (``terms`` of the iteration)."""
+def _timed(stage: TrainingSetup, terms: Callable[[int], Any]) -> Step:
+    """One training step of ``stage`` on fixed batches (``terms`` of the iteration, all passes
+    backpropagated together)."""
     done = [0]
 
     def step() -> None:
         for optimizer in stage.optimizers:
             optimizer.zero_grad(set_to_none=True)
-        weighted_total(terms(done[0]), stage.weights).backward()
+        weighted_total(step_terms(terms(done[0])), stage.weights).backward()
         for optimizer in stage.optimizers:
             optimizer.step()
         for schedule in stage.schedulers:
