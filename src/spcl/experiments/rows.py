@@ -147,6 +147,15 @@ ONLINE_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "online + SePiCo's BankCL (cumulative statistics, regulariser, ratio labels)",
         (*SEPICO_CONTRAST, CONTRAST_FROM_START, "online.contrast.loss=bank"),
     ),
+    "online_distcl_weight0": (  # control: what the contrast's passes change without its gradient
+        "online + DistCL's passes and statistics at weight 0 (no contrast gradient)",
+        (
+            *SEPICO_CONTRAST,
+            CONTRAST_FROM_START,
+            "online.contrast.loss=dist",
+            "online.contrast.weight=0",
+        ),
+    ),
     "online_hrda": (
         "online + HRDA (context at ×0.5, a 48×96 detail window of the 96×192 image)",
         ("online.hrda.enabled=true", f"online.hrda.detail_crop={HRDA_DEMO_DETAIL}"),
