@@ -113,6 +113,17 @@ EXPECTED_DIFFERENCES = {  # run → what differs from the spcl run (besides run.
         }
         for loss in ("dist", "bank")
     },
+    "online_distcl_weight0": {  # the control: DistCL's passes, no gradient
+        "warmup.adversarial": False,
+        "online.contrast.source": True,
+        "online.contrast.target": True,
+        "online.contrast.start_iter": 0,
+        "online.contrast.statistics": "cumulative",
+        "online.contrast.regularizer": 1.0,
+        "online.contrast.labels": "ratio",
+        "online.contrast.loss": "dist",
+        "online.contrast.weight": 0.0,
+    },
     "online_hrda": {
         "warmup.adversarial": False,
         "online.hrda.enabled": True,
