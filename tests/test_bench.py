@@ -69,6 +69,15 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+SEPICO_ROW = {  # SePiCo's contrast as the bench's DistCL/BankCL rows run it (rows.SEPICO_CONTRAST)
+    "warmup.adversarial": False,
+    "online.contrast.source": True,
+    "online.contrast.target": True,
+    "online.contrast.start_iter": 0,
+    "online.contrast.statistics": "cumulative",
+    "online.contrast.regularizer": 1.0,
+    "online.contrast.labels": "ratio",
+}
 EXPECTED_DIFFERENCES = {  # run → what differs from the spcl run (besides run.out, run.stages)
     "source_only": {"warmup.adversarial": False},
     "source_only_adabn": {"warmup.adversarial": False, "evaluate.adabn": True},
@@ -101,26 +110,12 @@ EXPECTED_DIFFERENCES = {  # run → what differs from the spcl run (besides run.
         "online.contrast.labels": "ratio",
     },
     **{
-        f"online_{loss}cl": {
-            "warmup.adversarial": False,
-            "online.contrast.source": True,
-            "online.contrast.target": True,
-            "online.contrast.start_iter": 0,
-            "online.contrast.statistics": "cumulative",
-            "online.contrast.regularizer": 1.0,
-            "online.contrast.labels": "ratio",
-            "online.contrast.loss": loss,
-        }
+        f"online_{loss}cl": {**SEPICO_ROW, "online.contrast.loss": loss}
         for loss in ("dist", "bank")
     },
-    "online_distcl_weight0": {  # the control: DistCL's passes, no gradient
-        "warmup.adversarial": False,
-        "online.contrast.source": True,
-        "online.contrast.target": True,
-        "online.contrast.start_iter": 0,
-        "online.contrast.statistics": "cumulative",
-        "online.contrast.regularizer": 1.0,
-        "online.contrast.labels": "ratio",
+    # the control: DistCL's passes, no gradient
+    "online_distcl_weight0": {
+        **SEPICO_ROW,
         "online.contrast.loss": "dist",
         "online.contrast.weight": 0.0,
     },
