@@ -302,15 +302,19 @@ def _two_pass_loop(tmp: Path, per_pass: bool, steps: int = 3, **loop: object) ->
     def step(iteration: int):
         return passes(iteration) if per_pass else next(passes(iteration))
 
-    train_loop(
-        step,
-        weights={"a": 1.0, "b": 0.5},
-        state={},
-        optimizers=[opt],
-        schedulers=[],
-        config=LoopConfig(stop_iter=steps, checkpoint=tmp / "c.pth", log_every=1, **loop),
-        tracker=Tracker(tmp, progress=False),
-    )
+    tracker = Tracker(tmp, progress=False)
+    try:
+        train_loop(
+            step,
+            weights={"a": 1.0, "b": 0.5},
+            state={},
+            optimizers=[opt],
+            schedulers=[],
+            config=LoopConfig(stop_iter=steps, checkpoint=tmp / "c.pth", log_every=1, **loop),
+            tracker=tracker,
+        )
+    finally:
+        tracker.close()
     return [p.detach().clone() for p in model.parameters()], (tmp / "log.txt").read_text(), freed
 
 

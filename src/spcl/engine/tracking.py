@@ -7,6 +7,7 @@ live progress bar, never on its line; when the output is not a terminal, bars ar
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from spcl.run_dir import RunDir
 __all__ = ["Tracker"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+_LOGGER_NUMBERS = itertools.count()  # one logger per tracker, never shared (id() is reused)
 
 
 class _TqdmHandler(logging.Handler):
@@ -46,7 +48,7 @@ class Tracker:
         self.enabled = enabled
         self.progress = progress and enabled
         self.run_dir = Path(run_dir)
-        self.logger = logging.getLogger(f"spcl.run.{id(self)}")
+        self.logger = logging.getLogger(f"spcl.run.{next(_LOGGER_NUMBERS)}")
         self.logger.propagate = False
         self.logger.setLevel(logging.INFO)
         self._writer: Any = None
