@@ -410,3 +410,38 @@ def test_the_class_balanced_crop_needs_a_crop_and_a_target_size(warm, tmp_path):
     ):
         with pytest.raises(ConfigError, match=message):
             _steps(warm, tmp_path, 1, cbc, *extra)
+
+
+def test_the_random_scale_rescales_both_streams_and_the_pseudo_label_margins(
+    warm, tmp_path: Path
+) -> None:
+    """VFM-UDA++'s resize × U(0.9, 1.1) (``online.scale_range``), here pinned at 0.5 with whole
+    images: source images and labels, target images and their margin mask all come at half size."""
+    config = load_config(
+        "demo",
+        [
+            *warm["overrides"],
+            "online.scale_range=[0.5, 0.5]",
+            "online.crop=[]",
+            "online.pseudo.margins=[8, 16, 8, 8]",
+            f"run.out={tmp_path}",
+        ],
+    )
+    with open_run(config) as ctx:
+        stage = online.setup(ctx, tmp_path / "07_online", {"warmup": warm["warmup"]})
+        src, tgt = next(stage.state["source"]), next(stage.state["target"])
+    assert src["image"].shape[-2:] == (32, 64) and src["label"].shape[-2:] == (32, 64)
+    assert tgt["image"].shape[-2:] == (32, 64)
+    valid = tgt["pseudo_valid"][0]  # the margins of the 64x128 image, halved with it
+    assert not valid[:4].any() and not valid[-8:].any() and valid[4:24, 4:60].all()
+
+
+def test_the_random_scale_is_checked_when_the_config_loads() -> None:
+    from spcl.base import ConfigError
+
+    with pytest.raises(ConfigError, match="low <= high"):
+        load_config("demo", ["online.scale_range=[1.1, 0.9]"])
+    with pytest.raises(ConfigError, match=r"set online.scale_range: \[\]"):
+        load_config(
+            "demo", ["online.scale_range=[0.9, 1.1]", "online.pseudo.class_balanced_crop=true"]
+        )

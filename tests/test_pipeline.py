@@ -245,6 +245,8 @@ def _other_value(dotted: str, neutral: object) -> object:
         return neutral + 3
     if isinstance(neutral, float):
         return 0.5
+    if isinstance(neutral, list) and dotted.endswith("scale_range"):  # a [low, high] pair
+        return [0.9, 1.1]
     if isinstance(neutral, list):  # a list of counts (pseudo-label margins): four of them
         return [1, 2, 3, 4]
     if isinstance(neutral, dict):  # a section given whole: its switch turned on

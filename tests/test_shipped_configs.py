@@ -104,6 +104,7 @@ def test_online_configs_keep_the_authors_recipe(name: str) -> None:
         assert online.masking.block_size == (64 if "_mic_" in name else 32)
     assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == ((0, 0) if hrda else (15, 120))
     assert online.pseudo.margins == ([30, 240, 30, 30] if hrda else [])  # HRDA's PL crop v2
+    assert online.scale_range == []  # mmseg Resize to a fixed scale, no ratio_range
     assert online.mix.enabled and online.ce_over_all_pixels
     assert online.source_crop_max_share == 0.75  # source RandomCrop cat_max_ratio
     # RCS crops: > 1500 px of the class (HRDA: > 6000 px of 4× larger crops)
@@ -158,3 +159,4 @@ def test_vfmudapp_configs_turn_on_every_vfmudapp_switch(name: str) -> None:
     # the ignore margins of the whole image (3 %, 25 %, 3 %, 3 %), not rows of the crop
     assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == (0, 0)
     assert online.pseudo.margins == [30, 256, 61, 61]
+    assert online.scale_range == [0.9, 1.1]  # UDATransform: short side × U(0.9, 1.1)

@@ -429,6 +429,9 @@ class OnlineConfig:
     # RCS (data.source.rcs_*), set here to keep a shared warm-up's sampling unchanged
     crop: Size2 = field(default_factory=lambda: [512, 512])  # random [H, W] crop of source
     # and target after the resize (DAFormer 512×512); empty: whole images
+    scale_range: Annotated[list[Positive], Length((0, 2))] = field(default_factory=list)  # random
+    # rescale [low, high] of source and target images after the resize, before the crop
+    # (VFM-UDA++ UDATransform: short side × U(0.9, 1.1)); empty: none (DAFormer, HRDA)
     source_augment: Literal["none", "weak", "strong"] = "none"  # the student's source batch
     # with VFM-UDA's weak or VFM-UDA++'s strong torchvision-style augmentation (spcl.method.
     # vfm_augment); none: as loaded (DAFormer)
@@ -460,6 +463,14 @@ class OnlineConfig:
     def problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
         """(keys, what is wrong) for values that do not go together."""
         contrast = self.contrast
+        if len(self.scale_range) == 2 and self.scale_range[0] > self.scale_range[1]:
+            yield ("scale_range",), f"[low, high] with low <= high, got {self.scale_range}"
+        if self.scale_range and self.pseudo.class_balanced_crop:
+            yield (
+                ("scale_range", "pseudo.class_balanced_crop"),
+                "the class-balanced crop batches whole target images of data.target.size: a "
+                "random scale would give them different sizes; set online.scale_range: []",
+            )
         if (contrast.source or contrast.target) and contrast.start_iter >= self.optim.stop_iter:
             yield (
                 ("contrast.start_iter", "optim.stop_iter"),

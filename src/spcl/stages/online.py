@@ -128,7 +128,8 @@ def _check_class_balanced_crop(crop: list[int], target_size: list[int]) -> None:
 
 def _streams(ctx: RunContext, cfg: OnlineConfig) -> tuple[InfiniteLoader, InfiniteLoader]:
     """The source stream (labelled crops) and the target stream (unlabelled)."""
-    augment = {"hflip": cfg.hflip, "crop": cfg.crop}  # no photometric change: the step's own
+    augment = {"hflip": cfg.hflip, "crop": cfg.crop, "scale_range": cfg.scale_range}  # no
+    # photometric change here: the step's own
     source = source_stream(  # DAFormer limits the top class's share of source crops only
         ctx,
         cfg.optim.batch_size,
@@ -279,7 +280,9 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         ],
         parts=parts,
     )
-    return with_target_labels(ctx, stage, net, hflip=cfg.hflip, crop=cfg.crop)
+    return with_target_labels(
+        ctx, stage, net, hflip=cfg.hflip, crop=cfg.crop, scale_range=cfg.scale_range
+    )
 
 
 def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:
