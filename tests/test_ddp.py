@@ -6,9 +6,11 @@ Three launches (each pays torch's start-up once; tests/torchrun_job.py runs seve
    and the online stage of a DeepLab, a MiT and a DINOv2 model from ``online.init: pretrained``
    (their random init: the ranks start from different weights before DDP hands rank 0's to every
    student) and, for MiT and DINOv2, from ``warmup``; and HRDA's two-scale MiT (``online.hrda``,
-   each rank drawing its own detail windows) from ``warmup``. The EMA teachers must be identical on
-   every rank at every checkpoint (the stage checks it at each one; the ranks' final teachers are
-   compared here too).
+   each rank drawing its own detail windows) from ``warmup``; and a DeepLab and a MiT model with
+   MIC's masking, once with per-pass backward (each pass under DDP's ``no_sync``, the gradients
+   averaged once a step) and once joint, whose weights must agree. The EMA teachers must be
+   identical on every rank at every checkpoint (the stage checks it at each one; the ranks' final
+   teachers are compared here too).
 2. Two "nodes" on this machine (two launchers, ``--nnodes 2``, a c10d rendezvous on 127.0.0.1):
    the MiT run from ``pretrained`` again, the whole job killed with SIGKILL (launchers and ranks)
    while its second checkpoint is written.
@@ -202,6 +204,13 @@ def test_every_family_and_init_on_two_ranks_then_kill_9_and_resume_on_two_nodes(
     hrda = tmp_path / "mit_hrda_warmup"  # HRDA's two-scale MiT from the one-scale warm-up
     commands.append(_online(data, hrda, "mit", "warmup", *HRDA))
     runs[("mit_hrda", "warmup")] = hrda
+    per_pass = {  # each pass backpropagated under no_sync, the gradients reduced once a step
+        family: tmp_path / f"{family}_pretrained_per_pass" for family in ("deeplab", "mit")
+    }
+    masked = ("online.masking.enabled=true", "online.backward=per_pass")  # three passes
+    commands += [_online(data, out, f, "pretrained", *masked) for f, out in per_pass.items()]
+    commands += [_online(data, out.with_name(f"{f}_joint"), f, "pretrained", masked[0])
+                 for f, out in per_pass.items()]  # fmt: skip
     _launch(tmp_path, "one_node", commands, nodes=1, kill=None)
 
     chain_log = (chain / "log.txt").read_text()
@@ -214,6 +223,17 @@ def test_every_family_and_init_on_two_ranks_then_kill_9_and_resume_on_two_nodes(
         _checked_every_step((out / "log.txt").read_text(), out)
         _ranks_agree(out / "07_online")
         assert json.loads((out / "env.json").read_text())["world_size"] == 2
+
+    for family, out in per_pass.items():  # the joint step's weights, up to rounding
+        log = (out / "log.txt").read_text()
+        assert "gradients averaged over 2 ranks once per iteration" in log
+        _checked_every_step(log, out)
+        _ranks_agree(out / "07_online")
+        joint = out.with_name(f"{family}_joint") / "07_online"
+        for name in ("student.pth", "teacher.pth"):
+            a, b = _weights(joint / name), _weights(out / "07_online" / name)
+            for key in a:
+                torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
 
     killed = tmp_path / "killed"
     command = _online(data, killed, "mit", "pretrained")

@@ -419,8 +419,8 @@ class OnlineConfig:
     source_temperature: Positive = 1.0  # DAFormer: a plain CE on source (SPCL's warm-up uses 1.8)
     backward: Literal["joint", "per_pass"] = "joint"  # per_pass: each student pass's terms are
     # backpropagated before the next pass (the authors' separate backward calls), so one pass's
-    # activations are held at a time, not all; the same gradient up to rounding. One process
-    # only: under torchrun the passes are backpropagated together (docs/online.md)
+    # activations are held at a time, not all; the same gradient up to rounding (under
+    # torchrun reduced over the ranks once per iteration: docs/online.md)
     ce_over_all_pixels: bool = True  # DAFormer quirk: CE means over all B·H·W pixels, ignored ones
     # counting 0; False means over the labelled pixels only
     hflip: bool = True  # random horizontal flip of source and target crops (DAFormer p = 0.5)

@@ -374,3 +374,32 @@ def test_step_terms_merges_the_parts_of_a_step() -> None:
     one = torch.tensor(1.0)
     assert step_terms({"a": one}) == {"a": one}
     assert step_terms(iter([{"a": one}, {"b": one}])) == {"a": one, "b": one}
+
+
+def test_reduce_grads_runs_once_per_iteration_after_every_micro_batch(tmp_path: Path) -> None:
+    """The loop's gradient reduction (torchrun with per-pass backward) sees the whole step's
+    gradient, every micro-batch and part in it, and the optimiser steps on what it leaves."""
+    param = nn.Parameter(torch.ones(()))
+    seen: list[float] = []
+
+    def step(iteration: int):
+        yield {"a": param * 1.0}
+        yield {"b": param * 2.0}
+
+    def reduce() -> None:
+        seen.append(float(param.grad))
+        param.grad.mul_(0.5)  # what the optimiser then applies
+
+    train_loop(
+        step,
+        weights={"a": 1.0, "b": 1.0},
+        state={},
+        optimizers=[torch.optim.SGD([param], lr=0.1)],
+        schedulers=[],
+        config=LoopConfig(
+            stop_iter=3, checkpoint=tmp_path / "c.pth", tag="t", grad_accum=2, reduce_grads=reduce
+        ),
+        tracker=Tracker(tmp_path, enabled=False),
+    )
+    assert seen == [3.0, 3.0, 3.0]  # (1 + 2) per micro-batch, averaged over the two
+    assert float(param.detach()) == pytest.approx(1.0 - 3 * 0.1 * 1.5)

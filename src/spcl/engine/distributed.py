@@ -20,8 +20,10 @@ __all__ = [
     "RanksDivergedError",
     "all_gather_objects",
     "all_reduce_mean_buffers_",
+    "all_reduce_mean_grads_",
     "all_reduce_sum_",
     "barrier",
+    "broadcast_buffers_",
     "init_distributed",
     "is_distributed",
     "is_main",
@@ -151,6 +153,62 @@ def all_reduce_mean_buffers_(module: torch.nn.Module) -> torch.nn.Module:
             if buffer.is_floating_point():
                 dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
                 buffer.div_(world)
+    return module
+
+
+GRAD_BUCKET_ELEMENTS = 2**22  # gradients flattened into buckets of at most 4 Mi elements (16 MB
+# in fp32) for the all-reduce: a few large messages instead of one per tensor
+
+
+def all_reduce_mean_grads_(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average ``params``' gradients over ranks in place (no-op on one process), as DDP does.
+
+    For a step whose passes were backpropagated one by one under ``DistributedDataParallel.
+    no_sync`` (DDP reduces once per backward, not once per step). A parameter without a gradient
+    on some ranks counts zeros there; one without a gradient on every rank keeps ``None`` (so the
+    optimiser skips it, as without DDP). Collective: every rank calls it with the same parameters.
+    """
+    if not is_distributed():
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    world = dist.get_world_size()
+    device = params[0].device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(has, op=dist.ReduceOp.SUM)
+    reduced = [p for p, n in zip(params, has.tolist(), strict=True) if n > 0]
+    for p in reduced:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
+    for p in reduced:
+        by_dtype.setdefault((p.grad.dtype, p.grad.device), []).append(p)  # type: ignore[union-attr]
+    for group in by_dtype.values():
+        bucket: list[torch.nn.Parameter] = []
+        size = 0
+        for p in [*group, None]:
+            if p is not None and (not bucket or size + p.numel() <= GRAD_BUCKET_ELEMENTS):
+                bucket.append(p)
+                size += p.numel()
+                continue
+            grads = [q.grad for q in bucket]
+            flat = torch.cat([g.reshape(-1) for g in grads])  # type: ignore[union-attr]
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(world)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))  # type: ignore[union-attr]
+                offset += g.numel()  # type: ignore[union-attr]
+            bucket, size = ([p], p.numel()) if p is not None else ([], 0)
+
+
+def broadcast_buffers_(module: torch.nn.Module) -> torch.nn.Module:
+    """Give every rank rank 0's buffers of ``module`` in place (no-op on one process), as DDP does
+    before a forward pass (``broadcast_buffers``) when it is not kept from it (``no_sync``)."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
     return module
 
 

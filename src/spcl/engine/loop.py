@@ -80,6 +80,9 @@ class LoopConfig:
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype (bf16: CUDA or CPU; fp16: CUDA)
     device_type: str = "cpu"  # for autocast
     extra_scalars: Callable[[], Mapping[str, float]] | None = field(default=None, repr=False)
+    reduce_grads: Callable[[], None] | None = field(default=None, repr=False)  # once per
+    # iteration after every backward, before clipping and the optimiser step: the all-reduce of
+    # gradients a step kept local (per-pass backward under torchrun)
 
 
 def rng_state() -> dict[str, Any]:
@@ -315,6 +318,8 @@ def train_loop(
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) / config.grad_accum
             sums[TOTAL] = sums.get(TOTAL, 0.0) + total / config.grad_accum
+        if config.reduce_grads is not None:
+            config.reduce_grads()
         if config.clip_grad_norm > 0:
             for opt in optimizers:
                 scaler.unscale_(opt)

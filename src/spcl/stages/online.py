@@ -73,7 +73,7 @@ from spcl.stages.online_step import (
 )
 from spcl.stages.online_vfm import DistillStudent, distill_head, frozen_dinov2
 from spcl.stages.target_labels import with_target_labels
-from spcl.stages.training import RankAgreement, TrainingSetup, train
+from spcl.stages.training import RankAgreement, TrainingSetup, local_backward, train
 
 __all__ = ["run", "setup"]
 
@@ -228,13 +228,8 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         bank=bank.to(ctx.device) if bank is not None else None,
         statistics=statistics.to(ctx.device) if statistics is not None else None,
         watch=alert.observe,
-        per_pass=cfg.backward == "per_pass" and ctx.world == 1,
+        per_pass=cfg.backward == "per_pass",
     )
-    if cfg.backward == "per_pass" and ctx.world > 1:
-        ctx.tracker.info(
-            "[online] online.backward=per_pass applies to one process: under torchrun the passes "
-            "are backpropagated together (DistributedDataParallel reduces once per iteration)"
-        )
     state: dict[str, Stateful] = {
         "model": student,
         "teacher": teacher,
@@ -280,9 +275,16 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         ],
         parts=parts,
     )
-    return with_target_labels(
+    stage = with_target_labels(
         ctx, stage, net, hflip=cfg.hflip, crop=cfg.crop, scale_range=cfg.scale_range
     )
+    if parts.per_pass and ctx.world > 1:
+        ctx.tracker.info(
+            f"[online] each pass backpropagated on its own (online.backward=per_pass), the "
+            f"gradients averaged over {ctx.world} ranks once per iteration"
+        )
+        return local_backward(stage, net)
+    return stage
 
 
 def run(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Path:

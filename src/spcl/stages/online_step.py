@@ -101,7 +101,7 @@ class OnlineParts:
     watch: Callable[[Tensor, Tensor], None] | None = None  # given ŷ and W of each step (the
     # class-collapse alert counts them; spcl.stages.collapse)
     per_pass: bool = False  # yield each pass's terms for its own backward (online.backward:
-    # per_pass, one process): one pass's activations held at a time
+    # per_pass): one pass's activations held at a time
 
 
 MMSEG_ALIGN_CORNERS = False  # DAFormer/MIC/SePiCo resize logits with align_corners=False

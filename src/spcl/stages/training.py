@@ -21,25 +21,48 @@ Tests and benchmarks call a stage's ``setup`` to reach its step and its parts, a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from spcl.base import atomic_duplicate
 from spcl.context import RunContext
 from spcl.engine.checkpoint import save_state
-from spcl.engine.distributed import RanksDivergedError, module_difference_across_ranks
-from spcl.engine.loop import AfterStep, LoopConfig, Stateful, StepFn, checkpoint_due, train_loop
+from spcl.engine.distributed import (
+    RanksDivergedError,
+    all_reduce_mean_grads_,
+    broadcast_buffers_,
+    module_difference_across_ranks,
+)
+from spcl.engine.loop import (
+    AfterStep,
+    LoopConfig,
+    Stateful,
+    StepFn,
+    Terms,
+    checkpoint_due,
+    train_loop,
+)
 from spcl.evaluation.scores import SegmentationScores
 from spcl.run_dir import MODEL_FILE
 from spcl.stages.builders import save_weights
 from spcl.stages.validation import validation_hooks
 
-__all__ = ["RankAgreement", "Saved", "TrainingSetup", "after_step_hooks", "train", "write_outputs"]
+__all__ = [
+    "RankAgreement",
+    "Saved",
+    "TrainingSetup",
+    "after_step_hooks",
+    "local_backward",
+    "train",
+    "write_outputs",
+]
 
 Saved = nn.Module | Callable[[], Mapping[str, Any]]  # a model file, or a state for save_state
 Scores = Callable[[int, SegmentationScores], None]  # (step, scores) of a validation
@@ -81,6 +104,36 @@ class TrainingSetup:
         if not isinstance(module, nn.Module):
             raise TypeError(f"the output handed on, {self.hand_on}, is not a model")
         return module
+
+
+def local_backward(setup: TrainingSetup, net: nn.Module) -> TrainingSetup:
+    """``setup`` whose step runs every pass of ``net`` under DDP's ``no_sync`` and whose loop
+    then averages the gradients over ranks once per iteration, before the optimiser step, and
+    hands every rank rank 0's buffers (what DDP does before a forward pass when it syncs).
+
+    DDP all-reduces at every backward and expects one backward per forward; a step whose passes
+    are each backpropagated on their own (``online.backward: per_pass``) keeps its gradients
+    local until the step is done, then reduces them once. ``setup`` itself when ``net`` is not
+    DDP-wrapped (one process).
+    """
+    if not isinstance(net, DistributedDataParallel):
+        return setup
+    inner = setup.step
+
+    def local(iteration: int) -> Iterator[Terms]:
+        with net.no_sync():  # consulted at each forward pass: every pass stays local
+            terms = inner(iteration)
+            if isinstance(terms, Mapping):
+                yield terms
+            else:
+                yield from terms
+
+    def reduce() -> None:
+        all_reduce_mean_grads_(net.parameters())
+        broadcast_buffers_(net.module)
+
+    loop = dataclasses.replace(setup.loop, reduce_grads=reduce)
+    return dataclasses.replace(setup, step=local, loop=loop)
 
 
 def _agreement_check(
