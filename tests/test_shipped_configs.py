@@ -160,3 +160,6 @@ def test_vfmudapp_configs_turn_on_every_vfmudapp_switch(name: str) -> None:
     assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == (0, 0)
     assert online.pseudo.margins == [30, 256, 61, 61]
     assert online.scale_range == [0.9, 1.1]  # UDATransform: short side × U(0.9, 1.1)
+    # the authors mask the crop resized to 1120 with 64-px blocks; spcl masks the 1024 crop with
+    # blocks of the same count per side
+    assert round(1024 / online.masking.block_size) == round(1120 / 64) == 18
