@@ -4,6 +4,7 @@ start, and kill -9 + resume with the teacher bit-identical (slow)."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 import signal
 import subprocess
@@ -445,3 +446,43 @@ def test_the_random_scale_is_checked_when_the_config_loads() -> None:
         load_config(
             "demo", ["online.scale_range=[0.9, 1.1]", "online.pseudo.class_balanced_crop=true"]
         )
+
+
+def test_the_torchvision_mix_augment_jitters_the_target_then_the_mixed_and_masked_images(
+    warm, tmp_path: Path, monkeypatch
+) -> None:
+    """VFM-UDA(++) (``online.mix.augment: torchvision``): the target weakly jittered before it is
+    mixed (``random_aug_weak``), the mixed and the masked images by ``random_aug_uda``; DACS's
+    batch-wide augmentation never runs."""
+    from spcl.method.vfm_augment import WEAK_SOURCE, uda_augment_recipe
+    from spcl.stages import online_step
+
+    calls: list[tuple[Any, torch.Tensor]] = []
+    real = online_step.torchvision_augment
+
+    def spy(images: torch.Tensor, generator: Any, recipe: Any, mean: Any, std: Any):
+        out = real(images, generator, recipe, mean, std)
+        calls.append((recipe, out))
+        return out
+
+    pasted: list[torch.Tensor] = []
+    real_mix = online_step.mix_batch
+
+    def mix_spy(mask: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, *args: Any) -> Any:
+        pasted.append(tgt)
+        return real_mix(mask, src, tgt, *args)
+
+    def dacs(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("DACS's augmentation ran")
+
+    monkeypatch.setattr(online_step, "torchvision_augment", spy)
+    monkeypatch.setattr(online_step, "mix_batch", mix_spy)
+    monkeypatch.setattr(online_step, "strong_augment", dacs)
+    overrides = ("online.mix.augment=torchvision", "online.masking.enabled=true")
+    got = _steps(warm, tmp_path, 1, *overrides)
+    mix = load_config("demo", list(overrides)).online.mix
+    uda = uda_augment_recipe(mix.color_jitter, mix.color_jitter_p, mix.blur)
+    assert [recipe for recipe, _ in calls] == [WEAK_SOURCE, uda, uda]
+    assert pasted[0] is calls[0][1]  # the mix pastes source classes onto the jittered target
+    assert set(got["terms"][0]) >= {"seg", "mix", "mask"}
+    assert all(math.isfinite(v) for v in got["terms"][0].values())

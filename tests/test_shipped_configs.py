@@ -137,6 +137,12 @@ def test_vfmuda_configs_fine_tune_the_vit_at_a_tenth(name: str) -> None:
     assert (optim.backbone_lr_mult, optim.head_lr_mult, optim.lr) == (0.1, 1.0, 0.000141)
     assert online.teacher.ema_buffers and online.masking.enabled
     assert online.feature_distance.weight == 0.0 and config.data.source.rcs_temperature == 0.05
+    assert online.mix.augment == "torchvision"  # random_aug_weak, then random_aug_uda
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if "_vfm" not in n])
+def test_the_other_configs_mix_with_dacs_augmentation(name: str) -> None:
+    assert load_config(name, [*ROOTS, *WEIGHTS]).online.mix.augment == "dacs"
 
 
 @pytest.mark.parametrize("name", [n for n in SHIPPED if "_vfmudapp_" in n])
@@ -160,6 +166,7 @@ def test_vfmudapp_configs_turn_on_every_vfmudapp_switch(name: str) -> None:
     assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == (0, 0)
     assert online.pseudo.margins == [30, 256, 61, 61]
     assert online.scale_range == [0.9, 1.1]  # UDATransform: short side × U(0.9, 1.1)
+    assert online.mix.augment == "torchvision"  # random_aug_weak, then random_aug_uda
     # the authors mask the crop resized to 1120 with 64-px blocks; spcl masks the 1024 crop with
     # blocks of the same count per side
     assert round(1024 / online.masking.block_size) == round(1120 / 64) == 18

@@ -331,6 +331,10 @@ class MixConfig:
     blur: bool = True  # Gaussian blur with probability 0.5, σ ~ U(0.15, 1.15) (DAFormer blur=True)
     exclude_ignore: bool = False  # the authors draw the pasted classes among the batch's label
     # values including 255; True leaves 255 out
+    augment: Literal["dacs", "torchvision"] = "dacs"  # the jitter and blur of the mixed and
+    # masked images: DACS's kornia-style operators (DAFormer, MIC, HRDA, SePiCo), or VFM-UDA(++)'s
+    # torchvision ones (`random_aug_uda`: the strengths above, hue too, random order, blur
+    # p 0.5), the target weakly jittered before mixing (`random_aug_weak`)
 
 
 @dataclass
@@ -465,6 +469,12 @@ class OnlineConfig:
         contrast = self.contrast
         if len(self.scale_range) == 2 and self.scale_range[0] > self.scale_range[1]:
             yield ("scale_range",), f"[low, high] with low <= high, got {self.scale_range}"
+        if self.mix.augment == "torchvision" and self.mix.color_jitter > 0.5:
+            yield (
+                ("mix.color_jitter", "mix.augment"),
+                f"torchvision's hue jitter is the strength, at most 0.5, got "
+                f"{self.mix.color_jitter}",
+            )
         if self.scale_range and self.pseudo.class_balanced_crop:
             yield (
                 ("scale_range", "pseudo.class_balanced_crop"),

@@ -31,7 +31,13 @@ from torch import Tensor
 
 from spcl.method.photometric import gaussian_blur, hsv_to_rgb, rgb_to_hsv
 
-__all__ = ["STRONG_SOURCE", "WEAK_SOURCE", "TorchvisionAugment", "torchvision_augment"]
+__all__ = [
+    "STRONG_SOURCE",
+    "WEAK_SOURCE",
+    "TorchvisionAugment",
+    "torchvision_augment",
+    "uda_augment_recipe",
+]
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # torchvision rgb_to_grayscale (ITU-R 601-2 luma)
 
@@ -54,6 +60,23 @@ STRONG_SOURCE = TorchvisionAugment(0.8, 0.8, 0.8, 0.4, 0.8, grayscale_p=0.1, blu
 # VFM-UDA++ random_aug_strong (training/uda/uda.py)
 WEAK_SOURCE = TorchvisionAugment(32 / 255, 0.5, 0.5, 18 / 360, 0.9)  # VFM-UDA and VFM-UDA++
 # random_aug_weak: brightness_delta 32/255, contrast/saturation 0.5, hue_delta 18/360, p 0.9
+
+
+def uda_augment_recipe(strength: float, jitter_p: float, blur: bool) -> TorchvisionAugment:
+    """VFM-UDA(++)'s ``random_aug_uda`` of the mixed and masked images: ``ColorJitter`` with
+    brightness, contrast, saturation and hue all ``strength`` (0.2) with probability ``jitter_p``
+    (0.8), then ``GaussianBlur`` with σ ~ U(0.15, 1.15) with probability 0.5 when ``blur``."""
+    if strength > 0.5:
+        raise ValueError(f"the hue jitter is the strength, at most 0.5 (turns), got {strength}")
+    return TorchvisionAugment(
+        strength,
+        strength,
+        strength,
+        strength,
+        jitter_p,
+        blur_p=0.5 if blur else 0.0,
+        blur_sigma=(0.15, 1.15),
+    )
 
 
 def _gray(image: Tensor) -> Tensor:

@@ -57,6 +57,7 @@ from spcl.method.photometric import strong_augment
 from spcl.method.prototypes import PrototypeBank
 from spcl.method.pseudo_weight import crop_pseudo_weight, teacher_pseudo_labels
 from spcl.method.sepico import ClassStatistics
+from spcl.method.vfm_augment import WEAK_SOURCE, torchvision_augment, uda_augment_recipe
 from spcl.method.weighted_ce import pixel_weighted_cross_entropy
 from spcl.models.hrda import HRDAOutput
 from spcl.stages.online_contrast import contrast_terms
@@ -125,8 +126,13 @@ def _out_ce(parts: OnlineParts, out: object, labels: Tensor, weight: Tensor | No
 
 
 def _augment(parts: OnlineParts, images: Tensor) -> Tensor:
-    """DACS's strong augmentation (colour jitter, blur) of normalised images."""
+    """The strong augmentation (colour jitter, blur) of normalised images: DACS's, or VFM-UDA's
+    torchvision one (``online.mix.augment``)."""
     mix = parts.cfg.mix
+    if mix.augment == "torchvision":
+        recipe = uda_augment_recipe(mix.color_jitter, mix.color_jitter_p, mix.blur)
+        generator = parts.generator.generator
+        return torchvision_augment(images, generator, recipe, parts.image_mean, parts.image_std)
     return strong_augment(
         images,
         parts.generator.generator,
@@ -233,7 +239,13 @@ def _passes(
             parts.generator.generator,
             exclude_ignore=cfg.mix.exclude_ignore,
         )
-        mixed = mix_batch(masks.mask, src_images, tgt_images, src_labels, pseudo, weight)
+        pasted_on = tgt_images
+        if cfg.mix.augment == "torchvision":  # VFM-UDA: the target weakly jittered first
+            pasted_on = torchvision_augment(
+                tgt_images, parts.generator.generator, WEAK_SOURCE, parts.image_mean,
+                parts.image_std,
+            )  # fmt: skip
+        mixed = mix_batch(masks.mask, src_images, pasted_on, src_labels, pseudo, weight)
         out = parts.student(_augment(parts, mixed.image))
         terms = {"mix": _out_ce(parts, out, mixed.labels, mixed.weight)}
     else:  # the EMA teacher without mixing: self-training on the augmented target crop
