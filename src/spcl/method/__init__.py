@@ -23,7 +23,8 @@ The online recipe (stage 7; DAFormer, MIC, SePiCo, docs/online.md and docs/recip
 - :mod:`~spcl.method.class_balanced_crop`: SePiCo's class-balanced crop on the teacher's labels.
 - :mod:`~spcl.method.sepico`: SePiCo's class statistics and its DistCL, BankCL and ProtoCL losses.
 - :mod:`~spcl.method.hrda`: HRDA's context/detail geometry, scale fusion and detail loss.
-- :mod:`~spcl.method.vfm_augment`: VFM-UDA's weak and VFM-UDA++'s strong source augmentation.
+- :mod:`~spcl.method.vfm_augment`: VFM-UDA's weak and VFM-UDA++'s strong source augmentation,
+  and their torchvision-style augmentation of the mixed and masked images.
 - :mod:`~spcl.method.feature_distill`: VFM-UDA++'s feature distillation to a frozen DINOv2.
 
 ``__all__`` is the union of the modules' own ``__all__``.
@@ -180,6 +181,7 @@ from spcl.method.vfm_augment import (
     WEAK_SOURCE,
     TorchvisionAugment,
     torchvision_augment,
+    uda_augment_recipe,
 )
 from spcl.method.weighted_ce import (
     CrossEntropyReduction,
@@ -303,6 +305,7 @@ __all__ = [
     "thing_feature_distance",
     "threshold_predictions",
     "torchvision_augment",
+    "uda_augment_recipe",
     "unwrap_model",
     "update_teacher",
     "upsample_logits",

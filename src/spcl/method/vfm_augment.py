@@ -9,7 +9,10 @@ of the student's source batch on its own with torchvision operators:
   p 0.1, ``GaussianBlur`` (σ ~ U(0.15, 3.0), kernel ≈ 10 % of the image side, odd) with p 0.5;
 * weak (VFM-UDA's source augmentation, and the student's input of VFM-UDA++'s feature
   distillation): ``ColorJitter`` (brightness 32/255, contrast 0.5, saturation 0.5, hue 18/360)
-  with p 0.9, no grayscale, no blur.
+  with p 0.9, no grayscale, no blur; both recipes also jitter the target before it is mixed;
+* ``random_aug_uda`` (:func:`uda_augment_recipe`, ``online.mix.augment: torchvision``) of the
+  mixed and masked images: ``ColorJitter`` with all four strengths 0.2 at p 0.8, then
+  ``GaussianBlur`` σ ~ U(0.15, 1.15) at p 0.5.
 
 torchvision's jitter semantics, unlike kornia's of DACS (:mod:`spcl.method.photometric`): the
 four operations in a random order per image, brightness ``x·b`` and contrast ``c·x + (1 − c)·m``
