@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -359,15 +360,20 @@ def test_a_step_in_parts_is_checked_part_by_part(
             yield {k: param * v for k, v in part.items()}
 
     with pytest.raises((FloatingPointError, KeyError), match=message):
-        train_loop(
-            step,
-            weights={"a": 1.0, "b": 1.0},
-            state={},
-            optimizers=[torch.optim.SGD([param], lr=0.1)],
-            schedulers=[],
-            config=LoopConfig(stop_iter=1, checkpoint=tmp_path / "c.pth", tag="t"),
-            tracker=Tracker(tmp_path, enabled=False),
-        )
+        _sgd_loop(tmp_path, step, param, stop_iter=1)
+
+
+def _sgd_loop(tmp_path: Path, step: Any, param: nn.Parameter, **loop: Any) -> None:
+    """``step`` in the loop with terms a and b weighed 1, SGD (lr 0.1) on ``param``."""
+    train_loop(
+        step,
+        weights={"a": 1.0, "b": 1.0},
+        state={},
+        optimizers=[torch.optim.SGD([param], lr=0.1)],
+        schedulers=[],
+        config=LoopConfig(checkpoint=tmp_path / "c.pth", tag="t", **loop),
+        tracker=Tracker(tmp_path, enabled=False),
+    )
 
 
 def test_step_terms_merges_the_parts_of_a_step() -> None:
@@ -390,16 +396,6 @@ def test_reduce_grads_runs_once_per_iteration_after_every_micro_batch(tmp_path: 
         seen.append(float(param.grad))
         param.grad.mul_(0.5)  # what the optimiser then applies
 
-    train_loop(
-        step,
-        weights={"a": 1.0, "b": 1.0},
-        state={},
-        optimizers=[torch.optim.SGD([param], lr=0.1)],
-        schedulers=[],
-        config=LoopConfig(
-            stop_iter=3, checkpoint=tmp_path / "c.pth", tag="t", grad_accum=2, reduce_grads=reduce
-        ),
-        tracker=Tracker(tmp_path, enabled=False),
-    )
+    _sgd_loop(tmp_path, step, param, stop_iter=3, grad_accum=2, reduce_grads=reduce)
     assert seen == [3.0, 3.0, 3.0]  # (1 + 2) per micro-batch, averaged over the two
     assert float(param.detach()) == pytest.approx(1.0 - 3 * 0.1 * 1.5)
