@@ -8,7 +8,7 @@ helper here is a no-op.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -185,14 +185,8 @@ def all_reduce_mean_grads_(params: Iterable[torch.nn.Parameter]) -> None:
     for p in reduced:
         by_dtype.setdefault((p.grad.dtype, p.grad.device), []).append(p)  # type: ignore[union-attr]
     for group in by_dtype.values():
-        bucket: list[torch.nn.Parameter] = []
-        size = 0
-        for p in [*group, None]:
-            if p is not None and (not bucket or size + p.numel() <= GRAD_BUCKET_ELEMENTS):
-                bucket.append(p)
-                size += p.numel()
-                continue
-            grads = [q.grad for q in bucket]
+        for bucket in _buckets(group):
+            grads = [p.grad for p in bucket]
             flat = torch.cat([g.reshape(-1) for g in grads])  # type: ignore[union-attr]
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flat.div_(world)
@@ -200,7 +194,21 @@ def all_reduce_mean_grads_(params: Iterable[torch.nn.Parameter]) -> None:
             for g in grads:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))  # type: ignore[union-attr]
                 offset += g.numel()  # type: ignore[union-attr]
-            bucket, size = ([p], p.numel()) if p is not None else ([], 0)
+
+
+def _buckets(params: list[torch.nn.Parameter]) -> Iterator[list[torch.nn.Parameter]]:
+    """``params`` in order, in runs of at most ``GRAD_BUCKET_ELEMENTS`` elements (a larger tensor
+    alone in its run)."""
+    bucket: list[torch.nn.Parameter] = []
+    size = 0
+    for p in params:
+        if bucket and size + p.numel() > GRAD_BUCKET_ELEMENTS:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(p)
+        size += p.numel()
+    if bucket:
+        yield bucket
 
 
 def broadcast_buffers_(module: torch.nn.Module) -> torch.nn.Module:
