@@ -14,11 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
+from spcl.base import IGNORE_INDEX
 from spcl.config import load_config
 from spcl.context import open_run
+from spcl.data.lists import to_tensor
 from spcl.data.synthetic import generate_pair
 from spcl.engine.loop import step_terms, weighted_total
 from spcl.experiments.rows import QUICK_OVERRIDES
@@ -435,6 +438,42 @@ def test_the_random_scale_rescales_both_streams_and_the_pseudo_label_margins(
     assert tgt["image"].shape[-2:] == (32, 64)
     valid = tgt["pseudo_valid"][0]  # the margins of the 64x128 image, halved with it
     assert not valid[:4].any() and not valid[-8:].any() and valid[4:24, 4:60].all()
+
+
+@pytest.mark.parametrize("pad", ["center", "bottom_right"])
+def test_an_image_smaller_than_the_crop_is_padded_where_online_pad_says(
+    warm, tmp_path: Path, pad: str
+) -> None:
+    """``online.pad``: the demo's 64x128 images at scale 0.5 (32x64) in a 48x80 crop are padded
+    by 16 rows and 16 columns, half on each side (``center``) or all to the right and below
+    (``bottom_right``, VFM-UDA++): source labels ignored there, target images black and their
+    margin mask invalid there."""
+    config = load_config(
+        "demo",
+        [
+            *warm["overrides"],
+            "online.scale_range=[0.5, 0.5]",
+            "online.crop=[48, 80]",
+            "online.pseudo.margins=[0, 0, 0, 0]",
+            f"online.pad={pad}",
+            "online.hflip=false",  # a flip after the crop moves right-hand padding to the left
+            f"run.out={tmp_path}",
+        ],
+    )
+    with open_run(config) as ctx:
+        stage = online.setup(ctx, tmp_path / "07_online", {"warmup": warm["warmup"]})
+        src, tgt = next(stage.state["source"]), next(stage.state["target"])
+    top, left = (8, 8) if pad == "center" else (0, 0)
+    inside = (slice(None), slice(top, top + 32), slice(left, left + 64))
+    padded = torch.ones(48, 80, dtype=torch.bool)
+    padded[inside[1:]] = False
+    label, image, valid = src["label"], tgt["image"], tgt["pseudo_valid"]
+    assert label.shape[-2:] == image.shape[-2:] == (48, 80)
+    assert (label[:, padded] == IGNORE_INDEX).all() and (label[inside] != IGNORE_INDEX).any()
+    black = to_tensor(np.zeros((1, 1, 3), np.uint8)).view(1, 3, 1)  # 0 after normalisation
+    inner = image[:, :, inside[1], inside[2]].flatten(2)
+    assert (image[:, :, padded] == black).all() and (inner != black).any()
+    assert not valid[:, padded].any() and valid[inside].all()
 
 
 def test_the_random_scale_is_checked_when_the_config_loads() -> None:

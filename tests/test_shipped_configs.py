@@ -166,6 +166,7 @@ def test_vfmudapp_configs_turn_on_every_vfmudapp_switch(name: str) -> None:
     assert (online.pseudo.crop_top, online.pseudo.crop_bottom) == (0, 0)
     assert online.pseudo.margins == [30, 256, 61, 61]
     assert online.scale_range == [0.9, 1.1]  # UDATransform: short side × U(0.9, 1.1)
+    assert online.pad == "bottom_right"  # UDATransform: FV.pad(image, [0, 0, pad_w, pad_h])
     assert online.mix.augment == "torchvision"  # random_aug_weak, then random_aug_uda
     # the authors mask the crop resized to 1120 with 64-px blocks; spcl masks the 1024 crop with
     # blocks of the same count per side

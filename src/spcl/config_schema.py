@@ -436,6 +436,9 @@ class OnlineConfig:
     scale_range: Annotated[list[Positive], Length((0, 2))] = field(default_factory=list)  # random
     # rescale [low, high] of source and target images after the resize, before the crop
     # (VFM-UDA++ UDATransform: short side × U(0.9, 1.1)); empty: none (DAFormer, HRDA)
+    pad: Literal["center", "bottom_right"] = "center"  # where an image smaller than the crop
+    # is padded (image 0, label ignored): center, on every side (half each); bottom_right, to
+    # the right and below (mmseg's Pad, VFM-UDA++'s UDATransform)
     source_augment: Literal["none", "weak", "strong"] = "none"  # the student's source batch
     # with VFM-UDA's weak or VFM-UDA++'s strong torchvision-style augmentation (spcl.method.
     # vfm_augment); none: as loaded (DAFormer)

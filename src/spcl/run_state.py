@@ -66,6 +66,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {  # keys added after runs were made, left ou
     "online.source_only": False,
     "online.backward": "joint",
     "online.scale_range": [],
+    "online.pad": "center",
     "online.mix.augment": "dacs",
     "data.target_labels.list_file": "",
     "data.target_labels.fraction": 0.0,

@@ -28,6 +28,10 @@ __all__ = [
 HUE_JITTER = 0.2  # reference colour jitter hue (brightness/contrast/saturation share one strength)
 CROP_RETRIES = 10  # redraws of a crop one class dominates (mmseg RandomCrop, DAFormer's source)
 LABEL_VALUES = 256  # bins of a uint8 label's histogram
+PAD_POSITIONS = {  # online.pad → where albumentations' PadIfNeeded puts the image
+    "center": "center",  # padding on every side
+    "bottom_right": "top_left",  # the image at the top left: padding right and below
+}
 
 
 class PairTransform:
@@ -103,6 +107,7 @@ def build_train_transform(
     scale_range: list[float] | tuple[float, ...] = (),
     crop: list[int] | tuple[int, ...] = (),
     crop_max_share: float = 1.0,
+    pad: str = "center",
 ) -> PairTransform:
     """Training augmentation, in the reference's order.
 
@@ -115,6 +120,9 @@ def build_train_transform(
         crop_max_share: below 1, the crop is drawn again (up to 10 times) while one class holds
             this share or more of its labelled pixels (:class:`ClassLimitedCrop`; DAFormer's
             source crop 0.75); 1 takes the first draw.
+        pad: where an image smaller than ``crop`` is padded (image 0, label ignore):
+            ``center`` on every side, half each; ``bottom_right`` to the right and below only,
+            the image at the top left (mmseg's ``Pad``, VFM-UDA++'s ``UDATransform``).
     """
     ops: list[A.BasicTransform] = []
     if size:
@@ -125,7 +133,12 @@ def build_train_transform(
     if crop:
         ops.append(
             A.PadIfNeeded(
-                crop[0], crop[1], border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX
+                crop[0],
+                crop[1],
+                position=PAD_POSITIONS[pad],
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=IGNORE_INDEX,
             )
         )
         if crop_max_share < 1:

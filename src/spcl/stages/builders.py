@@ -193,6 +193,7 @@ def domain_dataset(
     scale_range: list[float] | tuple[float, ...] = (),
     crop: list[int] | tuple[int, ...] = (),
     crop_max_share: float = 1.0,
+    pad: str = "center",
 ) -> SegmentationList:
     """A dataset for one domain/split, with training augmentation or the test-time resize.
 
@@ -207,6 +208,7 @@ def domain_dataset(
             scale_range=scale_range,
             crop=crop,
             crop_max_share=crop_max_share,
+            pad=pad,
         )
     else:
         transform = build_eval_transform(domain.size)

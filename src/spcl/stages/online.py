@@ -126,10 +126,14 @@ def _check_class_balanced_crop(crop: list[int], target_size: list[int]) -> None:
         )
 
 
+def _geometry(cfg: OnlineConfig) -> dict[str, Any]:
+    """The stage's geometric augmentation of its training images (flip, scale, crop, pad)."""
+    return {"hflip": cfg.hflip, "crop": cfg.crop, "scale_range": cfg.scale_range, "pad": cfg.pad}
+
+
 def _streams(ctx: RunContext, cfg: OnlineConfig) -> tuple[InfiniteLoader, InfiniteLoader]:
     """The source stream (labelled crops) and the target stream (unlabelled)."""
-    augment = {"hflip": cfg.hflip, "crop": cfg.crop, "scale_range": cfg.scale_range}  # no
-    # photometric change here: the step's own
+    augment = _geometry(cfg)  # no photometric change here: the step's own
     source = source_stream(  # DAFormer limits the top class's share of source crops only
         ctx,
         cfg.optim.batch_size,
@@ -275,9 +279,7 @@ def setup(ctx: RunContext, out_dir: Path, inputs: Mapping[str, Path]) -> Trainin
         ],
         parts=parts,
     )
-    stage = with_target_labels(
-        ctx, stage, net, hflip=cfg.hflip, crop=cfg.crop, scale_range=cfg.scale_range
-    )
+    stage = with_target_labels(ctx, stage, net, **_geometry(cfg))
     if parts.per_pass and ctx.world > 1:
         ctx.tracker.info(
             f"[online] each pass backpropagated on its own (online.backward=per_pass), the "
