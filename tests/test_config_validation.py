@@ -50,6 +50,21 @@ def test_a_word_yaml_reads_as_a_boolean_is_the_word_where_a_choice_is_expected(
         load_config(None, [*ROOTS, "run.amp=yes"])  # no choice is read as True: still refused
 
 
+def test_a_key_named_twice_in_one_mapping_is_refused_naming_file_and_lines(
+    tmp_path: Path,
+) -> None:
+    """Before, PyYAML kept the last of two values silently: a shipped config named
+    ``online.optim.grad_accum`` twice (both 1), and a file with two learning rates trained with
+    the second, unsaid. YAML merge keys (``<<: *anchor``) may still be overridden."""
+    path = tmp_path / "c.yaml"
+    path.write_text("warmup:\n  optim:\n    lr: 1e-4\n    batch_size: 2\n    lr: 2e-4\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: .*line 5: key 'lr' appears twice .*line 3"):
+        load_config(path, ROOTS)
+    with pytest.raises(ConfigError, match=r"key 'a' appears twice"):
+        load_config(None, [*ROOTS, "data.source.options={a: 1, a: 2}"])
+    assert load_yaml("x: &d {lr: 1, b: 2}\ny:\n  <<: *d\n  lr: 3\n")["y"] == {"lr": 3, "b": 2}
+
+
 def test_a_fractional_number_is_no_iteration_count() -> None:
     with pytest.raises(ConfigError, match=r"'warmup\.optim\.max_iter' expects an int, got 2\.5"):
         load_config(None, [*ROOTS, "warmup.optim.max_iter=2.5"])

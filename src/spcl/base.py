@@ -31,7 +31,7 @@ import re
 import secrets
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import IO, Any
@@ -128,7 +128,26 @@ def _loader() -> type:
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+            """A mapping that names a key twice is refused: PyYAML would keep the last value
+            silently (a config edited twice trains with one of them, unsaid). Keys that YAML
+            merges in (``<<: *anchor``) may still be overridden, as YAML means them to be."""
+            if isinstance(node, yaml.MappingNode):
+                first: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    if isinstance(key, Hashable) and key in first:
+                        raise yaml.YAMLError(
+                            f"line {line}: key {key!r} appears twice in one mapping (first on "
+                            f"line {first[key]}); YAML would keep the last value silently: "
+                            f"keep one"
+                        )
+                    if isinstance(key, Hashable):
+                        first[key] = line
+            return super().construct_mapping(node, deep=deep)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC, list("-+0123456789."))
     return Loader
