@@ -12,14 +12,17 @@ device).
 
 ``--amp-steps 20`` then compares bf16 autocast with fp32 over 20 online steps for one config per
 model family (DeepLab-v2, MiT, DINOv2) at ``--amp-scale`` (default 8 on CPU: 20 real-size steps
-of three models would take hours on two cores): the loss of every step side by side and the
-largest relative difference. ``--device cuda`` gives a GPU user the same tables.
+of three models would take hours on two cores), with the learning-rate warm-up off so that the
+20 steps train at the config's full rate: the total loss of every step side by side (at full
+precision, from the run's TensorBoard events) and the largest and mean relative difference.
+``--amp-configs`` picks some of them. ``--device cuda`` gives a GPU user the same tables.
 
 Key=value overrides after the options apply to every config's stage rows: ``run.amp=bf16`` gives
 the same table under bf16 autocast, ``run.stages=[online]`` one stage alone.
 
 Run: ``PYTHONPATH=src python benchmarks/rehearsal.py [--configs a,b] [--device cpu]
-[--scale 1] [--amp-steps 20] [--amp-scale 8] [--out runs/rehearsal_bench] [key=value ...]``
+[--scale 1] [--amp-steps 20] [--amp-scale 8] [--amp-configs a,b] [--out runs/rehearsal_bench]
+[key=value ...]``
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ AMP_CONFIGS = {  # one shipped config per model family
     "MiT-B5 + HRDA": "gta5_to_cityscapes_hrda_mitb5",
     "DINOv2 ViT-B/14": "gta5_to_cityscapes_vfmuda_vitb14",
 }
+AMP_OVERRIDES = [  # the comparison trains at the config's full learning rate from its first step:
+    "online.optim.warmup_iters=0",  # inside the warm-up (1500 steps) 20 steps barely move
+]  # the weights (lr about 1e-6), so the comparison would see the forward pass only
 KEPT = re.compile(r"kept (\S+)")
 ITERATION = re.compile(r"\[(\w+)\] iteration (\d+): (.*)$", re.MULTILINE)
 NUMBER = re.compile(r"([\w/]+)=(-?[\d.]+(?:e[-+]?\d+)?|nan|-?inf)\b")  # key=value in a log line
@@ -122,19 +128,30 @@ def stage_rows(name: str, world: Rehearsal, args: argparse.Namespace, env: dict)
     return rows
 
 
-def amp_losses(name: str, world: Rehearsal, amp: str, args: argparse.Namespace, env: dict):
+def amp_losses(
+    name: str, world: Rehearsal, amp: str, args: argparse.Namespace, env: dict
+) -> tuple[list[float], float]:
+    """The total loss of each of ``--amp-steps`` online steps of ``name`` under ``run.amp=amp``,
+    read at full precision from the run's TensorBoard events (log.txt rounds to four digits),
+    and the learning rate of the last step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     overrides = [
         *world.overrides(name, []),
         f"run.device={args.device}",
         f"run.amp={amp}",
         "run.stages=[online]",
+        *AMP_OVERRIDES,
     ]
     status, output, kept = fast_dev_run(name, overrides, args.amp_steps, args.out, env, 1e5)
     if status != 0 or kept is None:
         raise RuntimeError(f"{name} with run.amp={amp} failed: {output[-2000:]}")
-    scalars = iteration_scalars(kept / "log.txt")
+    events = EventAccumulator(str(kept / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    losses = {event.step: event.value for event in events.Scalars("online/loss")}
+    lr = events.Scalars("online/lr")[-1].value
     shutil.rmtree(kept, ignore_errors=True)
-    return [scalars[("online", i)]["loss"] for i in range(1, args.amp_steps + 1)]
+    return [losses[i] for i in range(1, args.amp_steps + 1)], lr
 
 
 def main() -> None:
@@ -144,6 +161,11 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1, help="divide every spatial size by this")
     parser.add_argument("--amp-steps", type=int, default=20, help="0: no bf16/fp32 comparison")
     parser.add_argument("--amp-scale", type=int, default=8)
+    parser.add_argument(
+        "--amp-configs",
+        default="all",
+        help="comma list of the bf16 comparison's configs (default: one per model family)",
+    )
     parser.add_argument("--skip-stages", action="store_true", help="the bf16 comparison only")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per config")
     parser.add_argument("--out", type=Path, default=Path("runs/rehearsal_bench"))
@@ -176,17 +198,28 @@ def main() -> None:
         world = Rehearsal(args.out / f"world_scale{args.amp_scale}", scale=args.amp_scale)
         env["TORCH_HOME"] = str(world.torch_home)
         print(
-            f"\n## bf16 autocast against fp32, {args.amp_steps} online steps (÷ {args.amp_scale})\n"
+            f"\n## bf16 autocast against fp32, {args.amp_steps} online steps (÷ {args.amp_scale}, "
+            f"{' '.join(AMP_OVERRIDES)})\n"
         )
+        chosen = None if args.amp_configs == "all" else args.amp_configs.split(",")
+        unknown = sorted(set(chosen or []) - set(AMP_CONFIGS.values()))
+        if unknown:
+            parser.error(f"--amp-configs: {unknown} not among {sorted(AMP_CONFIGS.values())}")
         for family, name in AMP_CONFIGS.items():
-            fp32 = amp_losses(name, world, "off", args, env)
-            bf16 = amp_losses(name, world, "bf16", args, env)
+            if chosen is not None and name not in chosen:
+                continue
+            fp32, lr = amp_losses(name, world, "off", args, env)
+            bf16, _ = amp_losses(name, world, "bf16", args, env)
             diffs = [abs(b - f) / max(abs(f), 1e-12) for f, b in zip(fp32, bf16, strict=True)]
-            print(f"{family} ({name}): max relative difference {max(diffs):.3%}")
+            print(
+                f"{family} ({name}): relative difference of the loss: max {max(diffs):.3%}, "
+                f"mean {sum(diffs) / len(diffs):.3%}; fp32 loss {fp32[0]:.4f} → {fp32[-1]:.4f} "
+                f"(learning rate at the last step {lr:.3g})"
+            )
             print("| step | fp32 loss | bf16 loss | relative difference |")
             print("| ---: | ---: | ---: | ---: |")
             for i, (f, b, d) in enumerate(zip(fp32, bf16, diffs, strict=True), start=1):
-                print(f"| {i} | {f:.4f} | {b:.4f} | {d:.2%} |")
+                print(f"| {i} | {f:.5f} | {b:.5f} | {d:.3%} |")
             print(flush=True)
 
 
