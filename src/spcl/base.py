@@ -138,15 +138,16 @@ def _loader() -> type:
                     if key_node.tag == "tag:yaml.org,2002:merge":
                         continue
                     key = self.construct_object(key_node, deep=True)
+                    if not isinstance(key, Hashable):  # PyYAML names it below
+                        continue
                     line = key_node.start_mark.line + 1
-                    if isinstance(key, Hashable) and key in first:
+                    if key in first:
                         raise yaml.YAMLError(
                             f"line {line}: key {key!r} appears twice in one mapping (first on "
                             f"line {first[key]}); YAML would keep the last value silently: "
                             f"keep one"
                         )
-                    if isinstance(key, Hashable):
-                        first[key] = line
+                    first[key] = line
             return super().construct_mapping(node, deep=deep)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC, list("-+0123456789."))
