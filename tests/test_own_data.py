@@ -25,6 +25,7 @@ from spcl.config import load_config
 from spcl.context import RunContext
 from spcl.engine.tracking import Tracker
 from spcl.pipeline import prepare_data
+from spcl.stages.start_checks import padded_crop_warnings
 from test_class_tables import SIZE, _names, make_folder
 from tiny import TINY
 
@@ -215,3 +216,39 @@ def test_pseudo_label_crop_rows_are_checked_against_whole_target_images(
     assert f"32 pixels high (the height of {own}/images/train/train0.png)" in str(error.value)
     with pytest.raises(ConfigError, match=r"64 pixels high \(data.target.size\)"):
         _start(tmp_path, _folder(own, tmp_path, *whole, "data.target.size=[64, 128]"))
+
+
+def test_a_crop_larger_than_the_images_at_every_scale_is_a_warning_at_the_start(
+    own: Path, tmp_path: Path
+) -> None:
+    """A smaller data.*.size chosen for speed, with the stage's crop left larger, pads every
+    crop: the run still starts, and says so with the key to change."""
+    sizes = [f"data.{d}.size=[32, 64]" for d in ("source", "target", "target_val")]
+    online = ["run.stages=[online, evaluate]", "online.init=pretrained", *sizes]
+    out = tmp_path / "run"
+    config = load_config(None, _folder(own, out, *online, "online.crop=[64, 64]"))
+    ctx = RunContext(config, out, torch.device("cpu"), Tracker(out))
+    prepare_data(ctx)
+    log = (out / "log.txt").read_text()
+    for domain in ("source", "target"):
+        assert (
+            f"[start] warning: online.crop [64, 64] is larger than data.{domain}.size [32, 64]: "
+            f"every {domain} crop is padded, at least 50% of it"
+        ) in log
+    assert "set online.crop=[32, 64] or a larger data.source.size" in log
+
+    def warnings(*extra: str) -> list[str]:
+        return padded_crop_warnings(load_config(None, _folder(own, out, *sizes, *extra)))
+
+    # a crop the images hold, or hold at the stage's largest scale, is not padded every time
+    assert warnings("run.stages=[online]", "online.crop=[32, 32]") == []
+    scaled = ["online.crop=[64, 64]", "online.scale_range=[1, 2]"]
+    assert warnings("run.stages=[online]", *scaled) == []
+    # the self-training's crop is judged at its largest scale; stages the run skips are not
+    (message,) = warnings("run.stages=[warmup, pseudo_labels, self_train]")  # default crop
+    assert message.startswith(
+        "self_train.crop [512, 1024] is larger than data.target.size [32, 64] at the largest "
+        "scale of self_train.scale_range, 1.5: every target crop is padded, at least 99% of it"
+    )
+    assert message.endswith("set self_train.crop=[32, 64] or a larger data.target.size")
+    assert warnings("run.stages=[warmup]") == []

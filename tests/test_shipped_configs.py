@@ -11,6 +11,7 @@ from PIL import Image
 from spcl.config import PACKAGED_CONFIGS, ConfigError, load_config
 from spcl.config_schema import DomainConfig
 from spcl.stages.builders import domain_dataset
+from spcl.stages.start_checks import padded_crop_warnings
 
 ROOTS = ["data.source.root=/s", "data.target.root=/t", "data.target_val.root=/t"]
 SHIPPED = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
@@ -171,3 +172,9 @@ def test_vfmudapp_configs_turn_on_every_vfmudapp_switch(name: str) -> None:
     # the authors mask the crop resized to 1120 with 64-px blocks; spcl masks the 1024 crop with
     # blocks of the same count per side
     assert round(1024 / online.masking.block_size) == round(1120 / 64) == 18
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_no_shipped_config_pads_every_crop_of_a_stage(name: str) -> None:
+    """Each stage's crop fits the config's image size at some scale the stage draws."""
+    assert padded_crop_warnings(load_config(name, require_all=False)) == []

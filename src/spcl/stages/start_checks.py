@@ -18,6 +18,10 @@ first seconds of a run, not at its first validation or after all its training:
   config checks them against the crop height);
 * the labelled target images (``data.target_labels``): the list names target-train images that
   have labels, and the evaluation split holds none of them (:mod:`spcl.stages.target_labels`).
+
+It also says (a warning, not an error) when a stage's random crop is larger than the images it is
+cut from at every scale the stage draws: every crop is then padded, and the padding costs compute
+and trains on nothing (:func:`padded_crop_warnings`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,13 @@ from spcl.data.registry import scan_domain
 from spcl.stages.class_sets import check_class_sets
 from spcl.stages.target_labels import check_target_labels
 
-__all__ = ["CLASS_ID_LISTS", "check_run_start", "reads_target", "reads_target_val"]
+__all__ = [
+    "CLASS_ID_LISTS",
+    "check_run_start",
+    "padded_crop_warnings",
+    "reads_target",
+    "reads_target_val",
+]
 
 TARGET_READERS = ("pseudo_labels", "adapt", "pseudo_labels_2", "self_train", "online")  # stages
 # that read the target images whatever their settings
@@ -140,6 +150,49 @@ def _check_pseudo_crop(config: Config, target_images: list[Path]) -> None:
         raise ConfigError(f"{' and '.join(f'online.{k}' for k in keys)}: {message}")
 
 
+def _cropped_domains(config: Config) -> list[tuple[str, list[int], list[float], str]]:
+    """(stage, crop, scale range, domain key) for each random crop a stage of the run cuts."""
+    stages, out = config.run.stages, []
+    online, self_train = config.online, config.self_train
+    if "online" in stages and online.crop:
+        out.append(("online", online.crop, online.scale_range, "source"))
+        if not online.pseudo.class_balanced_crop:  # else the step crops (checked there)
+            out.append(("online", online.crop, online.scale_range, "target"))
+    if "self_train" in stages and self_train.crop:
+        out.append(("self_train", self_train.crop, self_train.scale_range, "target"))
+    return out
+
+
+def padded_crop_warnings(config: Config) -> list[str]:
+    """One message per stage and domain whose every crop is padded.
+
+    A crop larger than the resized image (``data.<domain>.size``) times the largest scale the
+    stage draws (``scale_range``; none: 1) is padded on every draw (image 0, label ignored): a
+    smaller ``data.<domain>.size`` chosen for speed, with the stage's crop left at its default,
+    trains on a padded frame. Domains without a fixed size (images kept at their own size) are
+    not judged.
+    """
+    messages = []
+    for stage, crop, scale_range, domain in _cropped_domains(config):
+        size = getattr(config.data, domain).size
+        if not size:
+            continue
+        largest = max(scale_range) if scale_range else 1.0
+        height, width = size[0] * largest, size[1] * largest
+        if crop[0] <= height and crop[1] <= width:
+            continue
+        covered = min(1.0, height / crop[0]) * min(1.0, width / crop[1])
+        scaled = f" at the largest scale of {stage}.scale_range, {largest:g}" if scale_range else ""
+        fits = [min(crop[0], size[0]), min(crop[1], size[1])]  # the image at scale 1
+        messages.append(
+            f"{stage}.crop {list(crop)} is larger than data.{domain}.size {list(size)}{scaled}: "
+            f"every {domain} crop is padded, at least {100 * (1 - covered):.0f}% of it (image "
+            f"black, label ignored), which costs compute and trains on nothing; set "
+            f"{stage}.crop={fits} or a larger data.{domain}.size"
+        )
+    return messages
+
+
 def check_run_start(ctx: RunContext) -> None:
     """Check everything a run reads before any stage trains (see the module docstring).
 
@@ -158,3 +211,5 @@ def check_run_start(ctx: RunContext) -> None:
     _check_class_ids(config, table)
     _check_pseudo_crop(config, target_images)
     check_target_labels(config, evaluates=reads_target_val(config))
+    for message in padded_crop_warnings(config):
+        ctx.tracker.info(f"[start] warning: {message}")
