@@ -97,6 +97,20 @@ def test_keep_keeps_the_folder_with_its_log(
     assert (kept / "01_warmup" / "model.pth").is_file() and (kept / "log.txt").is_file()
 
 
+def test_the_warnings_of_a_real_run_show_between_the_stage_lines(
+    tmp_path: Path, pair: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    """The fast dev run mutes the run's console lines but not its warnings: a crop that pads
+    every image is what a user wants to hear of before booking a GPU."""
+    sizes = [f"data.{d}.size=[32, 64]" for d in ("source", "target")]
+    extra = ["run.stages=[warmup, online]", "online.crop=[64, 64]", *sizes]
+    assert main(["run", *pair, *extra]) == 0
+    captured = capsys.readouterr()
+    assert LINE.findall(captured.out) == [("warmup", "OK"), ("online", "OK")]
+    assert "[start] warning: online.crop [64, 64] is larger than data.source.size" in captured.err
+    assert "[warmup] iteration" not in captured.err  # the rest stays muted
+
+
 def test_the_first_failing_stage_is_named_then_the_one_line_error(
     tmp_path: Path, pair: list[str], capsys: pytest.CaptureFixture, monkeypatch
 ) -> None:

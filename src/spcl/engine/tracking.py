@@ -75,11 +75,17 @@ class Tracker:
         if self.enabled:
             self.logger.info(message, extra={"console": console})
 
+    def warning(self, message: str) -> None:
+        """A warning: a line in ``log.txt`` (level WARNING) and on the console, even a muted one."""
+        if self.enabled:
+            self.logger.warning(message)
+
     def mute_console(self) -> None:
-        """From now on, lines go to ``log.txt`` only (``--fast-dev-run`` prints its own)."""
+        """From now on, lines go to ``log.txt`` only, warnings excepted (``--fast-dev-run``
+        prints its own lines, and shows the warnings a real run would give)."""
         for handler in list(self.logger.handlers):
             if isinstance(handler, _TqdmHandler):
-                self.logger.removeHandler(handler)
+                handler.setLevel(logging.WARNING)
 
     def scalars(self, tag: str, values: Mapping[str, float], step: int) -> None:
         """Scalars in TensorBoard (``TAG/key``) and one line in ``log.txt`` (on the console

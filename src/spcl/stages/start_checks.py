@@ -212,4 +212,4 @@ def check_run_start(ctx: RunContext) -> None:
     _check_pseudo_crop(config, target_images)
     check_target_labels(config, evaluates=reads_target_val(config))
     for message in padded_crop_warnings(config):
-        ctx.tracker.info(f"[start] warning: {message}")
+        ctx.tracker.warning(f"[start] warning: {message}")
