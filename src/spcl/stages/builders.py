@@ -303,14 +303,15 @@ def train_loader(
 
 def _unreadable(ctx: RunContext) -> dict[str, Any]:
     """What loaders do with an unreadable file (``data.on_error``), and where they say so."""
-    return {"on_error": ctx.config.data.on_error, "warn": lambda m: ctx.tracker.info(f"[data] {m}")}
+    warn = ctx.tracker.warning
+    return {"on_error": ctx.config.data.on_error, "warn": lambda m: warn(f"[data] {m}")}
 
 
 def skip_missing_labels(ctx: RunContext) -> Callable[[str], None] | None:
     """With ``data.on_error: skip``, how a stage names target images left without a label."""
     if ctx.config.data.on_error != "skip":
         return None
-    return lambda message: ctx.tracker.info(f"[data] {message}")
+    return lambda message: ctx.tracker.warning(f"[data] {message}")
 
 
 def source_stream(

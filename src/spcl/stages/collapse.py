@@ -139,7 +139,8 @@ class CollapseAlert:
                 continue  # absent from the validation split
             if value >= self.threshold:
                 if streaks.low[k] >= self.patience:
-                    self._say(f"class '{self.names[k]}' is back: {signal} {_percent(value)}", done)
+                    back = f"class '{self.names[k]}' is back: {signal} {_percent(value)}"
+                    self._say(back, done, warning=False)
                 streaks.seen[k], streaks.low[k], streaks.last_good[k] = True, 0, (done, value)
             elif streaks.seen[k]:
                 streaks.low[k] += 1
@@ -161,8 +162,9 @@ class CollapseAlert:
             {"class": self.names[k], "signal": signal, "iteration": done, "value": value}
         )
 
-    def _say(self, message: str, done: int) -> None:
-        self.ctx.tracker.info(f"[{self.tag}] iteration {done}: {message}")
+    def _say(self, message: str, done: int, warning: bool = True) -> None:
+        say = self.ctx.tracker.warning if warning else self.ctx.tracker.info
+        say(f"[{self.tag}] iteration {done}: {message}")
         self.ctx.tracker.text(f"{self.tag}/collapse", message, done)
 
     def collapsed(self) -> list[str]:

@@ -67,7 +67,7 @@ def _account_for_excluded(ctx: RunContext, index: ClassIndex, path: Path) -> Non
             f"data.on_error=skip to train without them, each named in log.txt"
         )
     for reason in index.excluded.values():
-        ctx.tracker.info(f"[data] left out of the source (class index {path}): {reason}")
+        ctx.tracker.warning(f"[data] left out of the source (class index {path}): {reason}")
 
 
 def _rare_class_order(
