@@ -13,6 +13,7 @@ from PIL import Image
 import spcl.data.synthetic.generator as synthetic
 from spcl.base import IGNORE_INDEX
 from spcl.data.labels import CITYSCAPES
+from spcl.data.registry import scan_dataset
 from spcl.data.synthetic import (
     GENERATOR_VERSION,
     PRESETS,
@@ -335,3 +336,14 @@ def test_default_train_split_has_every_class() -> None:
     for i in range(300):
         seen |= set(np.unique(render_scene(scene_rng(0, "source", "train", i))[1]).tolist())
     assert seen >= set(range(CITYSCAPES.num_classes))
+
+
+def test_each_domain_of_the_pair_reads_as_a_folder_dataset_too(tmp_path: Path) -> None:
+    """``classes.yaml`` in each domain: the own-data path can be tried on the pair."""
+    root = _tiny_set(tmp_path / "pair")
+    for domain in ("source", "target"):
+        for split in ("train", "val"):
+            pair = scan_dataset("synthetic", root, split, domain=domain)
+            folder = scan_dataset("folder", root / domain, split)
+            assert folder.table.names == pair.table.names == CITYSCAPES.names
+            assert folder.images == pair.images and folder.labels == pair.labels

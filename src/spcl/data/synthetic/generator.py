@@ -9,6 +9,7 @@ gives byte-identical files whatever the number of worker processes. Layout on di
     OUT/manifest.json
     OUT/{source,target}/images/{train,val}/{domain}_{split}_{index:05d}.png   RGB
     OUT/{source,target}/labels/{train,val}/{domain}_{split}_{index:05d}.png   train ids, mode L
+    OUT/{source,target}/classes.yaml   the 19 names: each domain also reads as ``kind: folder``
     OUT/preview.png
 
 Drawing lives in :mod:`~spcl.data.synthetic.street` (camera, street),
@@ -192,6 +193,16 @@ def _manifest(
     return json.dumps(manifest, sort_keys=True, indent=2) + "\n"
 
 
+def _class_table_text() -> str:
+    """A domain's ``classes.yaml``: the pair reads as two folder datasets (``kind: folder``)."""
+    names = ", ".join(CITYSCAPES.names)
+    return (
+        "# The classes of this synthetic domain in train-id order, so that the domain also\n"
+        "# reads as a folder dataset (kind: folder; docs/own_data.md).\n"
+        f"names: [{names}]\n"
+    )
+
+
 def _claim_output(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty ``out`` unless ``overwrite``; create its parent."""
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
@@ -290,6 +301,8 @@ def generate_pair(
         _render_all(tasks, workers, progress)
         manifest = _manifest(seed, name, params, size, split_counts)
         (tmp / "manifest.json").write_text(manifest, encoding="utf-8")
+        for domain in DOMAINS:  # the folder reader's class table (the files are its layout)
+            (tmp / domain / "classes.yaml").write_text(_class_table_text(), encoding="utf-8")
         if preview:
             write_preview(tmp, tmp / "preview.png")
         _move_into_place(tmp, out)
