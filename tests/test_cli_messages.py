@@ -79,3 +79,33 @@ def test_predict_lists_the_images_it_skipped(
     assert f"--on-error skip: skipped 1 of 2 image(s): {tmp_path / 'in' / 'bad.png'}" in caplog.text
     assert main(argv) == 2  # a re-run skips good.png (all its outputs exist), tries bad.png again
     assert f"cannot read image {tmp_path / 'in' / 'bad.png'}" in _last_error(capsys)
+
+
+def test_evaluate_of_a_model_file_skips_with_on_error_and_lists_the_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # before: `spcl evaluate MODEL --config C --on-error skip` ignored the flag (only the config's
+    # data.on_error counted), and with data.on_error=skip the left-out files were never named
+    model = model_file(tmp_path / "m.pth", ("road", "sky"))
+    root = tmp_path / "val"
+    (root / "classes.yaml").parent.mkdir()
+    (root / "classes.yaml").write_text("names: [road, sky]\n")
+    for name in ("a", "b"):
+        _save(root / "images" / "val" / f"{name}.png", np.zeros((8, 8, 3)))
+        _save(root / "labels" / "val" / f"{name}.png", np.zeros((8, 8)))
+    bad = root / "images" / "val" / "b.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        f"data:\n  target_val: {{kind: folder, root: {root}, split: val}}\n"
+        "run: {device: cpu, progress: false}\n"
+    )
+    argv = ["evaluate", str(model), "--config", str(config), "--json", str(tmp_path / "s.json")]
+    assert main(argv) == 2
+    assert f"cannot read image {bad}" in _last_error(capsys)
+    for skip in (["--on-error", "skip"], ["data.on_error=skip"]):
+        assert main([*argv, *skip]) == 0
+        out = capsys.readouterr().out
+        assert f"left out 1 file(s):\n  cannot read image {bad}: " in out
+        assert str(bad) in (tmp_path / "s.json").read_text()
+    assert main([*argv, "data.on_error=skip", "--on-error", "fail"]) == 2  # the flag decides

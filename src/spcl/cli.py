@@ -263,7 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluated classes: 19, 16 or 13 (Cityscapes ids), or a classes.yaml or a folder "
         "dataset's root (its own ids); default 19",
     )
-    ev.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    ev.add_argument(
+        "--on-error",
+        choices=("fail", "skip"),
+        help="an unreadable file or a bad pair: fail, or skip it and list it after the scores "
+        "(default: fail; with a model file, the config's data.on_error)",
+    )
     ev.add_argument("--strict", action="store_true", help="predictions without GT are an error")
     ev.add_argument(
         "--workers",

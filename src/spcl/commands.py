@@ -97,7 +97,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             pred_format=args.pred_format,
             gt_format=args.gt_format,
             classes=_evaluated_classes(args.classes),
-            on_error=args.on_error,
+            on_error=args.on_error or "fail",
             strict=args.strict,
             workers=args.workers,
         )
@@ -105,7 +105,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         if not (args.model and args.config):
             raise UsageError("give --pred-dir/--gt-dir, or a model file and a config (--config)")
-        scores, title = _evaluate_model_file(args)
+        scores, title, report = _evaluate_model_file(args)
     print(titled(scores.format_table(default_subsets(scores.class_names)), title))
     _print_skipped(report.get("skipped", []))
     if args.json:
@@ -155,16 +155,17 @@ def _print_skipped(skipped: list[dict]) -> None:
     if not skipped:
         return
     print(f"left out {len(skipped)} file(s):")
-    for entry in skipped[:LISTED_SKIPPED]:
-        shown = entry["prediction"] or entry["ground_truth"]
-        print(f"  {shown}: {entry['error']}")
+    for entry in skipped[:LISTED_SKIPPED]:  # a pair of PNG files, or a dataset's image
+        shown = entry.get("prediction") or entry.get("ground_truth")
+        print(f"  {shown}: {entry['error']}" if shown else f"  {entry['error']}")
     if len(skipped) > LISTED_SKIPPED:
         print(f"  ... and {len(skipped) - LISTED_SKIPPED} more (every one in --json)")
 
 
-def _evaluate_model_file(args: argparse.Namespace):  # -> (SegmentationScores, title)
+def _evaluate_model_file(args: argparse.Namespace):  # -> (SegmentationScores, title, report)
     """``spcl evaluate MODEL --config CONFIG``: the model file's scores on the config's
-    target_val split with the config's (or the flags') test-time options, and their title."""
+    target_val split with the config's (or the flags') test-time options, their title, and the
+    report of the files left out (``--on-error``, else the config's ``data.on_error``)."""
     from spcl.config import load_config
     from spcl.data.loaders import build_eval_loader
     from spcl.engine.distributed import resolve_device
@@ -189,8 +190,8 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> (SegmentationScores, t
     model, info = load_model_file(args.model, device)
     table = check_model_classes(args.model, info, config.data)
     dataset = domain_dataset(val, with_labels=True, train=False)
-    loader = build_eval_loader(
-        dataset, num_workers=config.data.num_workers, on_error=config.data.on_error
+    loader = build_eval_loader(  # files left out are listed after the table, as for PNG folders
+        dataset, num_workers=config.data.num_workers, on_error=args.on_error or config.data.on_error
     )
     scores = evaluate(
         model,
@@ -202,7 +203,8 @@ def _evaluate_model_file(args: argparse.Namespace):  # -> (SegmentationScores, t
         slide=options.slide,
         progress=config.run.progress,
     )
-    return scores, scored_title(val, Path(args.model))
+    skipped = [{"error": message} for message in loader.unreadable.skipped]
+    return scores, scored_title(val, Path(args.model)), {"skipped": skipped} if skipped else {}
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -69,6 +69,7 @@ class _Unreadable:
             raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
         self.on_error, self.warn = on_error, warn
         self.seen: set[str] = set()
+        self.skipped: list[str] = []  # each file's message once, in the order met
 
     def check(self, batch: Any) -> bool:
         """Whether ``batch`` still holds samples (raises on an unreadable one when failing)."""
@@ -78,9 +79,12 @@ class _Unreadable:
         if messages and self.on_error == "fail":
             raise DatasetError(f"{messages[0]} (on_error: skip would leave such files out)")
         for message in messages:
-            if message not in self.seen and self.warn is not None:
+            if message in self.seen:
+                continue
+            if self.warn is not None:
                 self.warn(f"skipped an unreadable file: {message}")
             self.seen.add(message)
+            self.skipped.append(message)
         return bool(batch)
 
 
