@@ -109,3 +109,28 @@ def test_evaluate_of_a_model_file_skips_with_on_error_and_lists_the_files(
         assert f"left out 1 file(s):\n  cannot read image {bad}: " in out
         assert str(bad) in (tmp_path / "s.json").read_text()
     assert main([*argv, "data.on_error=skip", "--on-error", "fail"]) == 2  # the flag decides
+
+
+@pytest.mark.parametrize(
+    ("argv", "suggested"),
+    [
+        (["run", "gta5_to_cityscape_daformer_mitb5"], "gta5_to_cityscapes_daformer_mitb5"),
+        (["config", "demo", "onlin.crop=[8, 8]"], "online"),
+        (["config", "demo", "online.optim.batch_sise=2"], "batch_size"),
+        (["config", "demo", "model.name=deeplabv2_resnet100"], "deeplabv2_resnet101"),
+        (["data", "check", "gta55", "/nowhere"], "gta5"),
+    ],
+)
+def test_a_mistyped_name_gets_the_closest_valid_one(
+    argv: list[str], suggested: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(argv) == 2
+    assert f"(did you mean '{suggested}'?)" in _last_error(capsys)
+
+
+def test_a_word_close_to_no_valid_one_gets_the_list_without_a_guess(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["config", "demo", "online.optim.learning_rate=1"]) == 2
+    error = _last_error(capsys)
+    assert "did you mean" not in error and "valid keys under online.optim: optimizer, lr," in error

@@ -25,13 +25,14 @@ folder into a one-line message).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import os
 import re
 import secrets
 import shutil
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import IO, Any
@@ -54,6 +55,7 @@ __all__ = [
     "atomic_write_bytes",
     "current_umask",
     "describe_os_error",
+    "did_you_mean",
     "dir_mode",
     "file_mode",
     "load_yaml",
@@ -113,6 +115,12 @@ class UnknownNameError(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0]) if self.args else ""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to a mistyped ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 _SCIENTIFIC = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
-from spcl.base import ConfigError, atomic_file, load_yaml
+from spcl.base import ConfigError, atomic_file, did_you_mean, load_yaml
 from spcl.config_schema import REQUIRED, Config
 
 __all__ = [
@@ -115,7 +115,10 @@ def resolve_config_path(path: str | Path) -> Path:
     if shipped.is_file() and len(path.parts) <= 2:
         return shipped
     names = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
-    raise ConfigError(f"config file not found: {path} (shipped configs: {', '.join(names)})")
+    raise ConfigError(
+        f"config file not found: {path}{did_you_mean(path.stem, names)} (shipped configs: "
+        f"{', '.join(names)})"
+    )
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -284,7 +287,8 @@ def _build(cls: type, raw: Any, prefix: str, origins: dict[str, str]) -> Any:
     if unknown:
         dotted = f"{prefix}{unknown[0]}"
         raise ConfigError(
-            f"{_origin(origins, dotted)}: unknown key '{dotted}'; valid keys under {name}: "
+            f"{_origin(origins, dotted)}: unknown key '{dotted}'"
+            f"{did_you_mean(unknown[0], fields)}; valid keys under {name}: "
             f"{', '.join(fields)}"
         )
     default = cls()

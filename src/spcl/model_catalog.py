@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from spcl.base import did_you_mean
+
 __all__ = ["MODEL_OPTIONS", "model_names", "option_problems"]
 
 RESNET_DEPTHS = (18, 34, 50, 101)  # spcl.models.resnet.RESNET_DEPTHS
@@ -47,7 +49,8 @@ def model_names() -> list[str]:
 def option_problems(name: str, options: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """(key, what is wrong) for an unknown model name or options the model does not take."""
     if name not in MODEL_OPTIONS:
-        yield "name", f"unknown model {name!r}; valid names: {model_names()}"
+        close = did_you_mean(name, MODEL_OPTIONS)
+        yield "name", f"unknown model {name!r}{close}; valid names: {model_names()}"
         return
     accepted = MODEL_OPTIONS[name]
     unknown = sorted(set(options) - set(accepted))

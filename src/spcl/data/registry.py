@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spcl.base import DatasetError, MissingFileError, UnknownNameError
+from spcl.base import DatasetError, MissingFileError, UnknownNameError, did_you_mean
 from spcl.data.layout import DatasetFiles
 from spcl.data.lists import SegmentationList
 from spcl.data.readers.cityscapes import scan_cityscapes
@@ -58,7 +58,10 @@ _NOT_OPTIONS = ("with_labels", "warn")  # keyword arguments set by the caller, n
 def get_scanner(kind: str) -> Callable[..., DatasetFiles]:
     """The reader of ``kind``; KeyError listing the valid kinds otherwise."""
     if kind not in SCANNERS:
-        raise UnknownNameError(f"unknown dataset kind {kind!r}; valid kinds: {list(DATASET_KINDS)}")
+        raise UnknownNameError(
+            f"unknown dataset kind {kind!r}{did_you_mean(kind, DATASET_KINDS)}; valid kinds: "
+            f"{list(DATASET_KINDS)}"
+        )
     return SCANNERS[kind]
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from spcl.base import ConfigError, UnknownNameError
+from spcl.base import ConfigError, UnknownNameError, did_you_mean
 from spcl.models import deeplab_v2, segformer, vfmudapp_seg, vit_seg
 from spcl.models.deeplab_v2 import load_backbone_weights
 from spcl.models.discriminator import DISC_NDF, OutputDiscriminator
@@ -142,7 +142,10 @@ def build_model(
             fetched (the message says where to place the file).
     """
     if name not in MODEL_REGISTRY:
-        raise UnknownNameError(f"unknown model {name!r}; valid names: {sorted(MODEL_REGISTRY)}")
+        raise UnknownNameError(
+            f"unknown model {name!r}{did_you_mean(name, MODEL_REGISTRY)}; valid names: "
+            f"{sorted(MODEL_REGISTRY)}"
+        )
     options = dict(options or {})
     checkpoint = resolve_pretrained(pretrained)  # None for None and ""
     if checkpoint is None:

@@ -15,7 +15,13 @@ from typing import Any
 
 import torch
 
-from spcl.base import CheckpointError, ConfigError, MissingFileError, UnknownNameError
+from spcl.base import (
+    CheckpointError,
+    ConfigError,
+    MissingFileError,
+    UnknownNameError,
+    did_you_mean,
+)
 from spcl.config_schema import DataConfig, DomainConfig
 from spcl.context import RunContext
 from spcl.data.labels import ClassTable
@@ -112,7 +118,8 @@ def check_model_name(name: str) -> None:
     """Refuse an unknown ``model.name`` when a run starts (the message lists the valid names)."""
     if name not in MODEL_REGISTRY:
         raise UnknownNameError(
-            f"model.name: unknown model {name!r}; valid names: {sorted(MODEL_REGISTRY)}"
+            f"model.name: unknown model {name!r}{did_you_mean(name, MODEL_REGISTRY)}; valid "
+            f"names: {sorted(MODEL_REGISTRY)}"
         )
 
 
