@@ -92,7 +92,13 @@ def _config(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_run_cleanly_and_the_same_command_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("group", [False, True], ids=["process", "process-group"])
+def test_sigterm_stops_a_run_cleanly_and_the_same_command_resumes(
+    tmp_path: Path, group: bool
+) -> None:
+    """``group``: the signal goes to the whole process group, data-loader workers included, as
+    `timeout`, SLURM, `docker stop` and `kill -- -PGID` send it. Before, the workers died of it
+    and PyTorch's SIGCHLD handler replaced the clean stop with a RuntimeError traceback."""
     root = make_folder(tmp_path / "data", 3)
     run = tmp_path / "run"
     overrides = [
@@ -101,6 +107,7 @@ def test_sigterm_stops_a_run_cleanly_and_the_same_command_resumes(tmp_path: Path
         "warmup.optim.max_iter=60",
         "warmup.optim.stop_iter=60",
         "run.ckpt_every=2",
+        *(["data.num_workers=2"] if group else []),
     ]
     command = [sys.executable, "-m", "spcl", "run", str(_config(tmp_path)), *overrides]
     src = Path(__file__).resolve().parents[1] / "src"
@@ -108,15 +115,21 @@ def test_sigterm_stops_a_run_cleanly_and_the_same_command_resumes(tmp_path: Path
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
     }
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=group
+    )
     checkpoint = run / "01_warmup" / "checkpoint.pth"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None and not checkpoint.exists():
         time.sleep(0.05)
     assert process.poll() is None, "the run ended before it could be stopped"
-    process.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
+    assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("spcl: stopped by SIGTERM;") and "run the same command to resume" in last
     assert not (run / "01_warmup" / "done.json").exists()

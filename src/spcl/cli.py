@@ -71,7 +71,16 @@ class Terminated(KeyboardInterrupt):
 
 def _on_sigterm(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    if hasattr(signal, "SIGCHLD"):  # POSIX: a signal sent to the process group (`timeout`,
+        # SLURM, `docker stop`) also ends the data-loader workers; PyTorch's SIGCHLD handler
+        # would report each as a RuntimeError over the clean stop. A Python handler, not
+        # SIG_DFL: a SIGCHLD already pending would then print "ignored due to race condition"
+        signal.signal(signal.SIGCHLD, _workers_stop_too)
     raise Terminated
+
+
+def _workers_stop_too(signum: int, frame: object) -> None:
+    """SIGCHLD once stopping: the data-loader workers ended with the run, as they should."""
 
 
 def _stopped_message(exc: KeyboardInterrupt, command: str, argv: Sequence[str]) -> str:
