@@ -125,3 +125,33 @@ def test_worker_seeds_are_a_function_of_the_stream_and_epoch() -> None:
     other = InfiniteLoader(_Items(4), 2, seed=2)
     _take(other, 3)
     assert seeds[0] == seeds[1] != other._iterator._base_seed
+
+
+class _MixedSizes(_Items):
+    """Images of two sizes, kept as they are (no resize, no crop)."""
+
+    def __getitem__(self, item):
+        index = item[0] if isinstance(item, tuple) else item
+        size = (8, 12) if index % 2 else (6, 10)
+        return {"image": torch.zeros(3, *size), "name": f"img_{index}"}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_images_of_one_batch_that_differ_in_size_are_one_line_naming_two_and_the_keys(
+    workers: int,
+) -> None:
+    # before: PyTorch's collate raised "Trying to resize storage that is not resizable" from a
+    # worker, a traceback that named no image and no setting
+    from spcl.base import DatasetError
+
+    for on_error in ("fail", "skip"):  # not a bad file: skipping does not hide it
+        stream = InfiniteLoader(
+            _MixedSizes(4), 2, seed=0, shuffle=False, num_workers=workers, on_error=on_error
+        )
+        with pytest.raises(DatasetError) as error:
+            next(stream)
+        assert str(error.value).startswith(
+            "images of one batch differ in size: 'img_0' is 10x6 and 'img_1' is 12x8"
+        )
+        assert "data.source.size" in str(error.value) and "online.crop" in str(error.value)
+    assert next(InfiniteLoader(_MixedSizes(4), 1, seed=0))["image"].shape[0] == 1  # one a batch

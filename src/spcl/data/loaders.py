@@ -30,6 +30,7 @@ __all__ = ["InfiniteLoader", "OnError", "SeededBatchSampler", "build_eval_loader
 
 OnError = Literal["fail", "skip"]  # what a loader does with an unreadable file
 UNREADABLE = "unreadable"  # batch key: messages of the samples that could not be read
+MIXED_SIZES = "mixed_sizes"  # batch key: why the samples could not be batched (sizes differ)
 ITERATOR_SALT = 0x10AD  # keeps the DataLoader's worker-seed generator apart from the sample seeds
 
 
@@ -54,11 +55,25 @@ def _collate(samples: list[Any]) -> Any:
     if not all(isinstance(s, dict) for s in samples):
         return default_collate(samples)  # not a segmentation dataset: nothing to report
     good = [s for s in samples if UNREADABLE not in s]
+    sizes = {tuple(s["image"].shape[-2:]): s for s in good if "image" in s}
+    if len(sizes) > 1:  # raised in the main process as one line (not a worker's traceback)
+        return {MIXED_SIZES: _mixed_sizes_message(list(sizes.values())[:2])}
     batch = default_collate(good) if good else {}
     bad = [s[UNREADABLE] for s in samples if UNREADABLE in s]
     if bad:
         batch[UNREADABLE] = bad
     return batch
+
+
+def _mixed_sizes_message(two: list[dict[str, Any]]) -> str:
+    (h1, w1), (h2, w2) = (tuple(s["image"].shape[-2:]) for s in two)
+    first, second = (s["name"] for s in two)
+    return (
+        f"images of one batch differ in size: '{first}' is {w1}x{h1} and '{second}' is "
+        f"{w2}x{h2} (after the resize and crop, if any); a batch needs one size: give the "
+        f"dataset a size (data.source.size, data.target.size: [H, W], every image resized to it) "
+        f"or the stage a crop (online.crop, self_train.crop)"
+    )
 
 
 class _Unreadable:
@@ -75,6 +90,8 @@ class _Unreadable:
         """Whether ``batch`` still holds samples (raises on an unreadable one when failing)."""
         if not isinstance(batch, dict):
             return True
+        if MIXED_SIZES in batch:  # not a file's fault: on_error does not skip it
+            raise DatasetError(batch[MIXED_SIZES])
         messages = batch.pop(UNREADABLE, [])
         if messages and self.on_error == "fail":
             raise DatasetError(f"{messages[0]} (on_error: skip would leave such files out)")
