@@ -16,7 +16,7 @@ from typing import Any
 
 from spcl.base import did_you_mean
 
-__all__ = ["MODEL_OPTIONS", "model_names", "option_problems"]
+__all__ = ["MODEL_OPTIONS", "model_names", "option_problems", "unknown_model"]
 
 RESNET_DEPTHS = (18, 34, 50, 101)  # spcl.models.resnet.RESNET_DEPTHS
 MIT_VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")  # spcl.models.mit.MIT_VARIANTS
@@ -46,11 +46,17 @@ def model_names() -> list[str]:
     return sorted(MODEL_OPTIONS)
 
 
+def unknown_model(name: str) -> str:
+    """What is wrong with a model name that is not registered: the closest and every name."""
+    return (
+        f"unknown model {name!r}{did_you_mean(name, MODEL_OPTIONS)}; valid names: {model_names()}"
+    )
+
+
 def option_problems(name: str, options: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """(key, what is wrong) for an unknown model name or options the model does not take."""
     if name not in MODEL_OPTIONS:
-        close = did_you_mean(name, MODEL_OPTIONS)
-        yield "name", f"unknown model {name!r}{close}; valid names: {model_names()}"
+        yield "name", unknown_model(name)
         return
     accepted = MODEL_OPTIONS[name]
     unknown = sorted(set(options) - set(accepted))

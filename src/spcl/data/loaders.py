@@ -83,8 +83,7 @@ class _Unreadable:
         if on_error not in ("fail", "skip"):
             raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
         self.on_error, self.warn = on_error, warn
-        self.seen: set[str] = set()
-        self.skipped: list[str] = []  # each file's message once, in the order met
+        self.skipped: dict[str, None] = {}  # each file's message once, in the order met
 
     def check(self, batch: Any) -> bool:
         """Whether ``batch`` still holds samples (raises on an unreadable one when failing)."""
@@ -96,12 +95,11 @@ class _Unreadable:
         if messages and self.on_error == "fail":
             raise DatasetError(f"{messages[0]} (on_error: skip would leave such files out)")
         for message in messages:
-            if message in self.seen:
+            if message in self.skipped:
                 continue
             if self.warn is not None:
                 self.warn(f"skipped an unreadable file: {message}")
-            self.seen.add(message)
-            self.skipped.append(message)
+            self.skipped[message] = None
         return bool(batch)
 
 

@@ -142,7 +142,7 @@ def build_model(
             fetched (the message says where to place the file).
     """
     if name not in MODEL_REGISTRY:
-        raise UnknownNameError(
+        raise UnknownNameError(  # spcl.model_catalog.unknown_model's words: models stay below it
             f"unknown model {name!r}{did_you_mean(name, MODEL_REGISTRY)}; valid names: "
             f"{sorted(MODEL_REGISTRY)}"
         )

@@ -15,18 +15,13 @@ from typing import Any
 
 import torch
 
-from spcl.base import (
-    CheckpointError,
-    ConfigError,
-    MissingFileError,
-    UnknownNameError,
-    did_you_mean,
-)
+from spcl.base import CheckpointError, ConfigError, MissingFileError, UnknownNameError
 from spcl.config_schema import DataConfig, DomainConfig
 from spcl.context import RunContext
 from spcl.data.labels import ClassTable
 from spcl.data.registry import scan_dataset
 from spcl.engine.checkpoint import load_errors
+from spcl.model_catalog import unknown_model
 from spcl.models.build import MODEL_REGISTRY
 from spcl.models.model_meta import checked_arch, checked_class_table
 
@@ -117,10 +112,7 @@ def _model_file_classes(path: str) -> tuple[int, list[str]] | None:
 def check_model_name(name: str) -> None:
     """Refuse an unknown ``model.name`` when a run starts (the message lists the valid names)."""
     if name not in MODEL_REGISTRY:
-        raise UnknownNameError(
-            f"model.name: unknown model {name!r}{did_you_mean(name, MODEL_REGISTRY)}; valid "
-            f"names: {sorted(MODEL_REGISTRY)}"
-        )
+        raise UnknownNameError(f"model.name: {unknown_model(name)}")
 
 
 def check_class_sets(ctx: RunContext) -> ClassTable:
