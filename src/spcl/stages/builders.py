@@ -301,17 +301,19 @@ def train_loader(
     )
 
 
+def _data_warning(ctx: RunContext) -> Callable[[str], None]:
+    """How a stage names a data file it leaves out: a ``[data]`` warning line."""
+    return lambda message: ctx.tracker.warning(f"[data] {message}")
+
+
 def _unreadable(ctx: RunContext) -> dict[str, Any]:
     """What loaders do with an unreadable file (``data.on_error``), and where they say so."""
-    warn = ctx.tracker.warning
-    return {"on_error": ctx.config.data.on_error, "warn": lambda m: warn(f"[data] {m}")}
+    return {"on_error": ctx.config.data.on_error, "warn": _data_warning(ctx)}
 
 
 def skip_missing_labels(ctx: RunContext) -> Callable[[str], None] | None:
     """With ``data.on_error: skip``, how a stage names target images left without a label."""
-    if ctx.config.data.on_error != "skip":
-        return None
-    return lambda message: ctx.tracker.warning(f"[data] {message}")
+    return _data_warning(ctx) if ctx.config.data.on_error == "skip" else None
 
 
 def source_stream(
